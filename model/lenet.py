@@ -1,0 +1,335 @@
+"""LeNet-1, LeNet-4 and LeNet-5 as in LeCun et al. (1989, 1998), in one readable file.
+
+Every network is a list of layers of four kinds, which is also what the quantizer and the hardware
+understand: ``conv`` (5x5, valid, with an optional connection table), ``subsample`` (2x2 sum times a
+trainable per-map coefficient plus a trainable bias), ``dense`` and ``rbf`` (LeNet-5's output: fixed
++-1 7x12 bitmap centres, class = nearest centre). Every layer up to the last is followed by the
+squashing function f(a) = 1.7159 tanh(2a/3).
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .util import UserError, cli
+
+A = 1.7159
+S = 2.0 / 3.0
+
+# C3 of LeNet-5 (1998, table I): C3 map -> S2 maps it reads.
+C3_TABLE_LENET5 = [
+    (0, 1, 2), (1, 2, 3), (2, 3, 4), (3, 4, 5), (0, 4, 5), (0, 1, 5),
+    (0, 1, 2, 3), (1, 2, 3, 4), (2, 3, 4, 5), (0, 3, 4, 5), (0, 1, 4, 5), (0, 1, 2, 5),
+    (0, 1, 3, 4), (1, 2, 4, 5), (0, 2, 3, 5), (0, 1, 2, 3, 4, 5),
+]
+
+# LeNet-1 (1989): H3 has 12 maps over the 4 H2 maps with 20 kernels in all, which with the rest
+# gives the published 2,578 free parameters and 98,442 connections. The paper does not print the
+# table; this one gives every H2 map to five H3 kernels.
+C3_TABLE_LENET1 = [
+    (0,), (1,), (2,), (3,), (3,), (0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3), (0, 1, 2),
+]
+
+# LeNet-4 (1998): 4 C1 maps, 8 subsampling maps (two per C1 map), 16 C3 maps over the 8 S2 maps.
+# The paper gives no table; three inputs per C3 map gives its "about 260,000 connections".
+C3_TABLE_LENET4 = [tuple(sorted({i % 8, (i + 1) % 8, (i + 3) % 8})) for i in range(8)] + [
+    tuple(sorted({i % 8, (i + 2) % 8, (i + 5) % 8})) for i in range(8)
+]
+
+# 7x12 bitmaps of the ten digits (LeNet-5's RBF centres): '#' -> +1, '.' -> -1.
+_BITMAPS = {
+    0: ["..###..", ".#...#.", "#.....#", "#.....#", "#.....#", "#.....#",
+        "#.....#", "#.....#", "#.....#", "#.....#", ".#...#.", "..###.."],
+    1: ["...#...", "..##...", ".#.#...", "...#...", "...#...", "...#...",
+        "...#...", "...#...", "...#...", "...#...", "...#...", ".#####."],
+    2: [".#####.", "#.....#", "......#", "......#", ".....#.", "....#..",
+        "...#...", "..#....", ".#.....", "#......", "#......", "#######"],
+    3: [".#####.", "#.....#", "......#", "......#", "......#", "..####.",
+        "......#", "......#", "......#", "......#", "#.....#", ".#####."],
+    4: ["....##.", "...#.#.", "..#..#.", ".#...#.", "#....#.", "#....#.",
+        "#######", ".....#.", ".....#.", ".....#.", ".....#.", ".....#."],
+    5: ["#######", "#......", "#......", "#......", "######.", "......#",
+        "......#", "......#", "......#", "......#", "#.....#", ".#####."],
+    6: ["..####.", ".#.....", "#......", "#......", "#.####.", "##....#",
+        "#.....#", "#.....#", "#.....#", "#.....#", ".#...#.", "..###.."],
+    7: ["#######", "......#", ".....#.", ".....#.", "....#..", "....#..",
+        "...#...", "...#...", "..#....", "..#....", "..#....", "..#...."],
+    8: [".#####.", "#.....#", "#.....#", "#.....#", ".#...#.", "..###..",
+        ".#...#.", "#.....#", "#.....#", "#.....#", "#.....#", ".#####."],
+    9: ["..###..", ".#...#.", "#.....#", "#.....#", "#.....#", "#....##",
+        ".####.#", "......#", "......#", "......#", ".....#.", ".####.."],
+}
+
+
+def rbf_centres() -> np.ndarray:
+    """The ten fixed RBF centres, float32 10 x 84 of +-1."""
+    rows = []
+    for d in range(10):
+        bm = _BITMAPS[d]
+        assert len(bm) == 12 and all(len(r) == 7 for r in bm), d
+        rows.append([1.0 if ch == "#" else -1.0 for r in bm for ch in r])
+    return np.array(rows, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class LayerDef:
+    name: str
+    kind: str  # conv | subsample | dense | rbf
+    in_maps: int
+    out_maps: int
+    in_size: int  # spatial side (1 for dense/rbf)
+    kernel: int = 1
+    table: tuple[tuple[int, ...], ...] | None = None  # conv only: out map -> input maps
+    squash: bool = True
+
+    @property
+    def out_size(self) -> int:
+        if self.kind == "conv":
+            return self.in_size - self.kernel + 1
+        if self.kind == "subsample":
+            return self.in_size // 2
+        return 1
+
+    def connections_per_map(self) -> list[tuple[int, ...]]:
+        if self.table is not None:
+            return [tuple(t) for t in self.table]
+        return [tuple(range(self.in_maps))] * self.out_maps
+
+    def params(self) -> int:
+        if self.kind == "conv":
+            return sum(len(t) for t in self.connections_per_map()) * self.kernel**2 + self.out_maps
+        if self.kind == "subsample":
+            return 2 * self.out_maps
+        if self.kind == "dense":
+            return self.in_maps * self.out_maps + self.out_maps
+        return 0  # rbf: fixed centres
+
+    def connections(self) -> int:
+        n = self.out_size**2
+        if self.kind == "conv":
+            return n * sum(len(t) * self.kernel**2 + 1 for t in self.connections_per_map())
+        if self.kind == "subsample":
+            return n * self.out_maps * 5
+        if self.kind == "dense":
+            return self.in_maps * self.out_maps + self.out_maps
+        return self.in_maps * self.out_maps
+
+    def macs(self) -> int:
+        """Multiply-accumulates per image (bias adds excluded)."""
+        n = self.out_size**2
+        if self.kind == "conv":
+            return n * sum(len(t) for t in self.connections_per_map()) * self.kernel**2
+        if self.kind == "subsample":
+            return n * self.out_maps  # one multiply by the coefficient per output (4 adds)
+        return self.in_maps * self.out_maps
+
+
+def _layers(arch: str) -> list[LayerDef]:
+    if arch == "lenet1":
+        return [
+            LayerDef("C1", "conv", 1, 4, 28, 5),
+            LayerDef("S2", "subsample", 4, 4, 24, 2),
+            LayerDef("C3", "conv", 4, 12, 12, 5, tuple(C3_TABLE_LENET1)),
+            LayerDef("S4", "subsample", 12, 12, 8, 2),
+            LayerDef("F5", "dense", 12 * 4 * 4, 10, 1, squash=False),
+        ]
+    if arch == "lenet4":
+        return [
+            LayerDef("C1", "conv", 1, 4, 32, 5),
+            # two subsampling maps per C1 map: S2 map j reads C1 map j // 2
+            LayerDef("S2", "subsample", 4, 8, 28, 2),
+            LayerDef("C3", "conv", 8, 16, 14, 5, tuple(C3_TABLE_LENET4)),
+            LayerDef("S4", "subsample", 16, 16, 10, 2),
+            LayerDef("F5", "dense", 16 * 5 * 5, 120, 1),
+            LayerDef("F6", "dense", 120, 10, 1, squash=False),
+        ]
+    if arch == "lenet5":
+        return [
+            LayerDef("C1", "conv", 1, 6, 32, 5),
+            LayerDef("S2", "subsample", 6, 6, 28, 2),
+            LayerDef("C3", "conv", 6, 16, 14, 5, tuple(C3_TABLE_LENET5)),
+            LayerDef("S4", "subsample", 16, 16, 10, 2),
+            LayerDef("C5", "conv", 16, 120, 5, 5),
+            LayerDef("F6", "dense", 120, 84, 1),
+            LayerDef("OUT", "rbf", 84, 10, 1, squash=False),
+        ]
+    raise UserError(f"unknown --arch {arch!r} (choose lenet1, lenet4 or lenet5)")
+
+
+ARCHS = ("lenet1", "lenet4", "lenet5")
+
+
+@dataclass(frozen=True)
+class LeNetConfig:
+    arch: str = "lenet5"
+    input_size: int = field(default=0)
+
+    def __post_init__(self):
+        _layers(self.arch)  # validates the name
+        if self.input_size == 0:
+            object.__setattr__(self, "input_size", 28 if self.arch == "lenet1" else 32)
+
+    @property
+    def layers(self) -> list[LayerDef]:
+        return _layers(self.arch)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def squash(a: torch.Tensor) -> torch.Tensor:
+    return A * torch.tanh(S * a)
+
+
+class TableConv(nn.Module):
+    """5x5 valid convolution where output map o reads only the input maps in ``table[o]``."""
+
+    def __init__(self, d: LayerDef):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(d.out_maps, d.in_maps, d.kernel, d.kernel))
+        self.bias = nn.Parameter(torch.empty(d.out_maps))
+        mask = torch.zeros(d.out_maps, d.in_maps)
+        for o, ins in enumerate(d.connections_per_map()):
+            mask[o, list(ins)] = 1.0
+        self.register_buffer("mask", mask, persistent=False)
+        fan_in = mask.sum(1)[:, None, None, None] * d.kernel**2
+        with torch.no_grad():  # the paper's init: uniform +-2.4 / fan-in
+            self.weight.uniform_(-1, 1).mul_(2.4 / fan_in).mul_(mask[:, :, None, None])
+            self.bias.uniform_(-1, 1).mul_(2.4 / fan_in.flatten())
+
+    def masked_weight(self) -> torch.Tensor:
+        return self.weight * self.mask[:, :, None, None]
+
+    def forward(self, x):
+        return F.conv2d(x, self.masked_weight(), self.bias)
+
+
+class Subsample(nn.Module):
+    """2x2 non-overlapping sum times a trainable coefficient plus a trainable bias, per map.
+
+    ``source[j]`` is the input map of output map j (LeNet-4 has two subsampling maps per C1 map).
+    """
+
+    def __init__(self, d: LayerDef):
+        super().__init__()
+        self.coef = nn.Parameter(torch.full((d.out_maps,), 0.25))
+        self.bias = nn.Parameter(torch.zeros(d.out_maps))
+        ratio = d.out_maps // d.in_maps
+        self.register_buffer("source", torch.arange(d.out_maps) // ratio, persistent=False)
+        self.expand = ratio != 1
+
+    def forward(self, x):
+        if self.expand:
+            x = x[:, self.source]
+        s = F.avg_pool2d(x, 2) * 4.0
+        return s * self.coef[None, :, None, None] + self.bias[None, :, None, None]
+
+
+class RBF(nn.Module):
+    """Euclidean RBF units with fixed centres: output y_i = ||x - c_i||^2 (smaller is better)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("centres", torch.from_numpy(rbf_centres()))
+
+    def forward(self, x):
+        return (x[:, None, :] - self.centres[None]).pow(2).sum(-1)
+
+
+class LeNet(nn.Module):
+    """A LeNet. ``forward`` returns logits (for LeNet-5: minus the RBF distances)."""
+
+    def __init__(self, config: LeNetConfig | str = "lenet5"):
+        super().__init__()
+        if isinstance(config, str):
+            config = LeNetConfig(config)
+        self.config = config
+        self.defs = config.layers
+        mods = []
+        for d in self.defs:
+            if d.kind == "conv":
+                mods.append(TableConv(d))
+            elif d.kind == "subsample":
+                mods.append(Subsample(d))
+            elif d.kind == "dense":
+                m = nn.Linear(d.in_maps, d.out_maps)
+                with torch.no_grad():
+                    m.weight.uniform_(-1, 1).mul_(2.4 / d.in_maps)
+                    m.bias.uniform_(-1, 1).mul_(2.4 / d.in_maps)
+                mods.append(m)
+            else:
+                mods.append(RBF())
+        self.layers = nn.ModuleList(mods)
+
+    def forward(self, x, return_all: bool = False):
+        outs = []
+        for d, m in zip(self.defs, self.layers):
+            if d.kind in ("dense", "rbf") and x.ndim > 2:
+                x = x.flatten(1)
+            x = m(x)
+            if d.squash:
+                x = squash(x)
+            if d.kind in ("conv",) and d.out_size == 1 and x.ndim == 4:
+                x = x.flatten(1)
+            outs.append(x)
+        logits = -x if self.defs[-1].kind == "rbf" else x
+        return (logits, outs) if return_all else logits
+
+    def param_table(self) -> list[dict]:
+        return [
+            {"layer": d.name, "kind": d.kind, "output": f"{d.out_maps}@{d.out_size}x{d.out_size}",
+             "params": d.params(), "connections": d.connections(), "macs": d.macs()}
+            for d in self.defs
+        ]
+
+    def trainable_params(self) -> int:
+        """Free parameters (masked-out C3 weights and fixed RBF centres excluded)."""
+        return sum(d.params() for d in self.defs)
+
+
+def preprocess(images_u8, arch: str) -> torch.Tensor:
+    """uint8 N x 28 x 28 (or N x 32 x 32) -> float32 N x 1 x S x S in the paper's input range.
+
+    LeNet-4/5 take the 28x28 digit padded to 32x32; LeNet-1 takes it downsampled to 16x16 and
+    centred in a 28x28 field, as in the 1989 network.
+    """
+    from .data import BACKGROUND, check_images, pad32, scale
+
+    images_u8 = check_images(np.asarray(images_u8))
+    if arch == "lenet1":
+        if images_u8.shape[1] == 32:
+            images_u8 = images_u8[:, 2:30, 2:30]
+        x = torch.from_numpy(scale(images_u8))[:, None]
+        x = F.adaptive_avg_pool2d(x, 16)
+        return F.pad(x, (6, 6, 6, 6), value=BACKGROUND)
+    return torch.from_numpy(scale(pad32(images_u8)))[:, None]
+
+
+def summary(model: LeNet) -> str:
+    rows = model.param_table()
+    lines = [f"{model.config.arch}: input 1@{model.config.input_size}x{model.config.input_size}",
+             f"{'layer':6} {'kind':10} {'output':12} {'params':>8} {'connections':>12} {'MACs':>9}"]
+    for r in rows:
+        lines.append(f"{r['layer']:6} {r['kind']:10} {r['output']:12} {r['params']:>8,} {r['connections']:>12,} {r['macs']:>9,}")
+    lines.append(f"{'total':30} {sum(r['params'] for r in rows):>8,} {sum(r['connections'] for r in rows):>12,} {sum(r['macs'] for r in rows):>9,}")
+    return "\n".join(lines)
+
+
+@cli
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m model.lenet", description="Describe a LeNet architecture.")
+    p.add_argument("--arch", default="lenet5", help="lenet1, lenet4 or lenet5")
+    p.add_argument("--summary", action="store_true", help="print the per-layer parameter table")
+    args = p.parse_args(argv)
+    model = LeNet(LeNetConfig(args.arch))
+    print(summary(model))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

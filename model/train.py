@@ -1,0 +1,127 @@
+"""Train a LeNet on MNIST: ``python -m model.train --arch lenet5 [--epochs N] [--seed S] [--distort]``.
+
+Deterministic for a given seed on a given machine: fixed thread count, seeded shuffling and
+distortions, deterministic kernels.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import shlex
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import checkpoint, data
+from .evaluate import evaluate
+from .lenet import ARCHS, LeNet, LeNetConfig, preprocess
+from .util import UserError, cli
+
+DEFAULTS = {"lenet1": 15, "lenet4": 15, "lenet5": 15}
+
+
+def distort(x: torch.Tensor, gen: torch.Generator, background: float) -> torch.Tensor:
+    """Random affine distortions (the paper's: small shifts, scaling, squeezing, shearing)."""
+    n = x.shape[0]
+    u = lambda lo, hi: lo + (hi - lo) * torch.rand(n, generator=gen)
+    s = u(0.9, 1.1)
+    sq = u(-0.1, 0.1)
+    sh = u(-0.15, 0.15)
+    rot = u(-0.1, 0.1)
+    tx, ty = u(-0.08, 0.08), u(-0.08, 0.08)
+    c, si = torch.cos(rot), torch.sin(rot)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = (c * s) * (1 + sq)
+    theta[:, 0, 1] = -si * s + sh
+    theta[:, 1, 0] = si * s
+    theta[:, 1, 1] = (c * s) * (1 - sq)
+    theta[:, 0, 2] = tx
+    theta[:, 1, 2] = ty
+    grid = F.affine_grid(theta, x.shape, align_corners=False)
+    return F.grid_sample(x - background, grid, align_corners=False, padding_mode="zeros") + background
+
+
+def train(arch: str, epochs: int, seed: int, distort_on: bool, batch: int = 32, lr: float = 2e-3,
+          data_dir=None, progress: bool = True) -> LeNet:
+    torch.manual_seed(seed)
+    torch.set_num_threads(2)
+    torch.use_deterministic_algorithms(True)
+    gen = torch.Generator().manual_seed(seed)
+    train_split = data.load("train", data_dir)
+    x_all = preprocess(train_split.images, arch)
+    y_all = torch.from_numpy(train_split.labels.astype(np.int64))
+    model = LeNet(LeNetConfig(arch))
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    steps_per_epoch = math.ceil(len(x_all) / batch)
+    total = epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=0.15)
+    bar = tqdm(total=total, disable=not progress, unit="batch", dynamic_ncols=True, file=sys.stderr)
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(len(x_all), generator=gen)
+        seen = wrong = 0
+        loss_sum = 0.0
+        t0 = time.perf_counter()
+        for i in range(steps_per_epoch):
+            idx = order[i * batch:(i + 1) * batch]
+            x, y = x_all[idx], y_all[idx]
+            if distort_on:
+                x = distort(x, gen, data.BACKGROUND)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            seen += len(y)
+            wrong += int((logits.argmax(1) != y).sum())
+            loss_sum += float(loss.detach()) * len(y)
+            bar.update(1)
+            if i % 50 == 0 or i == steps_per_epoch - 1:
+                bar.set_description(f"epoch {epoch + 1}/{epochs}")
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", err=f"{100 * wrong / seen:.2f}%",
+                                img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+    bar.close()
+    model.eval()
+    return model
+
+
+@cli
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m model.train", description="Train a LeNet on MNIST.")
+    p.add_argument("--arch", required=True, help="lenet1, lenet4 or lenet5")
+    p.add_argument("--epochs", type=int, default=None, help="passes over the 60,000 training images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--distort", action="store_true", help="random affine distortions of training images")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (one-cycle schedule)")
+    p.add_argument("--data", default=None, help="MNIST directory (see model.data for the search order)")
+    p.add_argument("--out", default=None, help="checkpoint path (default build/checkpoints/ARCH.pt)")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if args.arch not in ARCHS:
+        raise UserError(f"unknown --arch {args.arch!r} (choose {', '.join(ARCHS)})")
+    epochs = DEFAULTS[args.arch] if args.epochs is None else args.epochs
+    if epochs < 1 or args.batch < 1:
+        raise UserError("--epochs and --batch must be positive")
+    out = args.out or f"build/checkpoints/{args.arch}.pt"
+    t0 = time.perf_counter()
+    model = train(args.arch, epochs, args.seed, args.distort, args.batch, args.lr, args.data,
+                  progress=not args.no_progress)
+    train_s = time.perf_counter() - t0
+    result = evaluate(model, args.data)
+    command = "python -m model.train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    checkpoint.save(out, model, seed=args.seed, epochs=epochs, distort=args.distort, batch=args.batch,
+                    lr=args.lr, test_error=result["error_rate"], test_errors=result["errors"],
+                    train_seconds=round(train_s, 1), command=command)
+    print(f"{args.arch}: test error {100 * result['error_rate']:.2f}% ({result['errors']}/{result['images']}), "
+          f"trained in {train_s:.0f} s, saved {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,49 @@
+"""``python -m quantize.run --spec DIR --images FILE.npy --out FILE.npz``: golden vectors.
+
+Writes every layer's integer tensor (keys ``input``, layer names), ``scores`` and ``predictions``.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+
+import numpy as np
+
+from model.data import check_images
+from model.util import UserError, atomic_write_bytes, cli
+
+from . import spec as qspec
+from .emulator import Emulator
+
+
+def load_images(path) -> np.ndarray:
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise UserError(f"--images {path}: no such file") from None
+    except (ValueError, OSError) as e:
+        raise UserError(f"--images {path}: not a .npy array ({e})") from None
+    if not isinstance(arr, np.ndarray):
+        raise UserError(f"--images {path}: expected one array, found an archive")
+    return check_images(arr, f"--images {path}")
+
+
+@cli
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m quantize.run", description="Run a QuantSpec on images; save every layer's integers.")
+    p.add_argument("--spec", required=True)
+    p.add_argument("--images", required=True, help="uint8 N x 28 x 28 or N x 32 x 32 .npy")
+    p.add_argument("--out", required=True, help=".npz to write")
+    args = p.parse_args(argv)
+    spec = qspec.load(args.spec)
+    images = load_images(args.images)
+    r = Emulator(spec).run(images)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **r.tensors, scores=r.scores, predictions=r.predictions)
+    atomic_write_bytes(args.out, buf.getvalue())
+    print(f"wrote {args.out}: {len(images)} images, layers {', '.join(r.tensors)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

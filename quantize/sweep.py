@@ -1,0 +1,256 @@
+"""``python -m quantize.sweep``: accuracy x bit widths x hardware cost, bit-exact on MNIST.
+
+Each point of the grid is a quantization config: the float checkpoint is calibrated with it and
+the emulator evaluates it on the test set (10,000 images by default). Points are cached one JSON
+file each under ``OUT/points/``, so an interrupted sweep resumes where it stopped and a larger grid
+reuses what is done. ``--jobs N`` evaluates points in N processes. The report (``report.md``,
+``results.json``, ``results.csv`` and PNG plots) is written by :mod:`quantize.report` at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import itertools
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from model.util import UserError, atomic_write_text, cli, sha256_file
+
+from .calibrate import PRESETS, check_config
+
+DEFAULT_GRID = {
+    "base": "q8",  # every point starts from this preset
+    "weight_bits": [2, 3, 4, 5, 6, 7, 8, 10],
+    "act_bits": [2, 3, 4, 5, 6, 8, 10],
+    "rounding": ["TRN", "RND_CONV"],
+    "acc_bits": [16, 18, 20, 22],  # narrow accumulators at the base point (they may wrap)
+    "sensitivity_bits": [2, 3, 4, 6],  # one layer at a time, the rest at the base widths
+    "anna": True,  # the ANNA point (6-bit weights, 3-bit states) with and without QAT
+}
+GRID_KEYS = set(DEFAULT_GRID) | {"images", "qat_epochs"}
+
+
+def load_grid(path: str | None) -> dict:
+    grid = dict(DEFAULT_GRID)
+    if path:
+        try:
+            user = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise UserError(f"--grid {path}: no such file") from None
+        except json.JSONDecodeError as e:
+            raise UserError(f"--grid {path}: not valid JSON ({e})") from None
+        if not isinstance(user, dict):
+            raise UserError(f"--grid {path}: expected a JSON object")
+        unknown = set(user) - GRID_KEYS
+        if unknown:
+            raise UserError(f"--grid {path}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(GRID_KEYS))})")
+        grid.update(user)
+    if grid["base"] not in PRESETS:
+        raise UserError(f"grid: unknown base preset {grid['base']!r}")
+    for key in ("weight_bits", "act_bits", "rounding", "acc_bits", "sensitivity_bits"):
+        if not isinstance(grid[key], list):
+            raise UserError(f"grid: {key} must be a list")
+    return grid
+
+
+def _point(kind: str, label: str, cfg: dict, **tags) -> dict:
+    cfg = check_config(cfg)
+    return {"kind": kind, "label": label, "config": cfg, **tags}
+
+
+def make_points(grid: dict, layer_names: list[str], qat: bool = False) -> list[dict]:
+    """Every point of the grid, validated before anything runs."""
+    base = {**PRESETS[grid["base"]], "preset": grid["base"], "qat_epochs": 0}
+    pts = []
+    for w, a, r in itertools.product(grid["weight_bits"], grid["act_bits"], grid["rounding"]):
+        cfg = {**base, "weight_bits": w, "act_bits": a, "rounding": r}
+        if qat:
+            cfg["qat_epochs"] = grid.get("qat_epochs", 1)
+        pts.append(_point("grid", f"w{w} a{a} {r}" + (" QAT" if qat else ""), cfg,
+                          weight_bits=w, act_bits=a, rounding=r, qat=qat))
+    for acc in grid["acc_bits"]:
+        pts.append(_point("acc", f"acc {acc}", {**base, "acc_bits": acc}, acc_bits=acc))
+    for name, b in itertools.product(layer_names, grid["sensitivity_bits"]):
+        if name == layer_names[-1]:
+            continue  # the RBF output has fixed +-1 weights and no state
+        cfg = {**base, "layers": {name: {"weight_bits": b, "act_bits": b}}}
+        pts.append(_point("sensitivity", f"{name} at {b} bits", cfg, layer=name, bits=b))
+    if grid["anna"]:
+        anna = {**PRESETS["anna"], "preset": "anna"}
+        pts.append(_point("anna", "ANNA (6-bit w, 3-bit states), no QAT", {**anna, "qat_epochs": 0}, qat=False))
+        pts.append(_point("anna", f"ANNA (6-bit w, 3-bit states), QAT {anna['qat_epochs']} epochs", anna, qat=True))
+    if not pts:
+        raise UserError("grid: no points (every list is empty)")
+    return pts
+
+
+def point_key(point: dict, ckpt_sha: str, images: int) -> str:
+    blob = json.dumps({"config": point["config"], "checkpoint": ckpt_sha, "images": images}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# -- worker ------------------------------------------------------------------------------------------
+_STATE: dict = {}
+
+
+def _init_worker(ckpt: str, images: int, data_dir, threads: int):
+    import torch
+
+    from model import checkpoint, data
+
+    from .calibrate import calibration_images, pre_activations
+
+    torch.set_num_threads(threads)
+    model, meta = checkpoint.load(ckpt)
+    cal = calibration_images({"seed": 0}, data_dir)
+    test = data.load("test", data_dir)
+    _STATE.update(model=model, meta=meta, cal=cal, pre=pre_activations(model, cal),
+                  images=test.images[:images], labels=test.labels[:images], ckpt=ckpt, data_dir=data_dir)
+
+
+def evaluate_point(point: dict) -> dict:
+    """Quantize (and QAT if the config asks), evaluate bit-exactly; return the result row."""
+    from .__main__ import quantize
+    from .calibrate import build_spec
+    from .emulator import Emulator
+    from .hwcost import estimate
+
+    s = _STATE
+    t0 = time.perf_counter()
+    cfg = point["config"]
+    if cfg.get("qat_epochs", 0) > 0:
+        spec = quantize(s["ckpt"], cfg, s["data_dir"], progress=False, log=lambda m: None)
+    else:
+        spec = build_spec(s["model"], cfg, s["cal"], pre=s["pre"])
+    t1 = time.perf_counter()
+    r = Emulator(spec).run(s["images"], keep=False)
+    t2 = time.perf_counter()
+    errors = int((r.predictions != s["labels"]).sum())
+    sat = r.saturations()
+    return {**{k: v for k, v in point.items() if k != "config"}, "config": cfg,
+            "formats": {l.name: {k: str(f) for k, f in l.formats.items()} for l in spec.layers},
+            "images": int(len(s["labels"])), "errors": errors, "error_rate": errors / len(s["labels"]),
+            "saturations": sat, "total_saturations": sum(v["saturations"] for v in sat.values()),
+            "acc_overflows": sum(v["acc_overflows"] for v in sat.values()),
+            "weight_memory_bits": spec.weight_bits(), **estimate(spec),
+            "emulator_images_per_s": round(len(s["labels"]) / (t2 - t1), 1),
+            "seconds": round(t2 - t0, 2)}
+
+
+def _check_acc_points(points, model, data_dir) -> None:
+    """An accumulator narrower than its fraction bits + 2 is impossible: say so before running."""
+    from .calibrate import build_spec, calibration_images
+
+    accs = [p for p in points if p["kind"] == "acc"]
+    if not accs:
+        return
+    spec = build_spec(model, {k: v for k, v in accs[0]["config"].items() if k != "acc_bits"},
+                      calibration_images({"seed": 0, "calibration_images": 64}, data_dir))
+    need = max(l.formats["acc"].frac for l in spec.layers if l.kind != "rbf") + 2
+    for p in accs:
+        if p["acc_bits"] < need:
+            raise UserError(f"grid: acc_bits {p['acc_bits']} is narrower than the {need} bits the base point's "
+                            f"accumulator fraction needs")
+
+
+# -- driver ------------------------------------------------------------------------------------------
+def run_sweep(grid: dict, ckpt: str, out: Path, jobs: int = 1, qat: bool = False, data_dir=None,
+              progress: bool = True) -> list[dict]:
+    from model.lenet import LeNetConfig
+    from model import checkpoint
+
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a directory")
+    if jobs < 1:
+        raise UserError("--jobs must be at least 1")
+    model, meta = checkpoint.load(ckpt)
+    names = [d.name for d in LeNetConfig(model.config.arch).layers]
+    points = make_points(grid, names)
+    if qat:
+        points += [p for p in make_points({**grid, "acc_bits": [], "sensitivity_bits": [], "anna": False}, names, qat=True)]
+    images = int(grid.get("images", 10000))
+    _check_acc_points(points, model, data_dir)
+    sha = sha256_file(ckpt)
+    cache = out / "points"
+    cache.mkdir(parents=True, exist_ok=True)
+    results, todo = {}, []
+    for p in points:
+        key = point_key(p, sha, images)
+        f = cache / f"{key}.json"
+        if f.is_file():
+            try:
+                results[key] = json.loads(f.read_text())
+                continue
+            except json.JSONDecodeError:
+                pass  # a damaged cache entry is recomputed
+        todo.append((key, p))
+    done = len(points) - len(todo)
+    print(f"sweep: {len(points)} points, {done} cached, {len(todo)} to run, {jobs} job(s), {images} test images",
+          file=sys.stderr)
+    # slow (QAT) points first so the parallel tail stays short
+    todo.sort(key=lambda kp: -kp[1]["config"].get("qat_epochs", 0))
+    bar = tqdm(total=len(todo), unit="point", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+
+    def finish(key, row):
+        row["key"] = key
+        atomic_write_text(cache / f"{key}.json", json.dumps(row, indent=1))
+        results[key] = row
+        bar.set_postfix_str(f"{row['label']}: {100 * row['error_rate']:.2f}%")
+        bar.update(1)
+
+    if jobs == 1 or len(todo) <= 1:
+        _init_worker(ckpt, images, data_dir, threads=2 if jobs == 1 else 1)
+        for key, p in todo:
+            finish(key, evaluate_point(p))
+    elif todo:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_init_worker,
+                                 initargs=(ckpt, images, data_dir, 1)) as ex:
+            futs = {ex.submit(evaluate_point, p): key for key, p in todo}
+            for fut in as_completed(futs):
+                finish(futs[fut], fut.result())
+    bar.close()
+    return [results[point_key(p, sha, images)] for p in points]
+
+
+@cli
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m quantize.sweep", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", default="model/checkpoints/lenet5.pt")
+    p.add_argument("--grid", default=None, help="JSON grid file (keys: " + ", ".join(sorted(GRID_KEYS)) + ")")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel processes")
+    p.add_argument("--qat", action="store_true", help="also run every grid point with QAT (slow)")
+    p.add_argument("--out", default="build/reports/sweep")
+    p.add_argument("--data", default=None, help="MNIST directory")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    from .report import write_report
+
+    out = Path(args.out)
+    grid = load_grid(args.grid)
+    t0 = time.perf_counter()
+    rows = run_sweep(grid, args.checkpoint, out, args.jobs, args.qat, args.data, not args.no_progress)
+    float_err = _float_error(args.checkpoint, int(grid.get("images", 10000)), args.data)
+    paths = write_report(rows, out, float_err, args.checkpoint, time.perf_counter() - t0)
+    print(f"sweep: {len(rows)} points in {time.perf_counter() - t0:.0f} s; report {paths['report']}")
+    return 0
+
+
+def _float_error(ckpt, images, data_dir) -> float:
+    from model import checkpoint
+    from model.evaluate import evaluate
+
+    model, _ = checkpoint.load(ckpt)
+    return evaluate(model, data_dir, images)["error_rate"]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
