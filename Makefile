@@ -7,8 +7,9 @@ ARCH ?= lenet5
 SEED ?= 0
 EPOCHS ?=
 PYTEST_ARGS ?=
+JOBS ?= 2
 
-.PHONY: all install train train-all evaluate quantize bench test test-slow clean help
+.PHONY: all install train train-all evaluate quantize bench sweep test test-slow clean help
 
 help:
 	@echo "make all        main job: evaluate the committed LeNet-5, quantize it (q8, anna), report"
@@ -20,6 +21,7 @@ help:
 	@echo "make evaluate   test error of every committed checkpoint"
 	@echo "make quantize   build/quant/lenet5-q8/ and build/quant/lenet5-anna/ QuantSpecs"
 	@echo "make bench      emulator vs torch float32 throughput (one JSON object)"
+	@echo "make sweep      quantization sweep report in build/reports/sweep/ (JOBS=$(JOBS))"
 	@echo "make clean      remove build/"
 
 all: evaluate quantize
@@ -56,6 +58,9 @@ quantize: build/quant/lenet5-q8/spec.json build/quant/lenet5-anna/spec.json
 
 bench: quantize
 	$(PY) -m quantize.bench --spec build/quant/lenet5-q8
+
+sweep: $(STAMP)
+	$(PY) -m quantize.sweep --checkpoint model/checkpoints/lenet5.pt --jobs $(JOBS) --out build/reports/sweep
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

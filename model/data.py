@@ -98,14 +98,9 @@ def has_mnist(directory: Path) -> bool:
     return all(_find_file(directory, n) is not None for n in FILES.values())
 
 
-def candidate_dirs(explicit: str | os.PathLike | None = None) -> list[Path]:
-    dirs = []
-    if explicit:
-        dirs.append(Path(explicit))
-    if os.environ.get("LENET_DATA"):
-        dirs.append(Path(os.environ["LENET_DATA"]))
-    dirs += [Path("data/mnist"), Path("../shared/data/mnist")]
-    return dirs
+def candidate_dirs() -> list[Path]:
+    """The default places, relative to the working directory (the project root for make targets)."""
+    return [Path("data/mnist"), Path("../shared/data/mnist")]
 
 
 def download(dest: str | os.PathLike, mirrors=None, quiet: bool = False) -> Path:
@@ -144,13 +139,16 @@ def download(dest: str | os.PathLike, mirrors=None, quiet: bool = False) -> Path
 
 def locate(explicit: str | os.PathLike | None = None, allow_download: bool = True) -> Path:
     """Return the first directory holding all four MNIST files (see module doc for the order)."""
-    if explicit:
-        d = Path(explicit)
+    named = [("--data", explicit)] if explicit else []
+    if not explicit and os.environ.get("LENET_DATA"):
+        named.append(("$LENET_DATA", os.environ["LENET_DATA"]))
+    for what, value in named:  # a directory the user named must hold MNIST
+        d = Path(value)
         if not d.is_dir():
-            raise UserError(f"--data {d}: no such directory")
+            raise UserError(f"{what} {d}: no such directory")
         if not has_mnist(d):
             missing = [n for n in FILES.values() if _find_file(d, n) is None]
-            raise UserError(f"--data {d}: no MNIST files there (missing {', '.join(missing)})")
+            raise UserError(f"{what} {d}: no MNIST files there (missing {', '.join(missing)})")
         return d
     for d in candidate_dirs():
         if d.is_dir() and has_mnist(d):

@@ -42,10 +42,15 @@ def shift_round(x: np.ndarray, shift: int, rounding: str) -> np.ndarray:
     x = np.asarray(x, dtype=np.int64)
     if shift <= 0:
         return x << np.int64(-shift)
+    if shift >= 64:
+        # |x| <= 2**63 <= 2**(shift-1): only the sign matters, and whether x/2**shift is exactly
+        # -1/2; the same case at shift 2 (numpy shifts of 64+ bits are undefined)
+        x = np.where(x == np.iinfo(np.int64).min, -2 if shift == 64 else -1, np.sign(x))
+        shift = 2
     s = np.int64(shift)
     one = np.int64(1)
     half = one << (s - one)
-    mask = (one << s) - one
+    mask = ~(np.int64(-1) << s)  # 2**s - 1 without int64 overflow at s = 63
     floor = x >> s
     rem = x & mask  # x - floor * 2**s, in [0, 2**s)
     if rounding == "TRN":
@@ -103,6 +108,8 @@ class QFormat:
             raise UserError(f"{where}: width must be an integer, got {self.width!r}")
         if not 1 <= self.width <= MAX_WIDTH:
             raise UserError(f"{where}: width {self.width} outside 1..{MAX_WIDTH} bits")
+        if not isinstance(self.signed, (bool, np.bool_)):
+            raise UserError(f"{where}: signed must be true or false, got {self.signed!r}")
         if self.signed and self.width < 2:
             raise UserError(f"{where}: a signed format needs at least 2 bits")
         if not isinstance(self.frac, int) or isinstance(self.frac, bool) or not 0 <= self.frac <= self.width:
@@ -179,6 +186,9 @@ class QFormat:
         ints = np.trunc(scaled)
         codes = ints.astype(np.int64) * 2 + np.sign(scaled - ints).astype(np.int64)
         out, _ = self.requantize(codes, self.frac + 2)
+        if np.any(huge):  # SAT only (WRAP refused above): v * 2**frac is an integer (> 2**53), clip it exactly
+            out = np.array(out)
+            out[huge] = [min(max(int(b), self.code_min), self.code_max) for b in np.ldexp(v[huge], self.frac)]
         return out
 
     def to_float(self, codes) -> np.ndarray:
@@ -221,7 +231,7 @@ def wrap(codes: np.ndarray, width: int, signed: bool) -> np.ndarray:
     mask = np.int64((1 << width) - 1)
     u = codes & mask
     if signed:
-        u = np.where(u >= (1 << (width - 1)), u - (1 << width), u)
+        u = np.where(u >= (1 << (width - 1)), u - mask - 1, u)  # u - 2**width, int64-safe at width 63
     return u
 
 

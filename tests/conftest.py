@@ -33,3 +33,53 @@ def run_module():
                               env=env, capture_output=True, text=True, timeout=timeout, **kw)
 
     return run
+
+
+# --------------------------------------------------------------------------- quantize/ fixtures
+# Session-scoped and shared: tests must not mutate them (copy.deepcopy first).
+
+QUANT_IMAGES = 64
+
+
+@pytest.fixture(scope="session")
+def quant_images(mnist_dir):
+    """The first 64 MNIST test images (uint8 N x 28 x 28) and their labels."""
+    import model.data
+
+    test = model.data.load("test", data=mnist_dir)
+    return test.images[:QUANT_IMAGES], test.labels[:QUANT_IMAGES]
+
+
+@pytest.fixture(scope="session")
+def quant_model():
+    """An untrained LeNet-5 (seed 0), in eval mode."""
+    import torch
+
+    import model.lenet
+
+    torch.manual_seed(0)
+    net = model.lenet.LeNet("lenet5")
+    net.eval()
+    return net
+
+
+@pytest.fixture(scope="session")
+def q8_spec(quant_model, quant_images):
+    """A q8 QuantSpec of the untrained model, calibrated on 64 test images (no training, no QAT)."""
+    from quantize.calibrate import build_spec, load_config
+
+    return build_spec(quant_model, load_config("q8"), quant_images[0], provenance={"preset": "q8", "seed": 0})
+
+
+@pytest.fixture(scope="session")
+def anna_spec(quant_model, quant_images):
+    """An "anna"-config QuantSpec (3-bit states, 6-bit weights): build_spec only, no QAT."""
+    from quantize.calibrate import build_spec, load_config
+
+    return build_spec(quant_model, load_config("anna"), quant_images[0], provenance={"preset": "anna", "seed": 0})
+
+
+@pytest.fixture(scope="session")
+def q8_spec_dir(q8_spec, tmp_path_factory):
+    """``q8_spec`` saved with ``spec.save``; treat as read-only (copy it to edit)."""
+    return q8_spec.save(tmp_path_factory.mktemp("quant") / "lenet5-q8")

@@ -238,7 +238,12 @@ def test_search_order(tmp_path, monkeypatch, mnist_dir):
 
     assert where(explicit) == explicit.resolve()  # --data beats everything
     assert where() == env.resolve()  # $LENET_DATA beats ./data/mnist
-    assert data.candidate_dirs(explicit)[:2] == [explicit, env]
+    bad = tmp_path / "no-mnist"
+    bad.mkdir()
+    monkeypatch.setenv("LENET_DATA", str(bad))  # a directory the user named must hold MNIST
+    with pytest.raises(UserError, match=r"\$LENET_DATA .*no MNIST files there"):
+        where()
+    monkeypatch.setenv("LENET_DATA", str(env))
 
     monkeypatch.delenv("LENET_DATA")
     assert where() == local.resolve()  # ./data/mnist beats ../shared/data/mnist

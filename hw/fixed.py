@@ -1,0 +1,99 @@
+"""Fixed-point requantize in Amaranth: the hardware twin of ``quantize/qformat.py``.
+
+:func:`requantize` builds combinational logic that shifts a signed value from ``src_frac``
+fraction bits into a :class:`~quantize.qformat.QFormat`, rounding with the format's mode and then
+saturating or wrapping. It is tested exhaustively against :meth:`QFormat.requantize` at small
+widths and on random values at large ones (``tests/test_hw_fixed.py``).
+
+Latency 0 (combinational); :class:`Requantize` wraps it as a component for tests and synthesis.
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Const, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from quantize.qformat import QFormat
+
+#: the widest format the generator accepts (DSP-friendly datapath; the emulator goes to 64)
+MAX_HW_WIDTH = 48
+
+
+def check_format(fmt: QFormat, what: str) -> None:
+    if fmt.width > MAX_HW_WIDTH:
+        raise ValueError(f"{what}: {fmt.width}-bit format is wider than the generator supports ({MAX_HW_WIDTH} bits)")
+
+
+def shape_of(fmt: QFormat):
+    return signed(fmt.width) if fmt.signed else unsigned(fmt.width)
+
+
+def shift_round(value: Value, shift: int, rounding: str) -> Value:
+    """``round(value / 2**shift)`` for a signed ``value``; exact left shift when ``shift <= 0``."""
+    v = value.as_signed() if not value.shape().signed else value
+    if shift <= 0:
+        return v << -shift
+    floor = v >> shift  # arithmetic shift: floor division
+    rem = v.as_unsigned()[:shift]
+    half = Const(1 << (shift - 1), shift)
+    neg = v[-1]
+    nz = rem != 0
+    up = rem > half
+    tie = rem == half
+    odd = floor[0]
+    inc = {
+        "TRN": Const(0, 1),
+        "TRN_INF": nz,
+        "TRN_ZERO": nz & neg,
+        "TRN_AWAY": nz & ~neg,
+        "RND": up | tie,
+        "RND_MIN_INF": up,
+        "RND_ZERO": up | (tie & neg),
+        "RND_INF": up | (tie & ~neg),
+        "RND_CONV": up | (tie & odd),
+        "RND_CONV_ODD": up | (tie & ~odd),
+    }.get(rounding)
+    if inc is None:
+        raise ValueError(f"unknown rounding mode {rounding!r}")
+    return floor + inc
+
+
+def overflow(value: Value, fmt: QFormat) -> tuple[Value, Value]:
+    """Bring ``value`` into ``fmt`` (SAT or WRAP). Returns (result, out_of_range)."""
+    lo, hi = fmt.code_min, fmt.code_max
+    out_of_range = (value < lo) | (value > hi)
+    if fmt.overflow == "SAT":
+        result = Mux(value > hi, hi, Mux(value < lo, lo, value))
+    else:
+        result = value[:fmt.width]
+    result = result[:fmt.width]
+    return (result.as_signed() if fmt.signed else result.as_unsigned()), out_of_range
+
+
+def requantize(value: Value, src_frac: int, fmt: QFormat) -> tuple[Value, Value]:
+    """Combinational requantize of signed ``value`` (``src_frac`` fraction bits) into ``fmt``.
+
+    Returns ``(code, clipped)`` where ``clipped`` is 1 when the rounded value was out of range.
+    """
+    check_format(fmt, "requantize target")
+    return overflow(shift_round(value, src_frac - fmt.frac, fmt.rounding), fmt)
+
+
+class Requantize(wiring.Component):
+    """``o = requantize(i)`` from a signed ``src_width``-bit value with ``src_frac`` fraction bits.
+
+    Latency 0 (combinational); one value per cycle.
+    """
+
+    def __init__(self, src_width: int, src_frac: int, fmt: QFormat):
+        if not isinstance(src_width, int) or not 2 <= src_width <= MAX_HW_WIDTH:
+            raise ValueError(f"src_width must be 2..{MAX_HW_WIDTH}, got {src_width!r}")
+        check_format(fmt, "target")
+        self.src_width, self.src_frac, self.fmt = src_width, src_frac, fmt
+        super().__init__({"i": In(signed(src_width)), "o": Out(shape_of(fmt)), "clipped": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        code, clipped = requantize(self.i, self.src_frac, self.fmt)
+        m.d.comb += [self.o.eq(code), self.clipped.eq(clipped)]
+        return m
