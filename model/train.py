@@ -46,9 +46,9 @@ def distort(x: torch.Tensor, gen: torch.Generator, background: float) -> torch.T
 
 
 def train(arch: str, epochs: int, seed: int, distort_on: bool, batch: int = 32, lr: float = 2e-3,
-          data_dir=None, progress: bool = True) -> LeNet:
+          data_dir=None, progress: bool = True, threads: int = 2) -> LeNet:
     torch.manual_seed(seed)
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)  # part of the recipe: results are bit-identical for a given count
     torch.use_deterministic_algorithms(True)
     gen = torch.Generator().manual_seed(seed)
     train_split = data.load("train", data_dir)
@@ -101,6 +101,7 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (one-cycle schedule)")
     p.add_argument("--data", default=None, help="MNIST directory (see model.data for the search order)")
     p.add_argument("--out", default=None, help="checkpoint path (default build/checkpoints/ARCH.pt)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (results depend on it)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.arch not in ARCHS:
@@ -111,7 +112,7 @@ def main(argv=None):
     out = args.out or f"build/checkpoints/{args.arch}.pt"
     t0 = time.perf_counter()
     model = train(args.arch, epochs, args.seed, args.distort, args.batch, args.lr, args.data,
-                  progress=not args.no_progress)
+                  progress=not args.no_progress, threads=args.threads)
     train_s = time.perf_counter() - t0
     result = evaluate(model, args.data)
     command = "python -m model.train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))

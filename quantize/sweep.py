@@ -54,11 +54,17 @@ def load_grid(path: str | None) -> dict:
         if unknown:
             raise UserError(f"--grid {path}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(GRID_KEYS))})")
         grid.update(user)
-    if grid["base"] not in PRESETS:
+    if not isinstance(grid["base"], str) or grid["base"] not in PRESETS:
         raise UserError(f"grid: unknown base preset {grid['base']!r}")
     for key in ("weight_bits", "act_bits", "rounding", "acc_bits", "sensitivity_bits"):
         if not isinstance(grid[key], list):
             raise UserError(f"grid: {key} must be a list")
+    if not isinstance(grid["anna"], bool):
+        raise UserError(f"grid: anna must be true or false, not {grid['anna']!r}")
+    for key in ("images", "qat_epochs"):
+        v = grid.get(key, 1)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise UserError(f"grid: {key} = {v!r} must be a positive integer")
     return grid
 
 
@@ -185,6 +191,8 @@ def run_sweep(grid: dict, ckpt: str, out: Path, jobs: int = 1, qat: bool = False
     results, todo = {}, []
     for p in points:
         key = point_key(p, sha, images)
+        if key in results or any(k == key for k, _ in todo):
+            continue  # the same config listed twice is computed once
         f = cache / f"{key}.json"
         if f.is_file():
             try:
@@ -193,8 +201,8 @@ def run_sweep(grid: dict, ckpt: str, out: Path, jobs: int = 1, qat: bool = False
             except json.JSONDecodeError:
                 pass  # a damaged cache entry is recomputed
         todo.append((key, p))
-    done = len(points) - len(todo)
-    print(f"sweep: {len(points)} points, {done} cached, {len(todo)} to run, {jobs} job(s), {images} test images",
+    done = len(results)
+    print(f"sweep: {done + len(todo)} points, {done} cached, {len(todo)} to run, {jobs} job(s), {images} test images",
           file=sys.stderr)
     # slow (QAT) points first so the parallel tail stays short
     todo.sort(key=lambda kp: -kp[1]["config"].get("qat_epochs", 0))

@@ -1,0 +1,87 @@
+"""Cycle model of the accelerator, derived from its schedule (``hw/accelerator.py``).
+
+One image, streams never stalling::
+
+    LOAD            1024  one feature-memory write per cycle over the padded 32x32 input
+    per layer:
+      INIT             1  layer registers
+      ISSUE          sum of taps over the layer's groups (one tap per cycle, all lanes at once)
+      WAIT           sum over groups after the first of max(0, lanes - taps): a group of fewer taps
+                           than lanes waits for the drain (one accumulator per cycle) to keep up
+      GAP      lanes + 3  the last group's drain lands before the next layer reads
+    FINISH             1
+    OUTPUT            11  class + ten scores
+    DONE               1
+
+A group is ``lanes`` output positions of one map (conv mode) or ``lanes`` neurons (dense mode);
+its taps are the map's weights (conv: table inputs x K x K; subsampling: 4) or the layer's inputs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from model.util import cli
+
+from .accelerator import LOAD_CYCLES, OUTPUT_BEATS, layer_gap
+from .program import Program, compile_spec
+
+
+def layer_cycles(lp, lanes: int) -> dict:
+    group_taps = [t for t in lp.taps for _ in range(lp.groups)] if lp.mode == "conv" else lp.taps * lp.groups
+    issue = sum(group_taps)
+    wait = sum(max(0, lanes - t) for t in group_taps[1:])
+    return {"layer": lp.name, "mode": lp.mode, "groups": len(group_taps), "issue": issue, "wait": wait,
+            "overhead": 1 + layer_gap(lanes) - 1, "macs": lp.spec.macs(),
+            "cycles": 1 + issue + wait + layer_gap(lanes) - 1}
+
+
+def schedule(spec, lanes: int) -> dict:
+    prog: Program = compile_spec(spec, lanes)
+    per_layer = [layer_cycles(lp, lanes) for lp in prog.layers]
+    total = LOAD_CYCLES + sum(l["cycles"] for l in per_layer) + 1 + OUTPUT_BEATS + 1
+    macs = spec.macs()
+    ideal = macs / lanes
+    return {"lanes": lanes, "cycles_per_image": total, "macs_per_image": macs,
+            "ideal_cycles": round(ideal, 1), "utilisation_ratio": round(total / ideal, 4),
+            "mac_cycles": sum(l["issue"] for l in per_layer), "layers": per_layer}
+
+
+def cycles_per_image(spec, lanes: int) -> int:
+    """Cycles from the first loading cycle to ``done``, for one image, streams never stalling."""
+    return schedule(spec, lanes)["cycles_per_image"]
+
+
+@cli
+def main(argv=None):
+    from quantize import spec as qspec
+
+    p = argparse.ArgumentParser(prog="python -m hw.perf", description="Cycle model of the accelerator.")
+    p.add_argument("--spec", required=True)
+    p.add_argument("--lanes", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--fmax", type=float, default=None, help="MHz, to print images/s")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    spec = qspec.load(args.spec)
+    rows = []
+    for n in args.lanes:
+        try:
+            s = schedule(spec, n)
+        except ValueError as e:
+            from model.util import UserError
+            raise UserError(str(e)) from None
+        if args.fmax:
+            s["images_per_s"] = round(args.fmax * 1e6 / s["cycles_per_image"], 1)
+        rows.append(s)
+    if args.json:
+        print(json.dumps(rows if len(rows) > 1 else rows[0]))
+    else:
+        for s in rows:
+            print(f"lanes {s['lanes']:3}: {s['cycles_per_image']:8,} cycles/image, {s['macs_per_image']:,} MACs, "
+                  f"{s['cycles_per_image'] / s['ideal_cycles']:.3f} x MACs/lanes"
+                  + (f", {s['images_per_s']:,.0f} images/s at {args.fmax} MHz" if args.fmax else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

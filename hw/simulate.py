@@ -1,0 +1,62 @@
+"""Run the generated accelerator in Amaranth's simulator: ``rtl_accelerator(spec, lanes, images)``.
+
+Used by the tests (against the emulator, bit-exact) and handy for debugging; the cocotb
+testbenches in ``sim/`` run the emitted Verilog instead.
+"""
+from __future__ import annotations
+
+import numpy as np
+from amaranth.sim import Simulator
+
+from model.data import check_images
+
+from .accelerator import Accelerator
+
+
+def rtl_accelerator(spec, lanes: int, images: np.ndarray, vcd: str | None = None, max_cycles: int = 10_000_000):
+    """Stream each 28x28 uint8 image in; return (classes N, scores N x 10, cycles per image N)."""
+    images = check_images(np.asarray(images))
+    if images.shape[1] != 28:
+        images = images[:, spec.input_pad:-spec.input_pad, spec.input_pad:-spec.input_pad]
+    dut = Accelerator(spec, lanes)
+    classes, scores, cycles = [], [], []
+
+    async def testbench(ctx):
+        ctx.set(dut.o.ready, 1)
+        for img in images:
+            pixels = [int(v) for v in img.reshape(-1)]
+            beats, n, busy_cycles = [], 0, 0
+            ctx.set(dut.i.valid, 1)
+            ctx.set(dut.i.payload, pixels[0])
+            while True:
+                accepted = ctx.get(dut.i.valid) and ctx.get(dut.i.ready)
+                out = ctx.get(dut.o.valid) and ctx.get(dut.o.ready)
+                busy = ctx.get(dut.busy)
+                done = ctx.get(dut.done)
+                if out:
+                    beats.append(ctx.get(dut.o.payload.value))
+                await ctx.tick()
+                busy_cycles += busy
+                if accepted:
+                    n += 1
+                    if n < len(pixels):
+                        ctx.set(dut.i.payload, pixels[n])
+                    else:
+                        ctx.set(dut.i.valid, 0)
+                if done:
+                    break
+                if busy_cycles > max_cycles:
+                    raise RuntimeError("accelerator did not finish")
+            classes.append(beats[0])
+            scores.append(beats[1:])
+            cycles.append(busy_cycles)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(testbench)
+    if vcd:
+        with sim.write_vcd(vcd):
+            sim.run()
+    else:
+        sim.run()
+    return np.array(classes), np.array(scores, dtype=np.int64), np.array(cycles)
