@@ -8,8 +8,10 @@ SEED ?= 0
 EPOCHS ?=
 PYTEST_ARGS ?=
 JOBS ?= 2
+LANES ?= 8
+VERILATOR_WAIVERS := -Wno-WIDTHEXPAND -Wno-WIDTHTRUNC -Wno-CASEINCOMPLETE
 
-.PHONY: all install train train-all evaluate quantize bench sweep test test-slow clean help
+.PHONY: all install train train-all evaluate quantize verilog lint bench sweep test test-slow clean help
 
 help:
 	@echo "make all        main job: evaluate the committed LeNet-5, quantize it (q8, anna), report"
@@ -20,11 +22,13 @@ help:
 	@echo "make train-all  train LeNet-1, LeNet-4 and LeNet-5 with the README's commands"
 	@echo "make evaluate   test error of every committed checkpoint"
 	@echo "make quantize   build/quant/lenet5-q8/ and build/quant/lenet5-anna/ QuantSpecs"
-	@echo "make bench      emulator vs torch float32 throughput (one JSON object)"
+	@echo "make verilog    build/verilog/lenet5_q8.v and lenet5_anna.v (+ JSON manifests), LANES=$(LANES)"
+	@echo "make lint       iverilog -g2012 and verilator --lint-only on the emitted Verilog"
+	@echo "make bench      emulator vs torch float32 throughput; cycle model for lanes 1, 8, 32"
 	@echo "make sweep      quantization sweep report in build/reports/sweep/ (JOBS=$(JOBS))"
 	@echo "make clean      remove build/"
 
-all: evaluate quantize
+all: evaluate quantize verilog
 	$(PY) -m quantize.evaluate --spec build/quant/lenet5-q8
 	$(PY) -m quantize.evaluate --spec build/quant/lenet5-anna
 
@@ -36,6 +40,7 @@ $(STAMP): pyproject.toml
 	@if ! command -v iverilog >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq iverilog; \
 	  else echo "note: Icarus Verilog is missing; install it with: sudo apt-get install iverilog"; fi; fi
+	tools/install-verilator-wrapper $(VENV)
 	@touch $@
 
 install: $(STAMP)
@@ -56,8 +61,20 @@ build/quant/lenet5-%/spec.json: model/checkpoints/lenet5.pt $(STAMP)
 
 quantize: build/quant/lenet5-q8/spec.json build/quant/lenet5-anna/spec.json
 
+build/verilog/lenet5_%.v: build/quant/lenet5-%/spec.json
+	$(PY) -m hw.generate --spec $(<D) --lanes $(LANES) --out build/verilog
+
+verilog: build/verilog/lenet5_q8.v build/verilog/lenet5_anna.v
+
+lint: verilog
+	@for t in lenet5_q8 lenet5_anna; do \
+	  iverilog -g2012 -o build/verilog/$$t.vvp build/verilog/$$t.v && \
+	  PATH=$(VENV)/bin:$$PATH verilator --lint-only $(VERILATOR_WAIVERS) --top-module $$t build/verilog/$$t.v && \
+	  echo "$$t: iverilog and verilator lint clean" || exit 1; done
+
 bench: quantize
 	$(PY) -m quantize.bench --spec build/quant/lenet5-q8
+	$(PY) -m hw.perf --spec build/quant/lenet5-q8 --lanes 1 8 32 --json
 
 sweep: $(STAMP)
 	$(PY) -m quantize.sweep --checkpoint model/checkpoints/lenet5.pt --jobs $(JOBS) --out build/reports/sweep

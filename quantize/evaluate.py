@@ -8,7 +8,7 @@ import time
 import torch
 
 from model import data
-from model.util import cli
+from model.util import UserError, cli
 
 from . import spec as qspec
 from .emulator import Emulator
@@ -36,6 +36,8 @@ def main(argv=None):
     p.add_argument("--limit", type=int, default=None, help="only the first N test images")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
+    if args.limit is not None and args.limit < 1:  # 0 divided by zero; a negative one sliced from the end
+        raise UserError(f"--limit {args.limit}: must be at least 1")
     torch.set_num_threads(2)
     spec = qspec.load(args.spec)
     res = {"spec": args.spec, **evaluate(spec, args.data, args.limit)}

@@ -1,0 +1,89 @@
+"""``python -m hw.generate --spec DIR [--lanes P] --out DIR``: Verilog + a JSON manifest.
+
+The Verilog is a pure function of (spec, lanes): the same inputs give the same bytes.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+from pathlib import Path
+
+from amaranth.back import verilog
+
+from model.util import UserError, atomic_write_text, cli
+from quantize import spec as qspec
+
+from .accelerator import Accelerator
+from .perf import schedule
+
+
+def top_name(spec) -> str:
+    preset = str(spec.provenance.get("preset") or "custom")
+    return re.sub(r"[^A-Za-z0-9_]", "_", f"{spec.network}_{preset}")
+
+
+def ports_of(verilog_text: str, name: str) -> list[dict]:
+    """Port list (name, direction, width) read back from the emitted module header."""
+    start = verilog_text.index(f"module {name}(")
+    verilog_text = verilog_text[start:verilog_text.index("endmodule", start)]
+    ports = []
+    for m in re.finditer(r"^\s*(input|output)\s+(?:wire\s+|reg\s+)?(?:signed\s+)?(?:\[(\d+):0\]\s+)?\\?([\w$.]+)\s*;",
+                         verilog_text, re.M):
+        ports.append({"name": m.group(3), "direction": m.group(1), "width": int(m.group(2) or 0) + 1})
+    return ports
+
+
+def generate(spec, lanes: int, name: str | None = None) -> tuple[str, dict]:
+    """Return (verilog, manifest) for ``spec`` with ``lanes`` MAC lanes."""
+    try:
+        dut = Accelerator(spec, lanes)
+    except (ValueError, TypeError) as e:
+        raise UserError(str(e)) from None
+    name = name or top_name(spec)
+    text = verilog.convert(dut, name=name, emit_src=False)
+    sched = schedule(spec, lanes)
+    prog = dut.program
+    manifest = {
+        "top": name, "lanes": lanes, "network": spec.network, "preset": spec.provenance.get("preset"),
+        "spec_sha256": spec.provenance.get("checkpoint_sha256"),
+        "verilog_sha256": hashlib.sha256(text.encode()).hexdigest(),
+        "ports": ports_of(text, name),
+        "streams": {"i": "uint8 pixels of a 28x28 image, raster order",
+                    "o": "11 beats: class, then scores 0..9 (o__payload: value = low bits, last = top bit)"},
+        "cycles_per_image": sched["cycles_per_image"], "macs_per_image": sched["macs_per_image"],
+        "utilisation_ratio": sched["utilisation_ratio"], "cycle_model": sched["layers"],
+        "memories": {"feature_words_per_lane": prog.fm_words, "feature_width": prog.fm_width,
+                     "tap_words": len(prog.tap_words), "dense_words": len(prog.dense_words),
+                     "dense_width": lanes * prog.weight_width, "bias_words": len(prog.bias_words),
+                     "activation_rom": len(prog.lut_rom)},
+        "widths": {"weight": prog.weight_width, "feature": prog.fm_width, "acc": prog.acc_width,
+                   "score": prog.score_width},
+    }
+    return text, manifest
+
+
+@cli
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m hw.generate", description="Generate the accelerator's Verilog from a QuantSpec.")
+    p.add_argument("--spec", required=True, help="QuantSpec directory")
+    p.add_argument("--lanes", type=int, default=8, help="parallel MAC lanes (neurons computed at once)")
+    p.add_argument("--out", default="build/verilog", help="output directory")
+    p.add_argument("--name", default=None, help="top module name (default NETWORK_PRESET)")
+    args = p.parse_args(argv)
+    spec = qspec.load(args.spec)
+    text, manifest = generate(spec, args.lanes, args.name)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a directory")
+    vpath = out / f"{manifest['top']}.v"
+    atomic_write_text(vpath, text)
+    atomic_write_text(out / f"{manifest['top']}.json", json.dumps(manifest, indent=1) + "\n")
+    print(f"wrote {vpath} ({len(text.splitlines()):,} lines, {args.lanes} lanes, "
+          f"{manifest['cycles_per_image']:,} cycles/image) and {manifest['top']}.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

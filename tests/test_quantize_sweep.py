@@ -1,0 +1,367 @@
+"""``python -m quantize.sweep``: report files, agreement with ``python -m quantize`` + ``quantize.evaluate``,
+resume after SIGKILL, ``--jobs 2``, bad input, and the report's Pareto/summary helpers.
+
+The checkpoint is an untrained LeNet-5 (seed 0): errors are near chance, but the mechanics are what
+is tested. Grids are tiny and limited to 200 test images. The expensive sweep processes run once, in a
+module fixture the tests share: grid A started and SIGKILLed, resumed (``--jobs 1``), then grown to
+grid B with ``--jobs 2`` (so its two new points come from worker processes).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from quantize.report import pareto, summarize
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGES = 200
+POINT_FILE = re.compile(r"[0-9a-f]{16}\.json")
+SUMMARY_LINE = re.compile(r"^sweep: (\d+) points, (\d+) cached, (\d+) to run, (\d+) job\(s\), (\d+) test images$", re.M)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PLOTS = ["heatmap.png", "sensitivity.png", "pareto_memory.png", "pareto_luts.png"]
+REPORT_FILES = ["results.json", "results.csv", "report.md", *PLOTS]
+
+# 2 grid points + 6 sensitivity points (one per layer but the RBF output) = 8 points
+GRID_A = {"weight_bits": [4, 8], "act_bits": [8], "rounding": ["TRN"], "acc_bits": [], "sensitivity_bits": [4],
+          "anna": False, "images": IMAGES}
+# the same plus RND_CONV: 2 more points (10), run with --jobs 2
+GRID_B = {**GRID_A, "rounding": ["TRN", "RND_CONV"]}
+NEW_IN_B = ["w4 a8 RND_CONV", "w8 a8 RND_CONV"]
+
+
+def _write_json(path: Path, obj) -> Path:
+    path.write_text(json.dumps(obj))
+    return path
+
+
+def _sweep_args(ckpt, grid, out, mnist_dir, jobs=1):
+    return ["--checkpoint", ckpt, "--grid", grid, "--out", out, "--jobs", str(jobs), "--no-progress",
+            "--data", mnist_dir]
+
+
+def _summary(stderr: str) -> tuple[int, ...]:
+    m = SUMMARY_LINE.findall(stderr)
+    assert len(m) == 1, f"expected one 'sweep: N points, K cached, M to run' line in stderr:\n{stderr}"
+    return tuple(map(int, m[0]))
+
+
+def _snapshot(points_dir: Path) -> dict[str, tuple[int, bytes]]:
+    """Finished point files (not atomic-write temporaries): name -> (mtime_ns, content)."""
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in points_dir.iterdir() if POINT_FILE.fullmatch(p.name)}
+
+
+@pytest.fixture(scope="session")
+def sweep_checkpoint(tmp_path_factory) -> Path:
+    """An untrained LeNet-5 checkpoint (seed 0), no training."""
+    import torch
+
+    import model.checkpoint
+    import model.lenet
+
+    torch.manual_seed(0)
+    net = model.lenet.LeNet("lenet5")
+    path = tmp_path_factory.mktemp("sweep_ckpt") / "l5.pt"
+    model.checkpoint.save(path, net, seed=0, test_error=None)
+    return path
+
+
+@pytest.fixture(scope="module")
+def grown_sweep(sweep_checkpoint, mnist_dir, run_module, tmp_path_factory):
+    """Grid A started and SIGKILLed after >= 2 points, resumed to completion, then grown to grid B (--jobs 2).
+
+    Returns what each stage saw; the out directory ends up holding grid B's complete report.
+    """
+    tmp = tmp_path_factory.mktemp("sweep")
+    out = tmp / "out"
+    grid_a = _write_json(tmp / "grid_a.json", GRID_A)
+    grid_b = _write_json(tmp / "grid_b.json", GRID_B)
+    points = out / "points"
+
+    env = {k: v for k, v in os.environ.items() if k not in ("LENET_DATA", "LENET_MNIST_MIRROR")}
+    with open(tmp / "killed.stderr", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "quantize.sweep",
+                                 *map(str, _sweep_args(sweep_checkpoint, grid_a, out, mnist_dir))],
+                                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 90
+            while proc.poll() is None and time.monotonic() < deadline:
+                if points.is_dir() and len(_snapshot(points)) >= 2:
+                    break
+                time.sleep(0.02)
+            running = proc.poll() is None
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=30)
+    killed_stderr = (tmp / "killed.stderr").read_text()
+    assert running, f"the sweep ended (rc {proc.returncode}) before it could be killed:\n{killed_stderr}"
+    assert proc.returncode == -signal.SIGKILL
+    after_kill = _snapshot(points)
+
+    resumed = run_module("quantize.sweep", *_sweep_args(sweep_checkpoint, grid_a, out, mnist_dir), timeout=180)
+    assert resumed.returncode == 0, resumed.stderr
+    after_resume = _snapshot(points)
+    results_a = json.loads((out / "results.json").read_text())
+
+    grown = run_module("quantize.sweep", *_sweep_args(sweep_checkpoint, grid_b, out, mnist_dir, jobs=2), timeout=180)
+    assert grown.returncode == 0, grown.stderr
+    after_grow = _snapshot(points)
+    return {"out": out, "killed_stderr": killed_stderr, "after_kill": after_kill, "resumed": resumed,
+            "after_resume": after_resume, "results_a": results_a, "grown": grown, "after_grow": after_grow}
+
+
+# ------------------------------------------------------------------------------------------ 1. report
+def test_sweep_writes_report_plots_and_tables(grown_sweep):
+    out = grown_sweep["out"]
+    for name in REPORT_FILES:
+        assert (out / name).is_file(), f"{name} missing from {sorted(p.name for p in out.iterdir())}"
+    for name in PLOTS:
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC, f"{name} is not a PNG file"
+
+    res = json.loads((out / "results.json").read_text())
+    rows = res["points"]
+    assert len(rows) == 10
+    assert sorted(r["label"] for r in rows if r["kind"] == "grid") == sorted(
+        f"w{w} a8 {r}" for w in (4, 8) for r in ("TRN", "RND_CONV"))
+    assert sorted(r["layer"] for r in rows if r["kind"] == "sensitivity") == ["C1", "C3", "C5", "F6", "S2", "S4"]
+    for r in rows:
+        assert r["images"] == IMAGES
+        assert 0 <= r["errors"] <= IMAGES and r["error_rate"] == r["errors"] / IMAGES
+        assert POINT_FILE.fullmatch(r["key"] + ".json") and (out / "points" / f"{r['key']}.json").is_file()
+
+    with open(out / "results.csv", newline="") as f:
+        csv_rows = list(csv.DictReader(f))
+    assert len(csv_rows) == len(rows)
+    assert [c["label"] for c in csv_rows] == [r["label"] for r in rows]
+    assert [int(c["errors"]) for c in csv_rows] == [r["errors"] for r in rows]
+
+    md = (out / "report.md").read_text()
+    for name in PLOTS:
+        assert f"]({name})" in md, f"report.md does not embed {name}"
+    s = res["summary"]["smallest_within_0.2pt"]
+    if s is None:
+        assert "No grid point came within 0.2 points of the float error." in md
+    else:
+        assert (f"Smallest widths within 0.2 points of float: **{s['weight_bits']}-bit weights, "
+                f"{s['act_bits']}-bit states** ({s['label']}:") in md
+        # and it really is the smallest of the qualifying grid points
+        within = [r for r in rows if r["kind"] == "grid" and r["error_rate"] - res["summary"]["float_error"] <= 0.002 + 1e-9]
+        assert s["weight_bits"] + s["act_bits"] == min(r["weight_bits"] + r["act_bits"] for r in within)
+
+
+# ------------------------------------------------------------------------------------------ 3. resume
+def test_sweep_resumes_after_sigkill_without_recomputing(grown_sweep):
+    after_kill, after_resume = grown_sweep["after_kill"], grown_sweep["after_resume"]
+    k = len(after_kill)
+    assert 2 <= k < 8
+    assert _summary(grown_sweep["resumed"].stderr) == (8, k, 8 - k, 1, IMAGES)
+    # the points finished before the kill are reused as they are: not rewritten
+    for name, (mtime, content) in after_kill.items():
+        assert after_resume[name] == (mtime, content), f"{name} was rewritten by the resumed sweep"
+    assert len(after_resume) == 8 and set(after_kill) <= set(after_resume)
+    # every point is in the report exactly once, each with its cached row
+    rows = grown_sweep["results_a"]["points"]
+    assert sorted(r["key"] + ".json" for r in rows) == sorted(after_resume)
+    for r in rows:
+        cached = json.loads(after_resume[r["key"] + ".json"][1])
+        assert cached["errors"] == r["errors"] and cached["label"] == r["label"]
+
+
+def test_sweep_larger_grid_reuses_every_previous_point(grown_sweep):
+    after_resume, after_grow = grown_sweep["after_resume"], grown_sweep["after_grow"]
+    assert _summary(grown_sweep["grown"].stderr) == (10, 8, 2, 2, IMAGES)
+    for name, snap in after_resume.items():
+        assert after_grow[name] == snap, f"{name} was rewritten by the larger sweep"
+    new = set(after_grow) - set(after_resume)
+    assert len(new) == 2
+    assert sorted(json.loads(after_grow[n][1])["label"] for n in new) == NEW_IN_B
+
+
+# ------------------------------------------------------------------- 2. agrees with the quantize CLI
+@pytest.fixture
+def torch_globals():
+    """``python -m quantize`` (run in-process here) sets torch's thread count and determinism: restore them."""
+    import torch
+
+    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(det)
+
+
+@pytest.mark.parametrize("label", ["w4 a8 TRN", "C3 at 4 bits"])
+def test_sweep_point_matches_quantize_and_evaluate_cli(label, grown_sweep, sweep_checkpoint, mnist_dir, tmp_path,
+                                                       capsys, torch_globals):
+    """The same config through ``python -m quantize --config`` + ``python -m quantize.evaluate --json --limit``
+    gives the same formats and exactly the same errors as the sweep (both run the CLIs' ``main``)."""
+    import quantize.__main__
+    import quantize.evaluate
+    from quantize import spec as qspec
+
+    row = next(r for r in json.loads((grown_sweep["out"] / "results.json").read_text())["points"] if r["label"] == label)
+    if row["kind"] == "grid":
+        cfg = {"preset": "q8", "weight_bits": row["weight_bits"], "act_bits": row["act_bits"],
+               "rounding": row["rounding"], "qat_epochs": 0}
+    else:
+        cfg = {"preset": "q8", "qat_epochs": 0, "layers": {row["layer"]: {"weight_bits": row["bits"], "act_bits": row["bits"]}}}
+    config = _write_json(tmp_path / "config.json", cfg)
+    spec_dir = tmp_path / "spec"
+    assert quantize.__main__.main(["--checkpoint", str(sweep_checkpoint), "--config", str(config), "--out", str(spec_dir),
+                                   "--data", str(mnist_dir), "--no-progress"]) == 0
+    capsys.readouterr()
+    spec = qspec.load(spec_dir)
+    assert {l.name: {k: str(f) for k, f in l.formats.items()} for l in spec.layers} == row["formats"]
+    assert quantize.evaluate.main(["--spec", str(spec_dir), "--json", "--limit", str(IMAGES), "--data", str(mnist_dir)]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["images"] == row["images"] == IMAGES
+    assert res["errors"] == row["errors"]
+    assert res["weight_bits"] == row["weight_memory_bits"]
+
+
+# ------------------------------------------------------------------------------------------ 4. --jobs 2
+def test_sweep_jobs2_matches_jobs1(grown_sweep, sweep_checkpoint, mnist_dir, tmp_path, capsys, torch_globals):
+    """Grid B's new points came from 2 worker processes; the --jobs 1 path (``run_sweep`` in this process,
+    as ``python -m quantize.sweep --jobs 1`` runs it) gives the same rows. The grid lists w4 twice: the
+    same config is one point, computed once."""
+    from quantize.sweep import load_grid, run_sweep
+
+    grid = load_grid(str(_write_json(tmp_path / "grid.json", {**GRID_A, "weight_bits": [4, 8, 4],
+                                                                "rounding": ["RND_CONV"], "sensitivity_bits": []})))
+    out = tmp_path / "out"
+    rows = run_sweep(grid, str(sweep_checkpoint), out, jobs=1, data_dir=str(mnist_dir), progress=False)
+    assert _summary(capsys.readouterr().err) == (2, 0, 2, 1, IMAGES)
+    assert len(_snapshot(out / "points")) == 2
+    assert [row["label"] for row in rows] == ["w4 a8 RND_CONV", "w8 a8 RND_CONV", "w4 a8 RND_CONV"]
+    jobs2 = {row["key"]: row for row in json.loads((grown_sweep["out"] / "results.json").read_text())["points"]}
+    for row in rows:
+        ref = jobs2[row["key"]]
+        for field in ("label", "errors", "error_rate", "formats", "saturations", "acc_overflows", "weight_memory_bits",
+                      "est_luts", "est_brams"):
+            assert row[field] == ref[field], f"{row['label']}: {field} differs between --jobs 2 and --jobs 1"
+
+
+# ------------------------------------------------------------------------------------------ 5. bad input
+BAD_GRIDS = {
+    "weight_bits 0": ({**GRID_A, "weight_bits": [0]}, "weight_bits"),
+    "weight_bits 40": ({**GRID_A, "weight_bits": [4, 40]}, "weight_bits"),
+    "rounding NOPE": ({**GRID_A, "rounding": ["NOPE"]}, "NOPE"),
+    "empty grid": ({"weight_bits": [], "act_bits": [], "rounding": [], "acc_bits": [], "sensitivity_bits": [],
+                    "anna": False}, "no points"),
+    "unknown key": ({**GRID_A, "weigth_bits": [4]}, "weigth_bits"),
+    "sensitivity_bits 1": ({**GRID_A, "sensitivity_bits": [1]}, "1"),
+    "acc narrower than its fraction": ({**GRID_A, "acc_bits": [4]}, "acc_bits"),
+    "images 0": ({**GRID_A, "images": 0}, "images"),
+    "images not a number": ({**GRID_A, "images": "abc"}, "images"),
+    "base not a preset name": ({**GRID_A, "base": ["q8"]}, "base"),
+    "anna not a boolean": ({**GRID_A, "anna": "yes"}, "anna"),
+    "weight_bits not a list": ({**GRID_A, "weight_bits": 4}, "weight_bits"),
+    "grid is a JSON list": ([1, 2], "JSON object"),
+}
+
+
+def _assert_one_error(rc, err, out: Path, mention: str):
+    assert rc == 2, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), f"expected one 'error:' line, got:\n{err}"
+    assert mention in lines[0]
+    for name in REPORT_FILES:
+        assert not (out / name).exists(), f"{name} written despite the error"
+
+
+@pytest.mark.parametrize("case", list(BAD_GRIDS))
+def test_sweep_bad_grid_is_one_error_line(case, sweep_checkpoint, mnist_dir, tmp_path, capsys):
+    from quantize.sweep import main
+
+    grid, mention = BAD_GRIDS[case]
+    path = _write_json(tmp_path / "grid.json", grid)
+    out = tmp_path / "out"
+    rc = main(list(map(str, _sweep_args(sweep_checkpoint, path, out, mnist_dir))))
+    _assert_one_error(rc, capsys.readouterr().err, out, mention)
+    assert not (out / "points").exists() or not any((out / "points").iterdir())
+
+
+def test_sweep_out_is_a_file(sweep_checkpoint, mnist_dir, tmp_path, capsys):
+    from quantize.sweep import main
+
+    path = _write_json(tmp_path / "grid.json", GRID_A)
+    out = tmp_path / "out"
+    out.write_text("not a directory\n")
+    rc = main(list(map(str, _sweep_args(sweep_checkpoint, path, out, mnist_dir))))
+    _assert_one_error(rc, capsys.readouterr().err, tmp_path, "not a directory")
+    assert out.read_text() == "not a directory\n"
+
+
+def test_sweep_missing_grid_file(sweep_checkpoint, mnist_dir, tmp_path, capsys):
+    from quantize.sweep import main
+
+    out = tmp_path / "out"
+    rc = main(list(map(str, _sweep_args(sweep_checkpoint, tmp_path / "nope.json", out, mnist_dir))))
+    _assert_one_error(rc, capsys.readouterr().err, out, "no such file")
+    assert not out.exists()
+
+
+def test_sweep_grid_not_json(sweep_checkpoint, mnist_dir, tmp_path, capsys):
+    from quantize.sweep import main
+
+    grid = tmp_path / "grid.json"
+    grid.write_text('{"weight_bits": [4, 8],\n')
+    out = tmp_path / "out"
+    rc = main(list(map(str, _sweep_args(sweep_checkpoint, grid, out, mnist_dir))))
+    captured = capsys.readouterr()
+    _assert_one_error(rc, captured.err, out, "not valid JSON")
+    assert captured.out == ""
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------- 6. report units
+def test_pareto_known_front():
+    pts = [(1, 5), (2, 3), (2, 4), (3, 3), (4, 1), (0.5, 9), (5, 1), (4, 2)]
+    # (2, 4) and (4, 2) lose at equal cost, (3, 3) ties (2, 3)'s error at a higher cost, (5, 1) ties (4, 1)
+    assert pareto(pts) == [5, 0, 1, 4]
+    assert pareto([]) == []
+    assert pareto([(3, 0.5)]) == [0]
+    assert pareto([(1, 1), (1, 1)]) == [0]  # a duplicate is listed once
+
+
+def _grid_row(w, a, errors, mem=None, qat=False, images=10000, kind="grid"):
+    return {"kind": kind, "label": f"w{w} a{a}" + (" QAT" if qat else ""), "weight_bits": w, "act_bits": a,
+            "qat": qat, "errors": errors, "error_rate": errors / images, "weight_memory_bits": mem or 1000 * w}
+
+
+def test_summarize_smallest_within_02_points():
+    float_err = 62 / 10000
+    rows = [
+        _grid_row(8, 8, 60),
+        _grid_row(6, 8, 70),
+        _grid_row(4, 8, 83),            # 0.21 points above float: out
+        _grid_row(8, 4, 80, mem=9000),  # 12 bits, within
+        _grid_row(6, 6, 82, mem=5000),  # 12 bits, exactly 0.2 points above (float rounding!): within, less memory
+        _grid_row(5, 6, 95),            # 11 bits but 0.33 points above: out
+        _grid_row(3, 3, 50, qat=True),  # QAT points do not count
+        {**_grid_row(2, 2, 10), "kind": "sensitivity"},  # nor do sensitivity points
+        {**_grid_row(6, 3, 70), "kind": "anna", "qat": False},
+        {**_grid_row(6, 3, 65), "kind": "anna", "qat": True},
+    ]
+    s = summarize(rows, float_err)
+    assert s["float_error"] == float_err
+    assert s["smallest_within_0.2pt"] == {"label": "w6 a6", "weight_bits": 6, "act_bits": 6, "error_rate": 82 / 10000}
+    assert s["min_weight_bits_within_0.2pt"] == 6
+    assert s["min_act_bits_within_0.2pt"] == 4
+    assert s["anna_ptq_error"] == 70 / 10000 and s["anna_qat_error"] == 65 / 10000
+
+
+def test_summarize_nothing_within():
+    s = summarize([_grid_row(8, 8, 900), _grid_row(4, 4, 5000), _grid_row(2, 2, 10, qat=True)], 0.01)
+    assert s["smallest_within_0.2pt"] is None
+    assert s["min_weight_bits_within_0.2pt"] is None and s["min_act_bits_within_0.2pt"] is None
+    assert s["anna_ptq_error"] is None and s["anna_qat_error"] is None
