@@ -9,7 +9,7 @@ Latency 0 (combinational); :class:`Requantize` wraps it as a component for tests
 """
 from __future__ import annotations
 
-from amaranth.hdl import Const, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -33,6 +33,8 @@ def shift_round(value: Value, shift: int, rounding: str) -> Value:
     v = value.as_signed() if not value.shape().signed else value
     if shift <= 0:
         return v << -shift
+    if len(v) <= shift:  # sign-extend so that rem below has all ``shift`` bits
+        v = Cat(v, v[-1].replicate(shift + 1 - len(v))).as_signed()
     floor = v >> shift  # arithmetic shift: floor division
     rem = v.as_unsigned()[:shift]
     half = Const(1 << (shift - 1), shift)
@@ -65,6 +67,9 @@ def overflow(value: Value, fmt: QFormat) -> tuple[Value, Value]:
     if fmt.overflow == "SAT":
         result = Mux(value > hi, hi, Mux(value < lo, lo, value))
     else:
+        if len(value) < fmt.width:  # sign-extend first: slicing past the top would drop the sign
+            value = value.as_signed()
+            value = Cat(value, value[-1].replicate(fmt.width - len(value))).as_signed()
         result = value[:fmt.width]
     result = result[:fmt.width]
     return (result.as_signed() if fmt.signed else result.as_unsigned()), out_of_range

@@ -305,6 +305,16 @@ def test_evaluate_cli_bad_weights_and_missing_dir(spec_copy, tmp_path, capsys, m
     one_error_line(capsys.readouterr().err, "no such directory")
 
 
+def test_quantize_cli_missing_checkpoint(tmp_path, capsys):
+    out = tmp_path / "X"
+    assert qmain.main(["--checkpoint", str(tmp_path / "missing.pt"), "--preset", "q8", "--out", str(out)]) == 2
+    cap = capsys.readouterr()
+    one_error_line(cap.err, "missing.pt", "no such file")
+    assert cap.out == "" and not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
 def test_quantize_cli_missing_checkpoint_subprocess(tmp_path, run_module):
     out = tmp_path / "X"
     r = run_module("quantize", "--checkpoint", tmp_path / "missing.pt", "--preset", "q8", "--out", out)
@@ -376,3 +386,11 @@ def test_quantize_cli_end_to_end(tmp_path, capsys, quant_model, mnist_dir):
     p = s.provenance
     assert p["calibration_images"] == 100 and p["preset"] == "custom:cfg.json" and p["checkpoint_sha256"]
     assert p["config"]["layers"] == {"C5": {"weight_bits": 4}}
+    # --out naming an existing file: one error line, the file untouched, nothing else written
+    f = tmp_path / "afile"
+    f.write_text("keep")
+    before = sorted(x.name for x in tmp_path.iterdir())
+    assert qmain.main(["--checkpoint", str(ckpt), "--config", str(conf), "--out", str(f),
+                       "--data", str(mnist_dir), "--no-progress"]) == 2
+    one_error_line(capsys.readouterr().err, "afile", "not a directory")
+    assert f.read_text() == "keep" and sorted(x.name for x in tmp_path.iterdir()) == before

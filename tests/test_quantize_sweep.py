@@ -3,12 +3,15 @@ resume after SIGKILL, ``--jobs 2``, bad input, and the report's Pareto/summary h
 
 The checkpoint is an untrained LeNet-5 (seed 0): errors are near chance, but the mechanics are what
 is tested. Grids are tiny and limited to 200 test images. The expensive sweep processes run once, in a
-module fixture the tests share: grid A started and SIGKILLed, resumed (``--jobs 1``), then grown to
-grid B with ``--jobs 2`` (so its two new points come from worker processes).
+module fixture the tests share: grid A started by ``python -m quantize.sweep`` and SIGKILLed,
+resumed to completion (``run_sweep``, ``--jobs 1``, in-process to save a torch import), then grown to
+grid B by ``python -m quantize.sweep --jobs 2`` (its two new points come from worker processes).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import os
 import re
@@ -17,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -106,18 +110,31 @@ def grown_sweep(sweep_checkpoint, mnist_dir, run_module, tmp_path_factory):
     killed_stderr = (tmp / "killed.stderr").read_text()
     assert running, f"the sweep ended (rc {proc.returncode}) before it could be killed:\n{killed_stderr}"
     assert proc.returncode == -signal.SIGKILL
+    assert _summary(killed_stderr) == (8, 0, 8, 1, IMAGES)
     after_kill = _snapshot(points)
 
-    resumed = run_module("quantize.sweep", *_sweep_args(sweep_checkpoint, grid_a, out, mnist_dir), timeout=180)
-    assert resumed.returncode == 0, resumed.stderr
+    # the rerun to completion: the sweep itself (run_sweep, what ``python -m quantize.sweep --jobs 1`` runs
+    # before its report), in this process to save an interpreter and a torch import; the grown run below
+    # is the whole CLI
+    import torch
+
+    from quantize.sweep import load_grid, run_sweep
+
+    threads, err = torch.get_num_threads(), io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            rows_a = run_sweep(load_grid(str(grid_a)), str(sweep_checkpoint), out, jobs=1, data_dir=str(mnist_dir),
+                               progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    resumed = SimpleNamespace(stderr=err.getvalue())
     after_resume = _snapshot(points)
-    results_a = json.loads((out / "results.json").read_text())
 
     grown = run_module("quantize.sweep", *_sweep_args(sweep_checkpoint, grid_b, out, mnist_dir, jobs=2), timeout=180)
     assert grown.returncode == 0, grown.stderr
     after_grow = _snapshot(points)
     return {"out": out, "killed_stderr": killed_stderr, "after_kill": after_kill, "resumed": resumed,
-            "after_resume": after_resume, "results_a": results_a, "grown": grown, "after_grow": after_grow}
+            "after_resume": after_resume, "rows_a": rows_a, "grown": grown, "after_grow": after_grow}
 
 
 # ------------------------------------------------------------------------------------------ 1. report
@@ -169,8 +186,8 @@ def test_sweep_resumes_after_sigkill_without_recomputing(grown_sweep):
     for name, (mtime, content) in after_kill.items():
         assert after_resume[name] == (mtime, content), f"{name} was rewritten by the resumed sweep"
     assert len(after_resume) == 8 and set(after_kill) <= set(after_resume)
-    # every point is in the report exactly once, each with its cached row
-    rows = grown_sweep["results_a"]["points"]
+    # every point of grid A is in the result exactly once, each with its cached row
+    rows = grown_sweep["rows_a"]
     assert sorted(r["key"] + ".json" for r in rows) == sorted(after_resume)
     for r in rows:
         cached = json.loads(after_resume[r["key"] + ".json"][1])

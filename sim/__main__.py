@@ -1,0 +1,59 @@
+"""``python -m sim --spec DIR [--images N | FILE.npy] [--simulator icarus|verilator] [--waves] [--json]``
+
+Runs the emitted Verilog of a QuantSpec on MNIST test images (or any uint8 N x 28 x 28 / N x 32 x 32
+array) in a real simulator and compares class and scores with the emulator, bit for bit.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+from model import data
+from model.util import UserError, cli
+
+from .runner import SIMULATORS, run
+
+
+@cli
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m sim", description=__doc__.split("\n\n")[1])
+    p.add_argument("--spec", required=True, help="QuantSpec directory")
+    p.add_argument("--images", default="100", help="N (the first N MNIST test images) or a .npy file")
+    p.add_argument("--simulator", default=os.environ.get("SIM", "icarus"), help="icarus (default) or verilator")
+    p.add_argument("--lanes", type=int, default=8)
+    p.add_argument("--waves", action="store_true", help="write a waveform (VCD with Icarus, FST with Verilator)")
+    p.add_argument("--data", default=None, help="MNIST directory")
+    p.add_argument("--out", default="build/sim")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    args = p.parse_args(argv)
+    if args.simulator not in SIMULATORS:
+        raise UserError(f"unknown --simulator {args.simulator!r} (icarus or verilator)")
+    if not os.path.isdir(args.spec):
+        raise UserError(f"--spec {args.spec}: no such directory (make quantize builds build/quant/lenet5-q8)")
+    if args.images.isdigit():
+        n = int(args.images)
+        if n < 1:
+            raise UserError("--images must be at least 1")
+        images = data.load("test", args.data).images[:n]
+    else:
+        from quantize.run import load_images
+
+        images = load_images(args.images)
+    res = run(args.spec, images, args.simulator, args.lanes, args.waves, args.out)
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"{res['simulator']}: {res['images'] - res['mismatches']}/{res['images']} images bit-exact, "
+              f"{res['cycles_per_image']} cycles/image (model {res['cycles_per_image_model']}), "
+              f"{res['images_per_s']} images/s simulated")
+        if res["first_mismatch"]:
+            print("first mismatch: " + json.dumps(res["first_mismatch"]))
+    return 1 if res["mismatches"] or not res["cycles_match_model"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
