@@ -39,9 +39,9 @@ def rtl_activation(prog, captures: list[Capture]):
     end = starts[-1] + P + 4
     writes, scores = [], []
 
-    def owner(cycle):  # the latest capture at or before ``cycle``
-        i = max(i for i, s in enumerate(starts) if s <= cycle)
-        return i, cycle - starts[i]
+    def owner(turn):  # lane turns of a capture in cycle s are s + 1 .. s + P
+        i = max(i for i, s in enumerate(starts) if s < turn)
+        return i, turn - starts[i]
 
     async def testbench(ctx):
         for cycle in range(end):
@@ -58,7 +58,7 @@ def rtl_activation(prog, captures: list[Capture]):
                 ctx.set(dut.mask, 0)
                 ctx.set(dut.layer, 0)
             if ctx.get(dut.we):
-                i, rel = owner(cycle - 1)  # a write belongs to the lane turn of the cycle before
+                i, rel = owner(cycle - 1)  # a write is presented the cycle after its lane's turn
                 writes.append((rel + 1, i, ctx.get(dut.waddr), ctx.get(dut.wdata)))
             if ctx.get(dut.score_we):
                 i, rel = owner(cycle)
@@ -180,11 +180,10 @@ def test_activation_back_to_back_all_lanes(q8_spec):
 
 
 def test_activation_saturates(q8_spec):
-    """Far outside the LUT range, the state is the table's first/last entry (flat squash)."""
+    """Far outside the LUT range (the acc format's extremes) every address saturates."""
     prog = compile_spec(q8_spec, 8)
-    li = 0
-    l = prog.layers[li].spec
-    a = l.formats["acc"]
-    caps = [Capture(li, 0, 0xFF, [a.code_max] * 4 + [a.code_min] * 4)]
-    got_w, _ = rtl_activation(prog, caps)
-    assert [d for *_, d in got_w] == [int(l.lut[-1])] * 4 + [int(l.lut[0])] * 4
+    for li, lp in enumerate(prog.layers[:-1]):
+        f = lp.spec.formats
+        accs = [f["acc"].code_max] * 4 + [f["acc"].code_min] * 4
+        assert ops.activation(np.array(accs), f["acc"].frac, f["index"], lp.spec.lut)[1] == 8
+        check(prog, [Capture(li, 0, 0xFF, accs)])

@@ -1,0 +1,106 @@
+"""``python -m hw.generate``: Verilog + manifest, deterministic, accepted by Icarus and Verilator."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hw.perf import schedule
+from hw.generate import top_name
+
+REPO = Path(__file__).resolve().parents[1]
+PORTS = {"i__payload", "i__valid", "i__ready", "o__payload", "o__valid", "o__ready", "busy", "done", "clk", "rst"}
+VERILATOR_WAIVERS = ["-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-CASEINCOMPLETE"]
+
+
+@pytest.fixture(scope="module")
+def generated(run_module, q8_spec_dir, tmp_path_factory):
+    """Generate twice into two directories: (first dir, second dir, stdout of the first run)."""
+    outs = []
+    for n in range(2):
+        out = tmp_path_factory.mktemp(f"verilog{n}")
+        r = run_module("hw.generate", "--spec", q8_spec_dir, "--lanes", 8, "--out", out, timeout=300)
+        assert r.returncode == 0, r.stderr
+        outs.append((out, r.stdout))
+    return outs[0][0], outs[1][0], outs[0][1]
+
+
+def test_generate_writes_verilog_and_manifest(generated, q8_spec):
+    out, _, stdout = generated
+    top = top_name(q8_spec)
+    assert top == "lenet5_q8"
+    assert sorted(p.name for p in out.iterdir()) == [f"{top}.json", f"{top}.v"]
+    text = (out / f"{top}.v").read_text()
+    assert f"module {top}(" in text
+    man = json.loads((out / f"{top}.json").read_text())
+    assert man["top"] == top and man["lanes"] == 8 and man["network"] == "lenet5" and man["preset"] == "q8"
+    assert {p["name"] for p in man["ports"]} == PORTS
+    widths = {p["name"]: (p["direction"], p["width"]) for p in man["ports"]}
+    assert widths["i__payload"] == ("input", 8) and widths["clk"] == ("input", 1) and widths["rst"] == ("input", 1)
+    assert widths["o__valid"] == ("output", 1) and widths["done"] == ("output", 1) and widths["busy"] == ("output", 1)
+    s = schedule(q8_spec, 8)
+    assert man["cycles_per_image"] == s["cycles_per_image"]
+    assert man["macs_per_image"] == s["macs_per_image"] == q8_spec.macs()
+    assert [l["cycles"] for l in man["cycle_model"]] == [l["cycles"] for l in s["layers"]]
+    assert f"{top}.v" in stdout and f"{s['cycles_per_image']:,} cycles/image" in stdout
+    assert man["verilog_sha256"] == hashlib.sha256(text.encode()).hexdigest()
+
+
+def test_generate_is_deterministic(generated):
+    a, b, _ = generated
+    for name in ("lenet5_q8.v", "lenet5_q8.json"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def test_iverilog_compiles(generated, tmp_path):
+    if shutil.which("iverilog") is None:
+        pytest.skip("iverilog not installed")
+    out, _, _ = generated
+    r = subprocess.run(["iverilog", "-g2012", "-o", str(tmp_path / "a.out"), str(out / "lenet5_q8.v")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "a.out").is_file()
+
+
+def test_verilator_lint(generated):
+    exe = REPO / ".venv/bin/verilator"
+    exe = str(exe) if exe.is_file() else shutil.which("verilator")
+    if exe is None:
+        pytest.skip("verilator not installed")
+    out, _, _ = generated
+    r = subprocess.run([exe, "--lint-only", *VERILATOR_WAIVERS, str(out / "lenet5_q8.v")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "%Warning" not in r.stderr and "%Error" not in r.stderr
+
+
+@pytest.mark.parametrize("lanes", ["0", "300", "-1"])
+def test_generate_bad_lanes(run_module, q8_spec_dir, tmp_path, lanes):
+    out = tmp_path / "out"
+    r = run_module("hw.generate", "--spec", q8_spec_dir, "--lanes", lanes, "--out", out)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "lanes" in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+    assert not out.exists()
+
+
+def test_generate_missing_spec(run_module, tmp_path):
+    out = tmp_path / "out"
+    r = run_module("hw.generate", "--spec", tmp_path / "no-such-spec", "--out", out)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
+    assert not out.exists()
+
+
+def test_generate_out_is_a_file(run_module, q8_spec_dir, tmp_path):
+    out = tmp_path / "out"
+    out.write_text("not a directory")
+    r = run_module("hw.generate", "--spec", q8_spec_dir, "--lanes", 1, "--out", out, timeout=300)
+    assert r.returncode == 2 and r.stderr.startswith("error:"), r.stderr
+    assert out.read_text() == "not a directory"
