@@ -25,6 +25,7 @@ def main(argv=None):
     p.add_argument("--images", default="100", help="N (the first N MNIST test images) or a .npy file")
     p.add_argument("--simulator", default=os.environ.get("SIM", "icarus"), help="icarus (default) or verilator")
     p.add_argument("--lanes", type=int, default=8)
+    p.add_argument("--jobs", type=int, default=1, help="simulator processes in parallel (images split between them)")
     p.add_argument("--waves", action="store_true", help="write a waveform (VCD with Icarus, FST with Verilator)")
     p.add_argument("--data", default=None, help="MNIST directory")
     p.add_argument("--out", default="build/sim")
@@ -43,7 +44,9 @@ def main(argv=None):
         from quantize.run import load_images
 
         images = load_images(args.images)
-    res = run(args.spec, images, args.simulator, args.lanes, args.waves, args.out)
+    if args.jobs < 1:
+        raise UserError("--jobs must be at least 1")
+    res = run(args.spec, images, args.simulator, args.lanes, args.waves, args.out, jobs=args.jobs)
     if args.json:
         print(json.dumps(res))
     else:

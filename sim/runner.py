@@ -7,6 +7,7 @@ names the first diverging layer and index.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import re
 import io
@@ -15,6 +16,7 @@ import os
 import shutil
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -141,7 +143,8 @@ def layer_table(spec, lanes: int) -> list[dict]:
 
 
 def run(spec_dir, images: np.ndarray, simulator: str = "icarus", lanes: int = 8, waves: bool = False,
-        out: str | os.PathLike = "build/sim", trace_on_mismatch: bool = True, verilog: Path | None = None) -> dict:
+        out: str | os.PathLike = "build/sim", trace_on_mismatch: bool = True, verilog: Path | None = None,
+        jobs: int = 1) -> dict:
     """Simulate ``images`` (uint8 N x 28 x 28 or N x 32 x 32) and compare with the emulator."""
     from cocotb_tools.runner import get_runner
 
@@ -169,10 +172,6 @@ def run(spec_dir, images: np.ndarray, simulator: str = "icarus", lanes: int = 8,
     if not hpath.is_file() or hpath.read_text() != htext:
         atomic_write_text(hpath, htext)
     r = Emulator(spec).run(images)
-    buf = io.BytesIO()
-    np.savez(buf, **r.tensors, scores=r.scores, predictions=r.predictions)
-    atomic_write_bytes(run_dir / "golden.npz", buf.getvalue())
-    np.save(run_dir / "images.npy", np.ascontiguousarray(images))
 
     runner = get_runner(simulator)
 
@@ -191,36 +190,46 @@ def run(spec_dir, images: np.ndarray, simulator: str = "icarus", lanes: int = 8,
     build_dir = build(trace=False)
     build_s = time.perf_counter() - t0
 
-    def simulate(imgs_path, trace_images, result_path, build_dir=build_dir):
-        cfg = {"images": str(imgs_path.resolve()), "golden": str((run_dir / "golden.npz").resolve()),
+    def simulate(sel: np.ndarray, test_dir: Path, trace: bool = False, build_dir: Path = build_dir) -> dict:
+        """Run the testbench on images[sel] in its own directory; golden vectors for exactly those."""
+        test_dir.mkdir(parents=True, exist_ok=True)
+        np.save(test_dir / "images.npy", np.ascontiguousarray(images[sel]))
+        buf = io.BytesIO()
+        np.savez(buf, **{k: v[sel] for k, v in r.tensors.items()}, scores=r.scores[sel], predictions=r.predictions[sel])
+        atomic_write_bytes(test_dir / "golden.npz", buf.getvalue())
+        result_path = test_dir / "result.json"
+        cfg = {"images": str((test_dir / "images.npy").resolve()), "golden": str((test_dir / "golden.npz").resolve()),
                "result": str(result_path.resolve()), "score_width": manifest["widths"]["score"],
-               "payload_width": pw,
-               "layers": layer_table(spec, lanes), "trace_images": trace_images}
-        cfg_path = run_dir / "config.json"
+               "payload_width": pw, "layers": layer_table(spec, lanes), "trace_images": [0] if trace else []}
+        cfg_path = test_dir / "config.json"
         cfg_path.write_text(json.dumps(cfg))
         if result_path.exists():
             result_path.unlink()
-        runner.test(test_module="sim.tb_accelerator", hdl_toplevel=HARNESS, build_dir=build_dir, test_dir=run_dir,
+        # a copy of the built runner per call: Runner.test keeps per-run state on the object
+        copy.copy(runner).test(test_module="sim.tb_accelerator", hdl_toplevel=HARNESS, build_dir=build_dir, test_dir=test_dir,
                     extra_env={"LENET_SIM_CONFIG": str(cfg_path.resolve()), "COCOTB_LOG_LEVEL": "WARNING"},
-                    waves=waves, log_file=run_dir / "sim.log", results_xml=str((run_dir / "results.xml").resolve()))
+                    waves=waves, log_file=test_dir / "sim.log", results_xml=str((test_dir / "results.xml").resolve()))
         if not result_path.is_file():
-            raise UserError(f"the simulation produced no result; see {run_dir / 'sim.log'}")
+            raise UserError(f"the simulation produced no result; see {test_dir / 'sim.log'}")
         return json.loads(result_path.read_text())
 
+    # shards of consecutive images run in parallel simulator processes, one build shared
+    jobs = max(1, min(jobs, len(images)))
+    shards = np.array_split(np.arange(len(images)), jobs)
     t1 = time.perf_counter()
-    res = simulate(run_dir / "images.npy", [], run_dir / "result.json")
+    with ThreadPoolExecutor(max_workers=jobs) as ex:
+        parts = list(ex.map(lambda ks: simulate(ks[1], run_dir / f"shard{ks[0]}"), enumerate(shards)))
     sim_s = time.perf_counter() - t1
+    res = {"cycles": [c for p in parts for c in p["cycles"]], "mismatches": sum(p["mismatches"] for p in parts),
+           "first_mismatch": None}
+    for sel, part in zip(shards, parts):
+        if part["first_mismatch"] is not None:
+            res["first_mismatch"] = {**part["first_mismatch"], "image": int(sel[part["first_mismatch"]["image"]])}
+            break
     first = res["first_mismatch"]
     if first is not None and trace_on_mismatch:
         n = first["image"]
-        one = run_dir / "trace_image.npy"
-        np.save(one, images[n:n + 1])
-        # golden for that image alone, so the traced run compares image 0
-        buf = io.BytesIO()
-        np.savez(buf, **{k: v[n:n + 1] for k, v in r.tensors.items()}, scores=r.scores[n:n + 1],
-                 predictions=r.predictions[n:n + 1])
-        atomic_write_bytes(run_dir / "golden.npz", buf.getvalue())
-        tr = simulate(one, [0], run_dir / "trace.json", build_dir=build(trace=True))
+        tr = simulate(np.array([n]), run_dir / "trace", trace=True, build_dir=build(trace=True))
         first["trace"] = (tr.get("traces") or {}).get("0")
     cycles = res["cycles"]
     from hw.perf import cycles_per_image
@@ -232,8 +241,8 @@ def run(spec_dir, images: np.ndarray, simulator: str = "icarus", lanes: int = 8,
               "cycles_per_image_model": model, "cycles_match_model": all(c == model for c in cycles),
               "sim_seconds": round(sim_s, 2), "build_seconds": round(build_s, 2),
               "images_per_s": round(len(images) / sim_s, 2) if sim_s else None,
-              "verilog": str(vpath)}
+              "jobs": jobs, "verilog": str(vpath)}
     if waves:
-        cand = sorted(run_dir.glob("*.fst")) + sorted(run_dir.glob("*.vcd")) + sorted(build_dir.glob("*.fst")) + sorted(build_dir.glob("*.vcd"))
+        cand = sorted(run_dir.rglob("*.fst")) + sorted(run_dir.rglob("*.vcd"))
         result["waves"] = str(cand[0]) if cand else None
     return result
