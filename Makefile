@@ -11,7 +11,7 @@ JOBS ?= 2
 LANES ?= 8
 VERILATOR_WAIVERS := -Wno-WIDTHEXPAND -Wno-WIDTHTRUNC -Wno-CASEINCOMPLETE
 
-.PHONY: all install train train-all evaluate quantize verilog lint bench sweep test test-slow clean help
+.PHONY: all install train train-all evaluate quantize verilog lint sim sim-full bench sweep test test-slow clean help
 
 help:
 	@echo "make all        main job: evaluate the committed LeNet-5, quantize it (q8, anna), report"
@@ -24,6 +24,8 @@ help:
 	@echo "make quantize   build/quant/lenet5-q8/ and build/quant/lenet5-anna/ QuantSpecs"
 	@echo "make verilog    build/verilog/lenet5_q8.v and lenet5_anna.v (+ JSON manifests), LANES=$(LANES)"
 	@echo "make lint       iverilog -g2012 and verilator --lint-only on the emitted Verilog"
+	@echo "make sim        RTL vs emulator: q8, first 100 MNIST test images, Icarus"
+	@echo "make sim-full   RTL vs emulator: all 10,000 test images, q8 and anna, Verilator"
 	@echo "make bench      emulator vs torch float32 throughput; cycle model for lanes 1, 8, 32"
 	@echo "make sweep      quantization sweep report in build/reports/sweep/ (JOBS=$(JOBS))"
 	@echo "make clean      remove build/"
@@ -31,6 +33,7 @@ help:
 all: evaluate quantize verilog
 	$(PY) -m quantize.evaluate --spec build/quant/lenet5-q8
 	$(PY) -m quantize.evaluate --spec build/quant/lenet5-anna
+	$(MAKE) sim
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -71,6 +74,13 @@ lint: verilog
 	  iverilog -g2012 -o build/verilog/$$t.vvp build/verilog/$$t.v && \
 	  PATH=$(VENV)/bin:$$PATH verilator --lint-only $(VERILATOR_WAIVERS) --top-module $$t build/verilog/$$t.v && \
 	  echo "$$t: iverilog and verilator lint clean" || exit 1; done
+
+sim: quantize
+	$(PY) -m sim --spec build/quant/lenet5-q8 --images 100 --simulator icarus --lanes $(LANES) --jobs $(JOBS)
+
+sim-full: quantize
+	$(PY) -m sim --spec build/quant/lenet5-q8 --images 10000 --simulator verilator --lanes $(LANES) --jobs $(JOBS)
+	$(PY) -m sim --spec build/quant/lenet5-anna --images 10000 --simulator verilator --lanes $(LANES) --jobs $(JOBS)
 
 bench: quantize
 	$(PY) -m quantize.bench --spec build/quant/lenet5-q8

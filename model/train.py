@@ -46,7 +46,7 @@ def distort(x: torch.Tensor, gen: torch.Generator, background: float) -> torch.T
 
 
 def train(arch: str, epochs: int, seed: int, distort_on: bool, batch: int = 32, lr: float = 2e-3,
-          data_dir=None, progress: bool = True, threads: int = 2) -> LeNet:
+          data_dir=None, progress: bool = True, threads: int = 2, logit_scale: float = 1.0) -> LeNet:
     torch.manual_seed(seed)
     torch.set_num_threads(threads)  # part of the recipe: results are bit-identical for a given count
     torch.use_deterministic_algorithms(True)
@@ -72,7 +72,9 @@ def train(arch: str, epochs: int, seed: int, distort_on: bool, batch: int = 32, 
             if distort_on:
                 x = distort(x, gen, data.BACKGROUND)
             logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            # LeNet-5's logits are minus the RBF distances; the scale sets how hard the loss keeps
+            # pushing examples that are already classified right (the paper's criterion is scale 1)
+            loss = F.cross_entropy(logits * logit_scale, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -101,6 +103,7 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (one-cycle schedule)")
     p.add_argument("--data", default=None, help="MNIST directory (see model.data for the search order)")
     p.add_argument("--out", default=None, help="checkpoint path (default build/checkpoints/ARCH.pt)")
+    p.add_argument("--logit-scale", type=float, default=1.0, help="multiplies the logits in the loss")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (results depend on it)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -112,11 +115,12 @@ def main(argv=None):
     out = args.out or f"build/checkpoints/{args.arch}.pt"
     t0 = time.perf_counter()
     model = train(args.arch, epochs, args.seed, args.distort, args.batch, args.lr, args.data,
-                  progress=not args.no_progress, threads=args.threads)
+                  progress=not args.no_progress, threads=args.threads, logit_scale=args.logit_scale)
     train_s = time.perf_counter() - t0
     result = evaluate(model, args.data)
     command = "python -m model.train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     checkpoint.save(out, model, seed=args.seed, epochs=epochs, distort=args.distort, batch=args.batch,
+                    logit_scale=args.logit_scale,
                     lr=args.lr, test_error=result["error_rate"], test_errors=result["errors"],
                     train_seconds=round(train_s, 1), command=command)
     print(f"{args.arch}: test error {100 * result['error_rate']:.2f}% ({result['errors']}/{result['images']}), "
