@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import json
 import os
 import sys
 import tempfile
@@ -26,6 +27,9 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o666 & ~umask)  # mkstemp makes 0600; the artifact gets the usual permissions
     try:
         yield tmp
         os.replace(tmp, path)
@@ -43,6 +47,21 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def load_json_object(path: str | os.PathLike, flag: str) -> dict:
+    """Read a JSON file that must hold one object; errors name the flag that gave the path."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{flag} {path}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"{flag} {path}: is a directory, not a JSON file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{flag} {path}: not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{flag} {path}: expected a JSON object")
+    return value
 
 
 def sha256_file(path: str | os.PathLike) -> str:

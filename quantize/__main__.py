@@ -9,7 +9,7 @@ import time
 import torch
 
 from model import checkpoint
-from model.util import UserError, cli
+from model.util import cli
 
 from .calibrate import build_spec, calibration_images, checkpoint_sha, load_config
 from .qat import finetune

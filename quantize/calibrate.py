@@ -11,8 +11,6 @@ A *config* (a preset name or a JSON file) fixes the bit widths; calibration fixe
 from __future__ import annotations
 
 import hashlib
-import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,7 @@ import torch
 
 from model import data
 from model.lenet import LeNet, preprocess, rbf_centres, A as TANH_A, S as TANH_S
-from model.util import UserError
+from model.util import UserError, load_json_object
 
 from .qformat import ROUNDING, QFormat, bits_for
 from .spec import LayerSpec, QuantSpec, validate
@@ -43,14 +41,7 @@ CALIBRATION_IMAGES = 2000
 def load_config(preset: str | None = None, path: str | None = None) -> dict:
     """A preset, or a JSON config file (which may name a ``preset`` to start from), validated."""
     if path:
-        try:
-            user = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise UserError(f"--config {path}: no such file") from None
-        except json.JSONDecodeError as e:
-            raise UserError(f"--config {path}: not valid JSON ({e})") from None
-        if not isinstance(user, dict):
-            raise UserError(f"--config {path}: expected a JSON object")
+        user = load_json_object(path, "--config")
         base = dict(PRESETS[user.get("preset", "q8")]) if user.get("preset", "q8") in PRESETS else None
         if base is None:
             raise UserError(f"--config {path}: unknown preset {user['preset']!r}")

@@ -46,7 +46,7 @@ def main(argv=None):
     else:
         flagged = {k: v for k, v in res["saturations"].items() if v["acc_overflows"] or v["saturations"]}
         print(f"{args.spec}: test error {100 * res['error_rate']:.2f}% ({res['errors']}/{res['images']}), "
-              f"{res['images_per_s']:,.0f} images/s" + (f"; clipped LUT addresses: " + ", ".join(
+              f"{res['images_per_s']:,.0f} images/s" + ("; clipped LUT addresses: " + ", ".join(
                   f"{k} {v['saturations']}" + (f" (acc overflow {v['acc_overflows']}!)" if v['acc_overflows'] else "")
                   for k, v in flagged.items()) if flagged else ""))
     return 0

@@ -9,7 +9,6 @@ reuses what is done. ``--jobs N`` evaluates points in N processes. The report (`
 from __future__ import annotations
 
 import argparse
-import copy
 import hashlib
 import itertools
 import json
@@ -20,10 +19,9 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
-from model.util import UserError, atomic_write_text, cli, sha256_file
+from model.util import UserError, load_json_object, atomic_write_text, cli, sha256_file
 
 from .calibrate import PRESETS, check_config
 
@@ -42,14 +40,7 @@ GRID_KEYS = set(DEFAULT_GRID) | {"images", "qat_epochs"}
 def load_grid(path: str | None) -> dict:
     grid = dict(DEFAULT_GRID)
     if path:
-        try:
-            user = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise UserError(f"--grid {path}: no such file") from None
-        except json.JSONDecodeError as e:
-            raise UserError(f"--grid {path}: not valid JSON ({e})") from None
-        if not isinstance(user, dict):
-            raise UserError(f"--grid {path}: expected a JSON object")
+        user = load_json_object(path, "--grid")
         unknown = set(user) - GRID_KEYS
         if unknown:
             raise UserError(f"--grid {path}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(GRID_KEYS))})")

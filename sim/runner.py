@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model.data import check_images
 from model.util import UserError, atomic_write_bytes, atomic_write_text
 
 SIMULATORS = ("icarus", "verilator")
@@ -154,8 +155,16 @@ def run(spec_dir, images: np.ndarray, simulator: str = "icarus", lanes: int = 8,
     check_simulator(simulator)
     spec_dir = Path(spec_dir)
     spec = qspec.load(spec_dir)
+    images = check_images(np.asarray(images))
     if images.shape[1] == 32:
         p = spec.input_pad
+        # the accelerator streams the 28x28 centre and pads it with grey level 0 itself: a 32x32
+        # image with ink in its border is not the image the hardware (or the emulator) would see
+        border = np.ones(images.shape[1:], bool)
+        border[p:-p, p:-p] = False
+        if images[:, border].any():
+            raise UserError(f"a 32 x 32 image must have a {p}-pixel border of grey level 0 (the accelerator "
+                            "pads the 28 x 28 centre itself); pass 28 x 28 images or clear the border")
         images = images[:, p:-p, p:-p]
     work = Path(out) / f"{spec_dir.resolve().name}-L{lanes}"
     vpath, manifest = prepare_verilog(spec, spec_dir, lanes, work)

@@ -83,3 +83,24 @@ def anna_spec(quant_model, quant_images):
 def q8_spec_dir(q8_spec, tmp_path_factory):
     """``q8_spec`` saved with ``spec.save``; treat as read-only (copy it to edit)."""
     return q8_spec.save(tmp_path_factory.mktemp("quant") / "lenet5-q8")
+
+
+# --------------------------------------------------------------------------- sim/ fixtures
+# One output directory per session: the Verilog of q8_spec_dir and the simulator builds in it are
+# shared by every sim test (sim.runner reuses a build whose Verilog and options are unchanged).
+
+
+@pytest.fixture(scope="session")
+def sim_out(tmp_path_factory) -> Path:
+    """``out`` directory for ``sim.runner.run`` / ``python -m sim --out`` (never the repo's build/)."""
+    return tmp_path_factory.mktemp("sim")
+
+
+@pytest.fixture(scope="session")
+def sim_verilog(q8_spec_dir, sim_out) -> Path:
+    """The emitted Verilog of ``q8_spec_dir`` (8 lanes), generated once into ``sim_out``; read-only."""
+    from quantize import spec as qspec
+    from sim.runner import prepare_verilog
+
+    vpath, _ = prepare_verilog(qspec.load(q8_spec_dir), q8_spec_dir, 8, sim_out / f"{q8_spec_dir.resolve().name}-L8")
+    return vpath
