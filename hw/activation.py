@@ -1,7 +1,7 @@
 """Activation drain: requantize each lane's accumulator, look the squash up in ROM, write it back."""
 from __future__ import annotations
 
-from amaranth.hdl import Const, Module, Signal, signed, unsigned
+from amaranth.hdl import Module, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.data import ArrayLayout
 from amaranth.lib.memory import Memory
@@ -71,7 +71,6 @@ class Activation(wiring.Component):
         rom = Memory(shape=signed(prog.fm_width), depth=max(len(prog.lut_rom), 1), init=prog.lut_rom or [0])
         m.submodules.rom = rom
         rp = rom.read_port()
-        lut_addr = Signal(range(max(len(prog.lut_rom), 2)))
         we1 = Signal()
         waddr1 = Signal.like(self.waddr)
         has_act = Signal()

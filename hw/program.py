@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from quantize.qformat import QFormat
 from quantize.spec import LayerSpec, QuantSpec
 
 from .fixed import MAX_HW_WIDTH

@@ -8,9 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
-import numpy as np
 
 from model import data
 from model.util import UserError, cli
