@@ -24,7 +24,7 @@ def main(argv=None):
     p.add_argument("--simulator", default=os.environ.get("SIM", "icarus"), help="icarus (default) or verilator")
     p.add_argument("--lanes", type=int, default=8)
     p.add_argument("--jobs", type=int, default=1, help="simulator processes in parallel (images split between them)")
-    p.add_argument("--waves", action="store_true", help="write a waveform (VCD with Icarus, FST with Verilator)")
+    p.add_argument("--waves", action="store_true", help="write a waveform (FST, with Icarus or Verilator)")
     p.add_argument("--data", default=None, help="MNIST directory")
     p.add_argument("--out", default="build/sim")
     p.add_argument("--json", action="store_true", help="print one JSON object")
