@@ -48,13 +48,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# each network's recipe (epochs, distortions, loss scale, 1 thread) is in model/train.py
 train: $(STAMP)
 	$(PY) -m model.train --arch $(ARCH) --seed $(SEED) $(if $(EPOCHS),--epochs $(EPOCHS)) --out build/checkpoints/$(ARCH).pt
 
 train-all: $(STAMP)
-	$(PY) -m model.train --arch lenet1 --seed 0 --out build/checkpoints/lenet1.pt
-	$(PY) -m model.train --arch lenet4 --seed 0 --out build/checkpoints/lenet4.pt
-	$(PY) -m model.train --arch lenet5 --seed 0 --out build/checkpoints/lenet5.pt
+	for a in lenet1 lenet4 lenet5; do $(PY) -m model.train --arch $$a --seed 0 --out build/checkpoints/$$a.pt || exit 1; done
 
 evaluate: $(STAMP)
 	@for a in lenet1 lenet4 lenet5; do $(PY) -m model.evaluate --arch $$a || exit 1; done
