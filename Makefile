@@ -9,7 +9,7 @@ EPOCHS ?=
 PYTEST_ARGS ?=
 JOBS ?= 2
 LANES ?= 8
-VERILATOR_WAIVERS := -Wno-WIDTHEXPAND -Wno-WIDTHTRUNC -Wno-CASEINCOMPLETE
+VERILATOR_WAIVERS := -Wno-WIDTHEXPAND -Wno-WIDTHTRUNC -Wno-CASEINCOMPLETE -Wno-CMPCONST
 
 .PHONY: all install train train-all evaluate quantize verilog lint sim sim-full bench sweep test test-slow clean help
 
