@@ -32,8 +32,8 @@ def layer_cycles(lp, lanes: int) -> dict:
     issue = sum(group_taps)
     wait = sum(max(0, lanes - t) for t in group_taps[1:])
     return {"layer": lp.name, "mode": lp.mode, "groups": len(group_taps), "issue": issue, "wait": wait,
-            "overhead": 1 + layer_gap(lanes) - 1, "macs": lp.spec.macs(),
-            "cycles": 1 + issue + wait + layer_gap(lanes) - 1}
+            "overhead": layer_gap(lanes), "macs": lp.spec.macs(),  # INIT (1) + GAP (lanes + 3)
+            "cycles": issue + wait + layer_gap(lanes)}
 
 
 def schedule(spec, lanes: int) -> dict:

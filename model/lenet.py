@@ -76,6 +76,15 @@ def rbf_centres() -> np.ndarray:
     return np.array(rows, dtype=np.float32)
 
 
+def out_side(kind: str, in_size: int, kernel: int) -> int:
+    """Spatial side of a layer's output: valid conv, 2x2 subsampling, or 1 for dense/rbf."""
+    if kind == "conv":
+        return in_size - kernel + 1
+    if kind == "subsample":
+        return in_size // 2
+    return 1
+
+
 @dataclass(frozen=True)
 class LayerDef:
     name: str
@@ -89,11 +98,7 @@ class LayerDef:
 
     @property
     def out_size(self) -> int:
-        if self.kind == "conv":
-            return self.in_size - self.kernel + 1
-        if self.kind == "subsample":
-            return self.in_size // 2
-        return 1
+        return out_side(self.kind, self.in_size, self.kernel)
 
     def connections_per_map(self) -> list[tuple[int, ...]]:
         if self.table is not None:

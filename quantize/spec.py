@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model.lenet import out_side
 from model.util import UserError
 
 from .qformat import QFormat
@@ -49,11 +50,7 @@ class LayerSpec:
 
     @property
     def out_size(self) -> int:
-        if self.kind == "conv":
-            return self.in_size - self.kernel + 1
-        if self.kind == "subsample":
-            return self.in_size // 2
-        return 1
+        return out_side(self.kind, self.in_size, self.kernel)
 
     @property
     def has_activation(self) -> bool:
