@@ -1,17 +1,19 @@
 """The top: ``Accelerator(spec, lanes=P)``, a whole LeNet on one time-multiplexed MAC engine.
 
 Data path, in the spirit of the Bell Labs ANNA chip: ``lanes`` neurons computed in parallel by
-:class:`~hw.mac.MACLanes`, fed from per-lane copies of the feature memory; a sequencer walks the
-layers of the spec in turn (see :mod:`hw.program` for the two modes and the memory layout);
-:class:`~hw.activation.Activation` drains each finished group through requantize + the activation
-ROM back into the feature memory, while the lanes already compute the next group.
+:class:`~hw.mac.MACLanes`, fed by :class:`~hw.window.TileWindow` (one banked copy of the feature
+maps and the crossbar that puts the R x C pixels under the current tap onto the lanes); a
+sequencer walks the layers of the spec in turn (see :mod:`hw.program` for the two modes and the
+memory layout); :class:`~hw.activation.Activation` drains each finished group through bias,
+requantize and the activation ROM back into the feature memory, while the lanes already compute
+the next group.
 
 Ports
 -----
-``i``: stream of uint8 pixels, a 28x28 image in raster order (the 2-pixel border of the 32x32
-input is written by the loader). ``o``: stream of 11 beats, the class then the ten scores, the last
-beat flagged. ``busy`` is high from the first cycle of loading to ``done`` (one cycle, after the
-last output beat), so a testbench counts cycles/image as the cycles with ``busy`` high; that number
+``i``: stream of uint8 pixels, a 28x28 image in raster order (the border of a padded input is
+written by the loader). ``o``: stream of 11 beats, the class then the ten scores, the last beat
+flagged. ``busy`` is high from the first cycle of loading to ``done`` (one cycle, after the last
+output beat), so a testbench counts cycles/image as the cycles with ``busy`` high; that number
 equals :func:`hw.perf.cycles_per_image` when the streams never stall.
 """
 from __future__ import annotations
@@ -25,18 +27,17 @@ from quantize.spec import QuantSpec
 
 from .activation import Activation
 from .mac import MACLanes
-from .program import Program, compile_spec
+from .program import Program, addr_width, compile_spec
+from .window import TileWindow
 
-# sequencer constants shared with the cycle model (hw/perf.py)
-LOAD_CYCLES = 32 * 32  # one feature-memory write per cycle over the padded 32x32 input
-PIPE = 4  # tap issue (c0) -> accumulator final (c4): tap memory, feature memory, multiply, add
 OUTPUT_BEATS = 11  # class + ten scores
 
 
 def layer_gap(lanes: int) -> int:
     """Idle cycles between a layer's last tap and the next layer's first (GAP + INIT): the drain of
-    the last group (lanes turns, one write cycle) must land before the next layer reads."""
-    return lanes + 4
+    the last group (capture 5 cycles after the tap, lanes turns, bias and ROM stages) must land
+    before the next layer reads."""
+    return lanes + 6
 
 
 def _pack(values, width):
@@ -44,6 +45,10 @@ def _pack(values, width):
     for i, v in enumerate(values):
         word |= (int(v) & ((1 << width) - 1)) << (i * width)
     return word
+
+
+def _log2(n: int) -> int:
+    return n.bit_length() - 1
 
 
 class Accelerator(wiring.Component):
@@ -60,7 +65,7 @@ class Accelerator(wiring.Component):
         self.program: Program = compile_spec(spec, lanes)
         self.lanes = lanes
         p = self.program
-        self.addr_width = max(1, (p.fm_words - 1).bit_length())
+        self.addr_width = addr_width(p)
         sw = max(p.score_width, 5)
         self.out_layout = data.StructLayout({"value": signed(sw), "last": unsigned(1)})
         super().__init__({
@@ -73,29 +78,27 @@ class Accelerator(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         prog, P = self.program, self.lanes
+        R, C = prog.R, prog.C
+        lr, lc = _log2(R), _log2(C)
         AW = self.addr_width
         layers = prog.layers
         n_layers = len(layers)
-        ww, dw, accw = prog.weight_width, prog.fm_width, prog.acc_width
+        ww, dw = prog.weight_width, prog.fm_width
 
         # -- memories ------------------------------------------------------------------------------
-        fms = []
-        for q in range(P):
-            mem = Memory(shape=signed(dw), depth=prog.fm_words, init=[])
-            m.submodules[f"fm{q}"] = mem
-            fms.append((mem.read_port(), mem.write_port()))
+        m.submodules.window = win = TileWindow(R, C, prog.fm_words, dw)
         offw = prog.offset_width
-        tap_init = [_pack([w], ww) | (off << ww) for w, off in prog.tap_words] or [0]
-        m.submodules.taps = tapmem = Memory(shape=unsigned(ww + offw), depth=len(tap_init), init=tap_init)
+        myw, mxw = lr, lc
+        tap_init = [_pack([w], ww) | (off << ww) | (my << (ww + offw)) | (mx << (ww + offw + myw))
+                    for w, off, my, mx in prog.tap_words] or [0]
+        m.submodules.taps = tapmem = Memory(shape=unsigned(ww + offw + myw + mxw), depth=len(tap_init), init=tap_init)
         dense_init = [_pack(ws, ww) for ws in prog.dense_words] or [0]
         m.submodules.dense = densemem = Memory(shape=unsigned(P * ww), depth=len(dense_init), init=dense_init)
-        bias_init = [_pack(bs, accw) for bs in prog.bias_words] or [0]
-        m.submodules.bias = biasmem = Memory(shape=unsigned(P * accw), depth=len(bias_init), init=bias_init)
         m.submodules.inlut = inlut = Memory(shape=signed(dw), depth=256, init=prog.input_lut)
-        tap_rp, dense_rp, bias_rp, in_rp = tapmem.read_port(), densemem.read_port(), biasmem.read_port(), inlut.read_port()
+        tap_rp, dense_rp, in_rp = tapmem.read_port(), densemem.read_port(), inlut.read_port()
 
-        m.submodules.mac = mac = MACLanes(P, ww, dw, accw)
-        m.submodules.act = act = Activation(prog, AW)
+        m.submodules.mac = mac = MACLanes(P, ww, dw, prog.acc_width)
+        m.submodules.act = act = Activation(prog)
 
         # -- per-layer constants -------------------------------------------------------------------
         conv_maps = [(i, o) for i, lp in enumerate(layers) if lp.mode == "conv" for o in range(lp.maps)]
@@ -103,44 +106,41 @@ class Accelerator(wiring.Component):
         wait_arr = Array(Const(max(0, P - layers[i].taps[o]), 16) for i, o in conv_maps) if conv_maps else Array([Const(0, 16)])
         layer = Signal(range(max(n_layers, 2)))
         k = {name: Signal(range(1 << 16), name=f"k_{name}") for name in
-             ("in_base", "out_base", "n", "maps", "groups", "wout", "dc", "adv_a", "adv_b", "dense_taps", "dense_wait")}
+             ("in_base", "maps", "groups", "tiles_x", "out_h", "out_w", "row_step", "col_step", "out_lhw",
+              "in_h", "in_w", "in_lhw", "bias_base", "n_out", "dense_taps", "dense_wait")}
         k_conv = Signal()
         k_last = Signal()
-        lane_col0 = [Signal(range(1 << 16), name=f"k_col0_{q}") for q in range(P)]
-        lane_base0 = [Signal(range(1 << 16), name=f"k_base0_{q}") for q in range(P)]
+        in_llw = Signal(range(32))
         with m.Switch(layer):
             for i, lp in enumerate(layers):
                 with m.Case(i):
-                    S, win, wout = lp.stride, lp.in_size, lp.out_size
-                    dr, dc = divmod(P, wout) if lp.mode == "conv" else (0, 0)
-                    adv_a = dr * S * win + dc * S
-                    vals = {"in_base": lp.in_base, "out_base": lp.out_base or 0, "n": lp.n_out, "maps": lp.maps,
-                            "groups": lp.groups, "wout": wout, "dc": dc, "adv_a": adv_a,
-                            "adv_b": adv_a + S * win - wout * S if lp.mode == "conv" else 0,
+                    lin, lout = lp.in_layout, lp.out_layout
+                    vals = {"in_base": lin.base, "maps": lp.maps, "groups": lp.groups, "tiles_x": lp.tiles[1],
+                            "out_h": lp.out_size, "out_w": lp.out_size, "row_step": lin.s * lin.lw,
+                            "col_step": lin.s, "out_lhw": lout.lhw if lout else 0,
+                            "in_h": lin.h, "in_w": lin.w, "in_lhw": lin.lhw, "bias_base": lp.bias_base, "n_out": lp.n_out,
                             "dense_taps": lp.taps[0] if lp.mode == "dense" else 0,
                             "dense_wait": max(0, P - lp.taps[0]) if lp.mode == "dense" else 0}
                     m.d.comb += [k[name].eq(v) for name, v in vals.items()]
-                    m.d.comb += [k_conv.eq(lp.mode == "conv"), k_last.eq(i == n_layers - 1)]
-                    if lp.mode == "conv":
-                        for q in range(P):
-                            r0, c0 = divmod(q, wout)
-                            m.d.comb += [lane_col0[q].eq(c0), lane_base0[q].eq(r0 * S * win + c0 * S)]
+                    m.d.comb += [k_conv.eq(lp.mode == "conv"), k_last.eq(i == n_layers - 1),
+                                 in_llw.eq(_log2(lin.lw))]
 
         # -- sequencer state -----------------------------------------------------------------------
         o_cnt = Signal(range(1 << 16))  # output map (conv)
         g_cnt = Signal(range(1 << 16))  # group within the map (conv) or layer (dense)
         t_cnt = Signal(range(1 << 16))  # tap within the group
         gm = Signal(range(max(len(conv_maps), 2)))  # global conv map index
-        p0 = Signal(range(1 << 16))  # first output (position or neuron) of the group
-        map_off = Signal(range(1 << 16))  # o * n
+        p0 = Signal(range(1 << 16))  # first neuron of the group (dense)
+        ty, tx = Signal(8), Signal(8)  # tile (conv)
+        tile_off, row_off = Signal(AW), Signal(AW)  # word offset of the tile, of its tile row
+        map_off = Signal(AW)  # first word of output map o_cnt in the next layer's layout
+        # dense: input (c, y, x) of the current tap
+        dc_off, dy_, dx_ = Signal(AW), Signal(8), Signal(8)
         tap_ptr = Signal(range(max(len(tap_init), 2)))
         tap_map_base = Signal.like(tap_ptr)
         dense_ptr = Signal(range(max(len(dense_init), 2)))
-        bias_ptr = Signal(range(max(len(bias_init), 2)))
-        col = [Signal(range(1 << 16), name=f"col{q}") for q in range(P)]
-        base = [Signal(range(1 << 16), name=f"base{q}") for q in range(P)]
         counter = Signal(range(1 << 16))
-        load_addr = Signal(range(LOAD_CYCLES + 1))
+        load_y, load_x = Signal(range(prog.input_size + 1)), Signal(range(prog.input_size + 1))
         out_beat = Signal(range(OUTPUT_BEATS + 1))
 
         T = Signal(16)
@@ -150,33 +150,33 @@ class Accelerator(wiring.Component):
         last_map = o_cnt == k["maps"] - 1
         issue = Signal()
 
-        m.d.comb += [tap_rp.addr.eq(tap_ptr), dense_rp.addr.eq(dense_ptr), bias_rp.addr.eq(bias_ptr)]
+        m.d.comb += [tap_rp.addr.eq(tap_ptr), dense_rp.addr.eq(dense_ptr)]
 
-        def init_layer():
-            return [o_cnt.eq(0), g_cnt.eq(0), t_cnt.eq(0), p0.eq(0), map_off.eq(0), tap_map_base.eq(tap_ptr)] + \
-                   [col[q].eq(lane_col0[q]) for q in range(P)] + [base[q].eq(lane_base0[q]) for q in range(P)]
+        def restart_map():
+            return [g_cnt.eq(0), p0.eq(0), ty.eq(0), tx.eq(0), tile_off.eq(0), row_off.eq(0)]
 
-        def advance_lanes():
-            stmts = []
-            for q in range(P):
-                c1 = col[q] + k["dc"]
-                wrap = c1 >= k["wout"]
-                stmts += [col[q].eq(Mux(wrap, c1 - k["wout"], c1)),
-                          base[q].eq(base[q] + Mux(wrap, k["adv_b"], k["adv_a"]))]
-            return stmts
+        def restart_dense_input():
+            return [dc_off.eq(0), dy_.eq(0), dx_.eq(0)]
 
         # load: input ROM address now, the write one cycle later
         load_we = Signal()
-        load_waddr = Signal(AW)
+        load_waddr = Signal(AW + max(1, _log2(P)))
         m.d.sync += load_we.eq(0)
-        lr, lc = load_addr[5:], load_addr[:5]
         pad, size = prog.input_pad, prog.input_size
-        border = (lr < pad) | (lr >= size - pad) | (lc < pad) | (lc >= size - pad)
+        border = (load_y < pad) | (load_y >= size - pad) | (load_x < pad) | (load_x >= size - pad)
+        lay0 = layers[0].in_layout
+        s0 = lay0.s - 1
+        Y0, X0 = load_y >> s0, load_x >> s0
+        lrow0 = ((Y0 >> lr) << s0) | (load_y[0] if s0 else 0)
+        lcol0 = ((X0 >> lc) << s0) | (load_x[0] if s0 else 0)
+        bank0 = (Y0[:lr] << lc if R > 1 else 0) | (X0[:lc] if C > 1 else 0)
+        word0 = lay0.base + (lrow0 << _log2(lay0.lw)) + lcol0
+        load_addr_now = Signal.like(load_waddr)
+        m.d.comb += load_addr_now.eq(word0 if P == 1 else (bank0 << AW) | word0)
 
         with m.FSM(name="seq"):
             with m.State("IDLE"):
-                m.d.sync += [tap_ptr.eq(0), dense_ptr.eq(0), bias_ptr.eq(0), gm.eq(0), layer.eq(0),
-                             load_addr.eq(0)]
+                m.d.sync += [tap_ptr.eq(0), dense_ptr.eq(0), gm.eq(0), layer.eq(0), load_y.eq(0), load_x.eq(0)]
                 with m.If(self.i.valid):
                     m.next = "LOAD"
             with m.State("LOAD"):
@@ -186,29 +186,41 @@ class Accelerator(wiring.Component):
                 with m.Else():
                     m.d.comb += [self.i.ready.eq(1), in_rp.addr.eq(self.i.payload)]
                 with m.If(border | self.i.valid):
-                    m.d.sync += [load_we.eq(1), load_waddr.eq(load_addr), load_addr.eq(load_addr + 1)]
-                    with m.If(load_addr == LOAD_CYCLES - 1):
-                        m.next = "INIT"
+                    m.d.sync += [load_we.eq(1), load_waddr.eq(load_addr_now), load_x.eq(load_x + 1)]
+                    with m.If(load_x == size - 1):
+                        m.d.sync += [load_x.eq(0), load_y.eq(load_y + 1)]
+                        with m.If(load_y == size - 1):
+                            m.next = "INIT"
             with m.State("INIT"):
                 m.d.comb += self.busy.eq(1)
-                m.d.sync += init_layer()
+                m.d.sync += restart_map() + restart_dense_input() + [o_cnt.eq(0), t_cnt.eq(0), map_off.eq(0),
+                                                                     tap_map_base.eq(tap_ptr)]
                 m.next = "ISSUE"
             with m.State("ISSUE"):
                 m.d.comb += [self.busy.eq(1), issue.eq(1)]
                 m.d.sync += [t_cnt.eq(t_cnt + 1), dense_ptr.eq(dense_ptr + ~k_conv), tap_ptr.eq(tap_ptr + k_conv)]
+                # dense: walk the input (c, y, x) in the emulator's order
+                with m.If(~k_conv):
+                    m.d.sync += dx_.eq(dx_ + 1)
+                    with m.If(dx_ == k["in_w"] - 1):
+                        m.d.sync += [dx_.eq(0), dy_.eq(dy_ + 1)]
+                        with m.If(dy_ == k["in_h"] - 1):
+                            m.d.sync += [dy_.eq(0), dc_off.eq(dc_off + k["in_lhw"])]
                 with m.If(last_tap):
                     m.d.sync += t_cnt.eq(0)
                     with m.If(k_conv):
                         with m.If(last_group):
-                            m.d.sync += [g_cnt.eq(0), o_cnt.eq(o_cnt + 1), gm.eq(gm + 1), bias_ptr.eq(bias_ptr + 1),
-                                         p0.eq(0), map_off.eq(map_off + k["n"]), tap_map_base.eq(tap_ptr + 1)]
-                            m.d.sync += [col[q].eq(lane_col0[q]) for q in range(P)]
-                            m.d.sync += [base[q].eq(lane_base0[q]) for q in range(P)]
+                            m.d.sync += restart_map() + [o_cnt.eq(o_cnt + 1), gm.eq(gm + 1),
+                                                         map_off.eq(map_off + k["out_lhw"]), tap_map_base.eq(tap_ptr + 1)]
                         with m.Else():
-                            m.d.sync += [g_cnt.eq(g_cnt + 1), p0.eq(p0 + P), tap_ptr.eq(tap_map_base)]
-                            m.d.sync += advance_lanes()
+                            m.d.sync += [g_cnt.eq(g_cnt + 1), tap_ptr.eq(tap_map_base)]
+                            with m.If(tx == k["tiles_x"] - 1):
+                                m.d.sync += [tx.eq(0), ty.eq(ty + 1), row_off.eq(row_off + k["row_step"]),
+                                             tile_off.eq(row_off + k["row_step"])]
+                            with m.Else():
+                                m.d.sync += [tx.eq(tx + 1), tile_off.eq(tile_off + k["col_step"])]
                     with m.Else():
-                        m.d.sync += [g_cnt.eq(g_cnt + 1), p0.eq(p0 + P), bias_ptr.eq(bias_ptr + 1)]
+                        m.d.sync += [g_cnt.eq(g_cnt + 1), p0.eq(p0 + P)] + restart_dense_input()
                     layer_done = last_group & (last_map | ~k_conv)
                     wait_next = Mux(k_conv, wait_arr[Mux(last_group, gm + 1, gm)], k["dense_wait"])
                     with m.If(layer_done):
@@ -245,52 +257,56 @@ class Accelerator(wiring.Component):
                 m.d.comb += [self.busy.eq(1), self.done.eq(1)]
                 m.next = "IDLE"
 
-        # -- tap pipeline: c1 (memory words out), c2 (features out), MAC, c4 (accumulators final) -----
-        s1 = {n: Signal(name=f"s1_{n}") for n in ("valid", "first", "last", "conv")}
-        s1_t = Signal.like(t_cnt)
-        s1_in_base = Signal(AW)
-        s1_mask = Signal(P)
-        s1_out = Signal(AW)
-        s1_layer = Signal.like(layer)
-        s1_base = [Signal(range(1 << 16), name=f"s1_base{q}") for q in range(P)]
+        # -- tap pipeline: c1 (tap word; window address), c3 (lanes' pixels), MAC, c5 (accumulators final)
+        info = data.StructLayout({"valid": 1, "first": 1, "last": 1, "conv": 1, "layer": range(max(n_layers, 2)),
+                                  "ty": 8, "tx": 8, "map_off": AW, "n0": 16, "bias_addr": act.bias_addr.shape(),
+                                  "mask": P})
+        st = [Signal(info, name=f"s{j}") for j in range(6)]  # st[j]: the tap issued j cycles ago
         mask_now = Signal(P)
-        m.d.comb += [mask_now[q].eq(p0 + q < k["n"]) for q in range(P)]
-        m.d.sync += [s1["valid"].eq(issue), s1["first"].eq(t_cnt == 0), s1["last"].eq(issue & last_tap),
-                     s1["conv"].eq(k_conv), s1_t.eq(t_cnt), s1_in_base.eq(k["in_base"]), s1_mask.eq(mask_now),
-                     s1_out.eq(k["out_base"] + map_off + p0), s1_layer.eq(layer)]
-        m.d.sync += [s1_base[q].eq(base[q]) for q in range(P)]
+        for q in range(P):
+            dy, dx = divmod(q, C)
+            m.d.comb += mask_now[q].eq(Mux(k_conv, ((ty << lr) + dy < k["out_h"]) & ((tx << lc) + dx < k["out_w"]),
+                                           p0 + q < k["n_out"]))
+        m.d.comb += [st[0].valid.eq(issue), st[0].first.eq(t_cnt == 0), st[0].last.eq(issue & last_tap),
+                     st[0].conv.eq(k_conv), st[0].layer.eq(layer), st[0].ty.eq(ty), st[0].tx.eq(tx),
+                     st[0].map_off.eq(map_off), st[0].n0.eq(p0),
+                     st[0].bias_addr.eq(k["bias_base"] + Mux(k_conv, o_cnt, p0)), st[0].mask.eq(mask_now)]
+        m.d.sync += [st[j + 1].eq(st[j]) for j in range(5)]
+        s1_tile = Signal(AW)
+        s1_dense = Signal(AW)
+        s1_bank = Signal(max(1, _log2(P)))
+        s1_row_step, s1_col_step = Signal(AW), Signal(AW)
+        dword = dc_off + ((dy_ >> lr) << in_llw) + (dx_ >> lc)
+        dbank = (dy_[:lr] << lc if R > 1 else 0) | (dx_[:lc] if C > 1 else 0)
+        m.d.sync += [s1_tile.eq(k["in_base"] + tile_off), s1_dense.eq(k["in_base"] + dword), s1_bank.eq(dbank),
+                     s1_row_step.eq(k["row_step"]), s1_col_step.eq(k["col_step"])]
 
         tap_w = tap_rp.data[:ww].as_signed()
-        tap_off = tap_rp.data[ww:]
-        s2 = {n: Signal(name=f"s2_{n}") for n in ("valid", "first", "last")}
+        tap_off = tap_rp.data[ww:ww + offw]
+        m.d.comb += [win.base.eq(Mux(st[1].conv, s1_tile + tap_off, s1_dense)), win.adj_row.eq(s1_row_step),
+                     win.adj_col.eq(s1_col_step), win.dense.eq(~st[1].conv), win.bank.eq(s1_bank)]
+        if myw:
+            m.d.comb += win.my.eq(tap_rp.data[ww + offw:ww + offw + myw])
+        if mxw:
+            m.d.comb += win.mx.eq(tap_rp.data[ww + offw + myw:])
         s2_w = [Signal(signed(ww), name=f"s2_w{q}") for q in range(P)]
-        s2_bias = [Signal(signed(accw), name=f"s2_bias{q}") for q in range(P)]
-        s2_mask, s2_out, s2_layer = Signal(P), Signal(AW), Signal.like(layer)
+        s3_w = [Signal(signed(ww), name=f"s3_w{q}") for q in range(P)]
         for q in range(P):
-            addr = s1_in_base + Mux(s1["conv"], s1_base[q] + tap_off, s1_t)
-            m.d.comb += fms[q][0].addr.eq(Mux(s1_mask[q], addr, 0))
-            m.d.sync += [s2_w[q].eq(Mux(s1["conv"], tap_w, dense_rp.data[q * ww:(q + 1) * ww].as_signed())),
-                         s2_bias[q].eq(bias_rp.data[q * accw:(q + 1) * accw].as_signed())]
-        m.d.sync += [s2[n].eq(s1[n]) for n in s2] + [s2_mask.eq(s1_mask), s2_out.eq(s1_out), s2_layer.eq(s1_layer)]
+            m.d.sync += [s2_w[q].eq(Mux(st[1].conv, tap_w, dense_rp.data[q * ww:(q + 1) * ww].as_signed())),
+                         s3_w[q].eq(s2_w[q])]
 
-        m.d.comb += [mac.valid.eq(s2["valid"]), mac.first.eq(s2["first"])]
+        m.d.comb += [mac.valid.eq(st[3].valid), mac.first.eq(st[3].first)]
         for q in range(P):
-            m.d.comb += [mac.w[q].eq(s2_w[q]), mac.x[q].eq(fms[q][0].data), mac.bias[q].eq(s2_bias[q])]
-        s3_last, s4_last = Signal(), Signal()
-        s3_mask, s4_mask = Signal(P), Signal(P)
-        s3_out, s4_out = Signal(AW), Signal(AW)
-        s3_layer, s4_layer = Signal.like(layer), Signal.like(layer)
-        m.d.sync += [s3_last.eq(s2["last"]), s3_mask.eq(s2_mask), s3_out.eq(s2_out), s3_layer.eq(s2_layer),
-                     s4_last.eq(s3_last), s4_mask.eq(s3_mask), s4_out.eq(s3_out), s4_layer.eq(s3_layer)]
+            m.d.comb += [mac.w[q].eq(s3_w[q]), mac.x[q].eq(win.x[q]), mac.bias[q].eq(0)]
 
-        m.d.comb += [act.capture.eq(s4_last), act.layer.eq(s4_layer), act.out_addr.eq(s4_out), act.mask.eq(s4_mask)]
+        m.d.comb += [act.capture.eq(st[5].last), act.layer.eq(st[5].layer), act.ty.eq(st[5].ty), act.tx.eq(st[5].tx),
+                     act.map_off.eq(st[5].map_off), act.n0.eq(st[5].n0), act.bias_addr.eq(st[5].bias_addr),
+                     act.mask.eq(st[5].mask)]
         m.d.comb += [act.acc[q].eq(mac.acc[q]) for q in range(P)]
 
-        # feature-memory writes (every lane copy): the loader, then the drain
-        for q in range(P):
-            wp = fms[q][1]
-            m.d.comb += [wp.en.eq(Mux(load_we, 1, act.we)), wp.addr.eq(Mux(load_we, load_waddr, act.waddr)),
-                         wp.data.eq(Mux(load_we, in_rp.data, act.wdata))]
+        # feature-memory writes: the loader, then the drain
+        m.d.comb += [win.we.eq(load_we | act.we), win.waddr.eq(Mux(load_we, load_waddr, act.waddr)),
+                     win.wdata.eq(Mux(load_we, in_rp.data, act.wdata))]
 
         # scores and the running argmax (first maximum wins, as in the emulator)
         scores = Array(Signal(signed(prog.score_width), name=f"score{j}") for j in range(prog.scores))

@@ -1,45 +1,59 @@
-"""Activation drain: requantize each lane's accumulator, look the squash up in ROM, write it back."""
+"""Activation drain: add the bias, requantize each lane's accumulator, look the squash up in ROM,
+write the state into the next layer's layout in the banked feature memory."""
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.data import ArrayLayout
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .fixed import requantize
-from .program import Program
+from .program import Program, addr_width
+
+
+def _log2(n: int) -> int:
+    return n.bit_length() - 1
 
 
 class Activation(wiring.Component):
     """Drains the ``lanes`` accumulators of a finished group, one per cycle.
 
-    On ``capture`` it takes a copy of every lane's accumulator (so the MAC lanes can start the next
-    group at once), then for lane k = 0..lanes-1, one per cycle: wraps the value to the layer's
-    accumulator width, requantizes it to the layer's LUT address format (``hw/fixed.py``, the
-    format's rounding and saturation), reads the activation ROM (every layer's table from the spec,
-    concatenated) and writes the state to feature-memory address ``out_addr + k`` if ``mask[k]``.
-    For the last layer (no activation) it writes ``score[out_addr + k]`` instead.
+    On ``capture`` it takes a copy of every lane's accumulator and of the group's coordinates (so
+    the MAC lanes can start the next group at once), then for lane k = 0..lanes-1, one per cycle:
+    adds the bias (bias ROM entry ``bias_addr``, plus k for a dense layer), wraps the sum to the
+    layer's accumulator width, requantizes it to the layer's LUT address format (``hw/fixed.py``:
+    the format's rounding and saturation), reads the activation ROM (every layer's table from the
+    spec, concatenated) and, if ``mask[k]``, writes the state where the next layer reads it: output
+    (map, y, x) of a conv tile (``ty``, ``tx``; ``map_off`` = the map's first word) or neuron
+    ``n0 + k`` of a dense group, placed by the next layer's :class:`~hw.program.Layout`. For the
+    last layer (no activation) it writes ``score[n0 + k]`` instead.
 
-    Latency: lane k's turn is cycle ``capture + 1 + k`` (address computed, ROM read); its write
-    is presented the cycle after, so a group's last write is presented ``lanes + 1`` cycles after
-    ``capture``. Throughput: one value per
-    cycle; ``capture`` may be high again in the cycle of the last lane's turn.
+    Latency: lane k's turn is cycle ``capture + 1 + k``; its score is presented one cycle later and
+    its feature write two cycles later, so a group's last write is presented ``lanes + 2`` cycles
+    after ``capture``. Throughput: one value per cycle; ``capture`` may be high again in the cycle
+    of the last lane's turn.
     """
 
-    def __init__(self, program: Program, addr_width: int):
+    def __init__(self, program: Program):
         self.program = program
         P = program.lanes
         self.lanes = P
         n = len(program.layers)
+        self.addr_width = aw = addr_width(program)
+        bw = max(1, _log2(P))
         super().__init__({
             "capture": In(1),
             "acc": In(ArrayLayout(signed(program.acc_width), P)),
-            "layer": In(range(n)),
-            "out_addr": In(unsigned(addr_width)),
+            "layer": In(range(max(n, 2))),
+            "ty": In(8),
+            "tx": In(8),
+            "map_off": In(unsigned(aw)),
+            "n0": In(16),
+            "bias_addr": In(range(max(len(program.bias_words), 2))),
             "mask": In(P),
             "we": Out(1),
-            "waddr": Out(unsigned(addr_width)),
+            "waddr": Out(unsigned(aw + bw)),
             "wdata": Out(signed(program.fm_width)),
             "score_we": Out(1),
             "score_idx": Out(range(max(program.scores, 2))),
@@ -50,43 +64,92 @@ class Activation(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         prog, P = self.program, self.lanes
+        R, C, aw = prog.R, prog.C, self.addr_width
+        lr, lc = _log2(R), _log2(C)
         accs = [Signal(signed(prog.acc_width), name=f"acc{q}") for q in range(P)]
         mask = Signal(P)
         layer = Signal.like(self.layer)
-        base = Signal.like(self.out_addr)
+        ty, tx, map_off, n0 = Signal.like(self.ty), Signal.like(self.tx), Signal.like(self.map_off), Signal.like(self.n0)
+        bias_addr = Signal.like(self.bias_addr)
         k = Signal(range(P + 1))
         active = Signal()
         m.d.comb += self.busy.eq(active)
 
-        # stage d0: lane k's value is at the head of the shift register accs[0]
+        # d0: lane k's value is at the head of the shift register accs[0]
         with m.If(self.capture):
             m.d.sync += [accs[q].eq(self.acc[q]) for q in range(P)]
-            m.d.sync += [mask.eq(self.mask), layer.eq(self.layer), base.eq(self.out_addr), k.eq(0), active.eq(1)]
+            m.d.sync += [mask.eq(self.mask), layer.eq(self.layer), ty.eq(self.ty), tx.eq(self.tx),
+                         map_off.eq(self.map_off), n0.eq(self.n0), bias_addr.eq(self.bias_addr), k.eq(0), active.eq(1)]
         with m.Elif(active):
             m.d.sync += [accs[q].eq(accs[q + 1]) for q in range(P - 1)]
             m.d.sync += [mask.eq(mask >> 1), k.eq(k + 1)]
             with m.If(k == P - 1):
                 m.d.sync += active.eq(0)
 
-        rom = Memory(shape=signed(prog.fm_width), depth=max(len(prog.lut_rom), 1), init=prog.lut_rom or [0])
-        m.submodules.rom = rom
+        m.submodules.bias = bias_mem = Memory(shape=signed(prog.acc_width), depth=max(len(prog.bias_words), 1),
+                                              init=prog.bias_words or [0])
+        brp = bias_mem.read_port()
+        m.submodules.rom = rom = Memory(shape=signed(prog.fm_width), depth=max(len(prog.lut_rom), 1),
+                                        init=prog.lut_rom or [0])
         rp = rom.read_port()
-        we1 = Signal()
-        waddr1 = Signal.like(self.waddr)
-        has_act = Signal()
+
+        # lane k's output coordinates and write address in the next layer's layout
+        kk = k[:max(1, _log2(P))] if P > 1 else Const(0, 1)
+        dy, dx = (kk >> lc) if R > 1 else Const(0, 1), (kk[:lc] if C > 1 else Const(0, 1))
+        y = Signal(16)
+        x = Signal(16)
+        m.d.comb += [y.eq((ty << lr) | dy), x.eq((tx << lc) | dx)]
+        bank = Signal(max(1, _log2(P)))
+        word = Signal(aw)
+        dense = Signal()
         with m.Switch(layer):
             for i, lp in enumerate(prog.layers):
                 with m.Case(i):
+                    m.d.comb += dense.eq(lp.mode == "dense")
+                    lay = lp.out_layout
+                    if lay is None:
+                        continue
+                    if lp.mode == "dense":  # neuron n0 + k is map n0 + k of 1 x 1: bank 0
+                        m.d.comb += [bank.eq(0), word.eq(lay.base + n0 + k)]
+                        continue
+                    s, llw = lay.s - 1, _log2(lay.lw)  # s: 0 or 1
+                    Y, X = y >> s, x >> s
+                    lrow = ((Y >> lr) << s) | (y[0] if s else 0)
+                    lcol = ((X >> lc) << s) | (x[0] if s else 0)
+                    b = 0
+                    if R > 1:
+                        b = Y[:lr] << lc
+                    if C > 1:
+                        b = b | X[:lc]
+                    m.d.comb += [bank.eq(b), word.eq(lay.base + map_off + (lrow << llw) + lcol)]
+        m.d.comb += brp.addr.eq(bias_addr + Mux(dense, k, 0))
+
+        # d1: the bias arrives; sum, wrap, requantize, ROM address
+        acc1 = Signal(signed(prog.acc_width))
+        v1 = Signal()
+        waddr1 = Signal.like(self.waddr)
+        idx1 = Signal.like(self.score_idx)
+        layer1 = Signal.like(layer)
+        m.d.sync += [acc1.eq(accs[0]), v1.eq(active & mask[0]), layer1.eq(layer), waddr1.eq(word if P == 1 else (bank << aw) | word),
+                     idx1.eq(n0 + k)]
+        total = Signal(signed(prog.acc_width))
+        m.d.comb += total.eq(acc1 + brp.data)
+        has_act1 = Signal()
+        with m.Switch(layer1):
+            for i, lp in enumerate(prog.layers):
+                with m.Case(i):
                     f = lp.spec.formats
-                    wrapped = accs[0][:f["acc"].width].as_signed()
+                    wrapped = total[:f["acc"].width].as_signed()
                     if lp.has_activation:
                         idx, _ = requantize(wrapped, f["acc"].frac, f["index"])
-                        m.d.comb += [has_act.eq(1),
+                        m.d.comb += [has_act1.eq(1),
                                      rp.addr.eq(lp.lut_base + (idx - f["index"].code_min).as_unsigned())]
                     else:
                         m.d.comb += self.score.eq(wrapped)
-        # stage d1: the ROM's data arrives with the registered write address
-        m.d.sync += [we1.eq(active & mask[0] & has_act), waddr1.eq(base + k)]
-        m.d.comb += [self.we.eq(we1), self.waddr.eq(waddr1), self.wdata.eq(rp.data),
-                     self.score_we.eq(active & mask[0] & ~has_act), self.score_idx.eq(base + k)]
+        m.d.comb += [self.score_we.eq(v1 & ~has_act1), self.score_idx.eq(idx1)]
+        # d2: the ROM's data arrives with the registered write address
+        we2 = Signal()
+        waddr2 = Signal.like(self.waddr)
+        m.d.sync += [we2.eq(v1 & has_act1), waddr2.eq(waddr1)]
+        m.d.comb += [self.we.eq(we2), self.waddr.eq(waddr2), self.wdata.eq(rp.data)]
         return m

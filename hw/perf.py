@@ -2,18 +2,19 @@
 
 One image, streams never stalling::
 
-    LOAD            1024  one feature-memory write per cycle over the padded 32x32 input
+    LOAD      size**2  one feature-memory write per cycle over the padded input (32x32: 1024)
     per layer:
       INIT             1  layer registers
       ISSUE          sum of taps over the layer's groups (one tap per cycle, all lanes at once)
       WAIT           sum over groups after the first of max(0, lanes - taps): a group of fewer taps
                            than lanes waits for the drain (one accumulator per cycle) to keep up
-      GAP      lanes + 3  the last group's drain lands before the next layer reads
+      GAP      lanes + 5  the last group's drain lands before the next layer reads
     FINISH             1
     OUTPUT            11  class + ten scores
     DONE               1
 
-A group is ``lanes`` output positions of one map (conv mode) or ``lanes`` neurons (dense mode);
+A group is an R x C tile of output positions of one map (conv mode; ceil(h/R) * ceil(w/C) tiles
+per map) or ``lanes`` neurons (dense mode);
 its taps are the map's weights (conv: table inputs x K x K; subsampling: 4) or the layer's inputs.
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ import json
 
 from model.util import cli
 
-from .accelerator import LOAD_CYCLES, OUTPUT_BEATS, layer_gap
+from .accelerator import OUTPUT_BEATS, layer_gap
 from .program import Program, compile_spec
 
 
@@ -32,14 +33,14 @@ def layer_cycles(lp, lanes: int) -> dict:
     issue = sum(group_taps)
     wait = sum(max(0, lanes - t) for t in group_taps[1:])
     return {"layer": lp.name, "mode": lp.mode, "groups": len(group_taps), "issue": issue, "wait": wait,
-            "overhead": layer_gap(lanes), "macs": lp.spec.macs(),  # INIT (1) + GAP (lanes + 3)
+            "overhead": layer_gap(lanes), "macs": lp.spec.macs(),  # INIT (1) + GAP (lanes + 5)
             "cycles": issue + wait + layer_gap(lanes)}
 
 
 def schedule(spec, lanes: int) -> dict:
     prog: Program = compile_spec(spec, lanes)
     per_layer = [layer_cycles(lp, lanes) for lp in prog.layers]
-    total = LOAD_CYCLES + sum(l["cycles"] for l in per_layer) + 1 + OUTPUT_BEATS + 1
+    total = prog.load_cycles + sum(l["cycles"] for l in per_layer) + 1 + OUTPUT_BEATS + 1
     macs = spec.macs()
     ideal = macs / lanes
     return {"lanes": lanes, "cycles_per_image": total, "macs_per_image": macs,

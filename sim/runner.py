@@ -136,11 +136,11 @@ def prepare_verilog(spec, spec_dir: Path, lanes: int, out: Path) -> tuple[Path, 
 
 
 def layer_table(spec, lanes: int) -> list[dict]:
-    from hw.program import compile_spec
+    from hw.program import compile_spec, output_addresses
 
     prog = compile_spec(spec, lanes)
-    return [{"name": lp.name, "out_base": lp.out_base, "count": lp.spec.out_maps * lp.spec.out_size**2}
-            for lp in prog.layers]
+    # where the drain writes each output (emulator's flat order), so the tracer can rebuild tensors
+    return [{"name": lp.name, "addrs": output_addresses(lp, prog)} for lp in prog.layers]
 
 
 def run(spec_dir, images: np.ndarray, simulator: str = "icarus", lanes: int = 8, waves: bool = False,

@@ -59,15 +59,18 @@ class Tracer:
                 self.writes.append((int(act.waddr.value), act.wdata.value.to_signed()))
 
     def tensors(self) -> dict[str, np.ndarray]:
+        """Each layer's output in the emulator's flat order; the writes come layer after layer."""
         out, i = {}, 0
         for l in self.layers:
-            if l["out_base"] is None:
+            if l["addrs"] is None:
                 continue
-            t = np.zeros(l["count"], np.int64)
-            for addr, v in self.writes[i:i + l["count"]]:
-                t[addr - l["out_base"]] = v
+            where = {a: j for j, a in enumerate(l["addrs"])}
+            t = np.zeros(len(l["addrs"]), np.int64)
+            for addr, v in self.writes[i:i + len(l["addrs"])]:
+                if addr in where:
+                    t[where[addr]] = v
             out[l["name"]] = t
-            i += l["count"]
+            i += len(l["addrs"])
         return out
 
 

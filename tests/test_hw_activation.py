@@ -1,5 +1,5 @@
 # amaranth: UnusedElaboratable=no
-"""hw.activation.Activation (the drain: requantize + activation ROM + write-back) against
+"""hw.activation.Activation (the drain: bias + requantize + activation ROM + write-back) against
 quantize.ops.activation, with the program compiled from real q8 and anna specs."""
 from __future__ import annotations
 
@@ -10,47 +10,53 @@ import pytest
 from amaranth.sim import Simulator
 
 from hw.activation import Activation
-from hw.program import compile_spec
+from hw.program import addr_width, compile_spec
 from quantize import ops
 
 
 @dataclass
 class Capture:
     layer: int
-    out_addr: int
+    unit: int  # conv: output map; dense: first neuron of the group (n0)
+    tile: tuple[int, int]  # conv: (ty, tx)
     mask: int
-    acc: list[int]
+    acc: list[int]  # accumulators without the bias (the drain adds it)
     back_to_back: bool = False  # capture in the previous group's last lane turn (else idle cycles first)
 
 
-def addr_width(prog) -> int:
-    return max(1, (prog.fm_words - 1).bit_length())  # as hw/accelerator.py sizes it
+def drive(prog, cap: Capture) -> dict:
+    """The port values the sequencer presents with a capture."""
+    lp = prog.layers[cap.layer]
+    conv = lp.mode == "conv"
+    lhw = lp.out_layout.lhw if lp.out_layout is not None else 0
+    return {"layer": cap.layer, "ty": cap.tile[0] if conv else 0, "tx": cap.tile[1] if conv else 0,
+            "map_off": cap.unit * lhw if conv else 0, "n0": 0 if conv else cap.unit,
+            "bias_addr": lp.bias_base + cap.unit, "mask": cap.mask}
 
 
 def rtl_activation(prog, captures: list[Capture]):
     """Drive the captures through Activation; returns (fm writes, score writes), each a list of
     (cycle relative to its capture, capture index, address, data) in the order presented."""
     P = prog.lanes
-    dut = Activation(prog, addr_width(prog))
+    dut = Activation(prog)
     starts, c = [], 1
     for cap in captures:
         c = c + P if cap.back_to_back and starts else c + P + 4
         starts.append(c)
-    end = starts[-1] + P + 4
+    end = starts[-1] + P + 5
     writes, scores = [], []
 
-    def owner(turn):  # lane turns of a capture in cycle s are s + 1 .. s + P
-        i = max(i for i, s in enumerate(starts) if s < turn)
-        return i, turn - starts[i]
+    def owner(cycle):
+        i = max(i for i, s in enumerate(starts) if s < cycle)
+        return i, cycle - starts[i]
 
     async def testbench(ctx):
         for cycle in range(end):
             if cycle in starts:
                 cap = captures[starts.index(cycle)]
                 ctx.set(dut.capture, 1)
-                ctx.set(dut.layer, cap.layer)
-                ctx.set(dut.out_addr, cap.out_addr)
-                ctx.set(dut.mask, cap.mask)
+                for port, v in drive(prog, cap).items():
+                    ctx.set(getattr(dut, port), v)
                 for q in range(P):
                     ctx.set(dut.acc[q], int(cap.acc[q]))
             else:
@@ -58,11 +64,11 @@ def rtl_activation(prog, captures: list[Capture]):
                 ctx.set(dut.mask, 0)
                 ctx.set(dut.layer, 0)
             if ctx.get(dut.we):
-                i, rel = owner(cycle - 1)  # a write is presented the cycle after its lane's turn
-                writes.append((rel + 1, i, ctx.get(dut.waddr), ctx.get(dut.wdata)))
+                i, rel = owner(cycle - 2)  # a write is presented two cycles after its lane's turn
+                writes.append((rel + 2, i, ctx.get(dut.waddr), ctx.get(dut.wdata)))
             if ctx.get(dut.score_we):
-                i, rel = owner(cycle)
-                scores.append((rel, i, ctx.get(dut.score_idx), ctx.get(dut.score)))
+                i, rel = owner(cycle - 1)
+                scores.append((rel + 1, i, ctx.get(dut.score_idx), ctx.get(dut.score)))
             await ctx.tick()
 
     sim = Simulator(dut)
@@ -73,24 +79,46 @@ def rtl_activation(prog, captures: list[Capture]):
 
 
 def emu_activation(prog, captures: list[Capture]):
-    """Golden writes from the emulator's kernels: the layer's acc format (WRAP), then
-    ops.activation with the layer's index format and LUT; the last layer writes the scores.
-    Each entry: (cycle after capture, capture index, address, data); lane k's turn is cycle 1 + k
-    and its feature-memory write is presented in cycle 2 + k (hw/activation.py)."""
+    """Golden writes from the emulator's kernels: accumulator + the layer's bias in its acc format
+    (WRAP), then ops.activation with the layer's index format and LUT, written where the next
+    layer's Layout puts that output; the last layer writes the scores.
+    Each entry: (cycle after capture, capture index, address, data); lane k's turn is cycle 1 + k,
+    its score is presented in cycle 2 + k and its feature-memory write in cycle 3 + k."""
+    aw = addr_width(prog)
     writes, scores = [], []
     for i, cap in enumerate(captures):
-        l = prog.layers[cap.layer].spec
+        lp = prog.layers[cap.layer]
+        l = lp.spec
         f = l.formats
-        acc, _ = f["acc"].overflow_codes(np.array(cap.acc, np.int64))
+        bias = l.bias_acc()
+        units = [cap.unit] * prog.lanes if lp.mode == "conv" else [cap.unit + k for k in range(prog.lanes)]
+        total = np.array(cap.acc, np.int64) + np.array([bias[u] if u < len(bias) else 0 for u in units])
+        acc, _ = f["acc"].overflow_codes(total)
         if l.has_activation:
             y = ops.activation(acc, f["acc"].frac, f["index"], l.lut)[0].numpy()
         for k in range(prog.lanes):
             if cap.mask >> k & 1:
                 if l.has_activation:
-                    writes.append((2 + k, i, cap.out_addr + k, int(y[k])))
+                    if lp.mode == "conv":
+                        dy, dx = divmod(k, prog.C)
+                        pos = (cap.unit, cap.tile[0] * prog.R + dy, cap.tile[1] * prog.C + dx)
+                    else:
+                        pos = (cap.unit + k, 0, 0)
+                    bank, word = lp.out_layout.locate(*pos)
+                    writes.append((3 + k, i, (bank << aw) | word, int(y[k])))
                 else:
-                    scores.append((1 + k, i, cap.out_addr + k, int(acc[k])))
+                    scores.append((2 + k, i, cap.unit + k, int(acc[k])))
     return writes, scores
+
+
+def valid_mask(prog, lp, unit, tile) -> int:
+    """Lanes whose output exists (inside the map / below the neuron count), as the sequencer masks."""
+    P = prog.lanes
+    if lp.mode == "conv":
+        n = lp.spec.out_size
+        return sum(1 << k for k in range(P)
+                   if tile[0] * prog.R + k // prog.C < n and tile[1] * prog.C + k % prog.C < n)
+    return sum(1 << k for k in range(P) if unit + k < lp.spec.out_maps)
 
 
 def interesting_accs(rng, prog, layer_index: int, n: int) -> np.ndarray:
@@ -120,20 +148,18 @@ def interesting_accs(rng, prog, layer_index: int, n: int) -> np.ndarray:
 
 def make_captures(rng, prog, values_per_layer: int, back_to_back_every: int = 2) -> list[Capture]:
     P = prog.lanes
-    aw = addr_width(prog)
     caps = []
     for li, lp in enumerate(prog.layers):
         accs = interesting_accs(rng, prog, li, values_per_layer)
         rng.shuffle(accs)
         for g in range(len(accs) // P):
-            if lp.has_activation:
-                out_addr = int(rng.integers(0, (1 << aw) - P + 1))
-                mask = [(1 << P) - 1, 0, int(rng.integers(0, 1 << P))][g % 3] if g else (1 << P) - 1
-            else:  # scores: lanes past the last score are masked out, as the sequencer does
-                out_addr = int(rng.integers(0, prog.scores))
-                valid = sum(1 << q for q in range(P) if out_addr + q < prog.scores)
-                mask = valid & ([(1 << P) - 1, int(rng.integers(0, 1 << P))][g % 2])
-            caps.append(Capture(li, out_addr, mask, accs[g * P:(g + 1) * P].tolist(),
+            if lp.mode == "conv":
+                unit = int(rng.integers(0, lp.maps))
+                tile = (int(rng.integers(0, lp.tiles[0])), int(rng.integers(0, lp.tiles[1])))
+            else:
+                unit, tile = int(rng.integers(0, lp.groups)) * P, (0, 0)
+            mask = valid_mask(prog, lp, unit, tile) & ([(1 << P) - 1, 0, int(rng.integers(0, 1 << P))][g % 3] if g else -1)
+            caps.append(Capture(li, unit, tile, mask, accs[g * P:(g + 1) * P].tolist(),
                                 back_to_back=g % back_to_back_every != 0))
     return caps
 
@@ -147,7 +173,7 @@ def check(prog, captures):
     assert got_w == want_w and got_s == want_s
 
 
-@pytest.mark.parametrize("lanes", [8, 3])
+@pytest.mark.parametrize("lanes", [8, 2])
 def test_activation_q8(q8_spec, lanes):
     prog = compile_spec(q8_spec, lanes)
     check(prog, make_captures(np.random.default_rng(lanes), prog, 120))
@@ -170,9 +196,11 @@ def test_activation_back_to_back_all_lanes(q8_spec):
     caps = []
     for li, lp in enumerate(prog.layers[:-1]):
         accs = interesting_accs(rng, prog, li, 32)
-        caps += [Capture(li, 8 * g, 0xFF, accs[8 * g:8 * g + 8].tolist(), back_to_back=True) for g in range(3)]
-    caps.append(Capture(len(prog.layers) - 1, 0, 0xFF, list(range(-4, 4)), back_to_back=True))
-    caps.append(Capture(len(prog.layers) - 1, 8, 0x03, [7, -9, 0, 0, 0, 0, 0, 0], back_to_back=True))
+        for g in range(3):
+            unit, tile = (g, (0, 0)) if lp.mode == "conv" else (0, (0, 0))
+            caps.append(Capture(li, unit, tile, 0xFF, accs[8 * g:8 * g + 8].tolist(), back_to_back=True))
+    caps.append(Capture(len(prog.layers) - 1, 0, (0, 0), 0xFF, list(range(-4, 4)), back_to_back=True))
+    caps.append(Capture(len(prog.layers) - 1, 8, (0, 0), 0x03, [7, -9, 0, 0, 0, 0, 0, 0], back_to_back=True))
     got_w, _ = rtl_activation(prog, caps)
     check(prog, caps)
     cycles = [c + 8 * i for c, i, _, _ in got_w]  # one write per cycle, no gap, no overlap
@@ -185,5 +213,6 @@ def test_activation_saturates(q8_spec):
     for li, lp in enumerate(prog.layers[:-1]):
         f = lp.spec.formats
         accs = [f["acc"].code_max] * 4 + [f["acc"].code_min] * 4
-        assert ops.activation(np.array(accs), f["acc"].frac, f["index"], lp.spec.lut)[1] == 8
-        check(prog, [Capture(li, 0, 0xFF, accs)])
+        b = int(lp.spec.bias_acc()[0])
+        assert ops.activation(np.array(accs) + b, f["acc"].frac, f["index"], lp.spec.lut)[1] >= 6
+        check(prog, [Capture(li, 0, (0, 0), 0xFF, accs)])

@@ -10,7 +10,7 @@ import pytest
 
 from hw import perf
 from hw.accelerator import Accelerator
-from hw.program import MAX_LANES, compile_spec
+from hw.program import MAX_LANES, compile_spec, tile_shape
 
 SPECS = ["q8_spec", "anna_spec"]
 
@@ -20,29 +20,65 @@ def spec(request):
     return request.getfixturevalue(request.param)
 
 
-@pytest.mark.parametrize("lanes", [1, 3, 8, 32])
+def _conv_taps(l):
+    """(weight, c, ky, kx) of every tap of every output map of a conv-mode layer, map by map."""
+    K = l.kernel
+    for o in range(l.out_maps):
+        if l.kind == "subsample":  # the coefficient four times over the 2x2 window of its source map
+            c = l.source[o] if l.source is not None else o
+            yield o, [(int(l.weight[o]), c, u, v) for u in range(K) for v in range(K)]
+        else:  # |table[o]| x K x K taps, one per weight
+            yield o, [(int(l.weight[o, c, u, v]), c, u, v) for c in l.connections()[o] for u in range(K) for v in range(K)]
+
+
+@pytest.mark.parametrize("lanes", [1, 2, 4, 8, 32])
+def test_tile_reads_are_conflict_free_and_exact(spec, lanes):
+    """The address arithmetic of hw/window.py, replayed in Python over every tile and tap of every
+    conv-mode layer: each lane of a tile gets exactly the input pixel its output needs, from a
+    bank no other lane reads in that cycle."""
+    prog = compile_spec(spec, lanes)
+    R, C = prog.R, prog.C
+    assert (R, C) == tile_shape(lanes) and R * C == lanes and R <= C
+    tap = 0
+    for lp in prog.layers:
+        if lp.mode != "conv":
+            continue
+        l, lin = lp.spec, lp.in_layout
+        S = lin.s
+        assert S == (2 if l.kind == "subsample" else 1)
+        ty_n, tx_n = lp.tiles
+        assert (ty_n, tx_n) == (math.ceil(l.out_size / R), math.ceil(l.out_size / C)) and lp.groups == ty_n * tx_n
+        for o, taps in _conv_taps(l):
+            words = prog.tap_words[tap:tap + len(taps)]
+            assert lp.taps[o] == len(taps) and [w[0] for w in words] == [t[0] for t in taps]
+            tap += len(taps)
+            for ty in range(ty_n):
+                for tx in range(tx_n):
+                    base = lin.base + ty * S * lin.lw + tx * S
+                    for (w, off, my, mx), (_, c, u, v) in zip(words, taps):
+                        addr = {r * C + cc: base + off + (S * lin.lw if r < my else 0) + (S if cc < mx else 0)
+                                for r in range(R) for cc in range(C)}
+                        used = set()
+                        for dy in range(R):
+                            for dx in range(C):
+                                y, x = ty * R + dy, tx * C + dx
+                                b = ((dy + my) % R) * C + (dx + mx) % C
+                                assert b not in used
+                                used.add(b)
+                                if y < l.out_size and x < l.out_size:
+                                    assert lin.locate(c, S * y + u, S * x + v) == (b, addr[b])
+    assert tap == len(prog.tap_words)
+
+
+@pytest.mark.parametrize("lanes", [1, 8, 32])
 def test_program_layout(spec, lanes):
     prog = compile_spec(spec, lanes)
     assert prog.lanes == lanes and [lp.name for lp in prog.layers] == [l.name for l in spec.layers]
-    tap = 0
     for lp in prog.layers:
         l = lp.spec
         if lp.mode == "conv":
             assert l.kind == "subsample" or (l.kind == "conv" and l.out_size > 1)
-            assert lp.tap_base == tap and lp.maps == l.out_maps and lp.n_out == l.out_size**2
-            assert lp.groups == math.ceil(l.out_size**2 / lanes)
-            for o in range(l.out_maps):
-                if l.kind == "conv":  # |table[o]| x K x K taps, one per weight, offset into the input maps
-                    conn = l.connections()[o]
-                    assert lp.taps[o] == len(conn) * l.kernel**2
-                    want = [(int(l.weight[o, c, u, v]), c * l.in_size**2 + u * l.in_size + v)
-                            for c in conn for u in range(l.kernel) for v in range(l.kernel)]
-                else:  # subsampling: the coefficient four times over the 2x2 window of its source map
-                    c = l.source[o] if l.source is not None else o
-                    assert lp.taps[o] == 4
-                    want = [(int(l.weight[o]), c * l.in_size**2 + u * l.in_size + v) for u in range(2) for v in range(2)]
-                assert prog.tap_words[tap:tap + lp.taps[o]] == want
-                tap += lp.taps[o]
+            assert lp.maps == l.out_maps and lp.n_out == l.out_size**2
         else:
             assert lp.mode == "dense" and lp.maps == 1 and lp.n_out == l.out_maps
             n_in = l.weight.reshape(l.out_maps, -1).shape[1]
@@ -55,7 +91,6 @@ def test_program_layout(spec, lanes):
                     for q in range(lanes):
                         o = g * lanes + q
                         assert words[g * n_in + i][q] == (int(w[o, i]) if o < l.out_maps else 0)
-    assert tap == len(prog.tap_words)
     modes = {lp.name: lp.mode for lp in prog.layers}
     if spec.network == "lenet5":  # C5 (1x1 output) and F6 in dense mode, the RBF scores too
         assert modes == {"C1": "conv", "S2": "conv", "C3": "conv", "S4": "conv",
@@ -68,38 +103,31 @@ def test_program_layout(spec, lanes):
     assert len(prog.lut_rom) == sum(len(l.lut) for l in spec.layers if l.lut is not None)
 
 
-@pytest.mark.parametrize("lanes", [1, 8])
+@pytest.mark.parametrize("lanes", [1, 8, 32])
 def test_program_memories(spec, lanes):
-    """Ping-pong feature buffers: the input image in A, each layer's output in the other buffer,
-    A and B sized by the largest tensor they hold, the biases at the accumulator's lsb."""
+    """One banked copy of the features: ping-pong buffers A (input, S2, S4, F6) and B, every
+    tensor placed one-to-one inside its buffer, the output never over the input; biases at the
+    accumulator's lsb, one per conv map or dense neuron."""
     prog = compile_spec(spec, lanes)
-    sizes = [spec.input_size**2] + [l.out_maps * l.out_size**2 for l in spec.layers]
-    size_a = max(sizes[0:-1:2])
-    size_b = max(sizes[1:-1:2])
-    assert prog.info == {"fm_a": size_a, "fm_b": size_b} and prog.fm_words == size_a + size_b
-    if spec.network == "lenet5":  # A: input 32x32, S2 6x14x14, S4 16x5x5, F6 84; B: C1 6x28x28, C3, C5
-        assert (size_a, size_b) == (6 * 14 * 14, 6 * 28 * 28)
-    for i, lp in enumerate(prog.layers):
-        in_words = sizes[i]
-        assert lp.in_base == (0 if i % 2 == 0 else size_a)
-        assert lp.in_base + in_words <= prog.fm_words
-        if i < len(prog.layers) - 1:
-            assert lp.out_base == (size_a if i % 2 == 0 else 0)
-            out = range(lp.out_base, lp.out_base + sizes[i + 1])
-            assert out.stop <= prog.fm_words
-            assert not set(out) & set(range(lp.in_base, lp.in_base + in_words))  # never overwrite the input
-        else:
-            assert lp.out_base is None and not lp.has_activation
-    # bias memory: one word per conv map / dense group, at the accumulator's lsb
-    for lp in prog.layers:
-        b = lp.spec.bias_acc()
-        n_words = lp.maps if lp.mode == "conv" else lp.groups
-        words = prog.bias_words[lp.bias_base:lp.bias_base + n_words]
-        if lp.mode == "conv":
-            assert words == [[int(b[o])] * lanes for o in range(lp.maps)]
-        else:
-            flat = [v for word in words for v in word]
-            assert flat[: lp.spec.out_maps] == b.tolist() and not any(flat[lp.spec.out_maps:])
+    lays = [lp.in_layout for lp in prog.layers]
+    assert all(lp.out_layout == lays[i + 1] for i, lp in enumerate(prog.layers[:-1]))
+    assert prog.layers[-1].out_layout is None and not prog.layers[-1].has_activation
+    size_a, size_b = prog.info["fm_a"], prog.info["fm_b"]
+    assert prog.fm_words == size_a + size_b
+    shapes = [(1, spec.input_size)] + [(l.out_maps, l.out_size) for l in spec.layers[:-1]]
+    for i, (lay, (maps, n)) in enumerate(zip(lays, shapes)):
+        assert lay.base == (0 if i % 2 == 0 else size_a) and lay.lw & (lay.lw - 1) == 0
+        slots = {lay.locate(c, y, x) for c in range(maps) for y in range(n) for x in range(n)}
+        assert len(slots) == maps * n * n  # one-to-one
+        lo, hi = lay.base, lay.base + (size_a if i % 2 == 0 else size_b)
+        assert all(0 <= b < lanes and lo <= a < hi for b, a in slots)
+    if spec.network == "lenet5" and lanes == 8:  # 8 banks of 840 words (1 copy + padding: 6,720 vs 5,880)
+        assert prog.fm_words == 840
+    # a layer's output words never meet its input words
+    for lp in prog.layers[:-1]:
+        assert lp.in_layout.base != lp.out_layout.base
+    assert prog.bias_words == [int(b) for lp in prog.layers for b in lp.spec.bias_acc()]
+    assert [lp.bias_base for lp in prog.layers] == list(np.cumsum([0] + [l.out_maps for l in spec.layers[:-1]]))
     assert prog.acc_width == max(l.formats["acc"].width for l in spec.layers)
     assert prog.weight_width == max(l.formats["weight"].width for l in spec.layers)
     assert prog.score_width == spec.layers[-1].formats["acc"].width
@@ -139,7 +167,7 @@ def test_schedule_lanes1_issue_is_taps(q8_spec):
 
 # -- what the generator refuses ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("lanes", [0, -1, MAX_LANES + 1, 300, 8.0, True, "8"])
+@pytest.mark.parametrize("lanes", [0, -1, 3, 12, MAX_LANES + 1, 300, 8.0, True, "8"])
 def test_bad_lanes(q8_spec, lanes):
     with pytest.raises(ValueError, match="lanes"):
         compile_spec(q8_spec, lanes)

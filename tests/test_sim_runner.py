@@ -167,7 +167,8 @@ def test_corrupted_c1_weight_is_caught_and_traced_to_c1(sim_spec, q8_spec_dir, s
     ww = prog.weight_width
     c1 = sim_spec.layers[0]
     assert c1.name == "C1" and c1.kind == "conv"
-    w0, off0 = prog.tap_words[C1_TAP]
+    w0, off0, my0, mx0 = prog.tap_words[C1_TAP]
+    assert (my0, mx0) == (0, 0)
     text = sim_verilog.read_text()
     m, word = _read_init(text, "taps", C1_TAP)
     assert word == (w0 & ((1 << ww) - 1)) | (off0 << ww), "taps[0] does not hold C1's first (weight, offset)"

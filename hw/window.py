@@ -1,0 +1,107 @@
+"""The convolver's operand feed: a banked feature memory and the crossbar that puts the R x C
+pixels under the current tap onto the R x C lanes.
+
+ANNA fed its convolver from shift registers holding a window of the feature map. Here the window
+slides in address space instead: the feature memory is ``lanes`` banks (one copy of the data,
+laid out by :class:`hw.program.Layout`), and for a tap (c, ky, kx) of a tile the R x C pixels the
+lanes need sit in R x C different banks, at one of two word addresses per bank row/column
+(``base``, ``base + adj_row``, ``base + adj_col``, ...). A two-stage rotation (rows by ``my``,
+columns by ``mx``) then hands each lane its pixel. In dense mode one bank's word is broadcast to
+every lane.
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Array, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.data import ArrayLayout
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+
+def _check_int(name, v, lo, hi):
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise ValueError(f"{name} must be an integer in {lo}..{hi}, got {v!r}")
+
+
+def _log2(n: int) -> int:
+    return n.bit_length() - 1
+
+
+class TileWindow(wiring.Component):
+    """Banked feature memory (``R * C`` banks of ``words`` words) with a tile read crossbar.
+
+    Read (every cycle): bank (r, c) reads word ``base + (adj_row if r < my) + (adj_col if c < mx)``;
+    lane (dy, dx) receives bank ((dy + my) % R, (dx + mx) % C). With ``dense`` high every bank reads
+    ``base`` and every lane receives bank ``bank``.
+    Write: ``waddr = bank * 2**addr_width + word``; one word per cycle.
+
+    Latency: read inputs in cycle t give ``x`` in cycle t + 2 (memory read, then the registered
+    crossbar). Throughput: one tile (or one broadcast word) per cycle. A write is visible to reads
+    presented in the following cycles.
+
+    Parameters
+    ----------
+    R, C : int
+        Tile rows and columns, powers of two (lanes = R * C).
+    words : int
+        Words per bank.
+    width : int
+        Bits per word (signed).
+    """
+
+    def __init__(self, R: int, C: int, words: int, width: int):
+        _check_int("R", R, 1, 256)
+        _check_int("C", C, 1, 256)
+        for n, v in (("R", R), ("C", C)):
+            if v & (v - 1):
+                raise ValueError(f"{n} must be a power of two, got {v}")
+        _check_int("words", words, 1, 1 << 20)
+        _check_int("width", width, 1, 48)
+        self.R, self.C, self.words, self.width = R, C, words, width
+        self.P = R * C
+        self.addr_width = max(1, (words - 1).bit_length())
+        aw, bw = self.addr_width, max(1, _log2(self.P))
+        super().__init__({
+            "base": In(unsigned(aw)),
+            "adj_row": In(unsigned(aw)),
+            "adj_col": In(unsigned(aw)),
+            "my": In(range(R)),
+            "mx": In(range(C)),
+            "dense": In(1),
+            "bank": In(range(self.P)),
+            "x": Out(ArrayLayout(signed(width), self.P)),
+            "we": In(1),
+            "waddr": In(unsigned(aw + bw)),
+            "wdata": In(signed(width)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        R, C, P, aw = self.R, self.C, self.P, self.addr_width
+        lr, lc = _log2(R), _log2(C)
+        wbank = self.waddr[aw:] if P > 1 else 0
+        data = []
+        for b in range(P):
+            r, c = divmod(b, C)
+            mem = Memory(shape=signed(self.width), depth=self.words, init=[])
+            m.submodules[f"bank{b}"] = mem
+            rp, wp = mem.read_port(), mem.write_port()
+            adj = self.base
+            if R > 1:
+                adj = adj + Mux(~self.dense & (r < self.my), self.adj_row, 0)
+            if C > 1:
+                adj = adj + Mux(~self.dense & (c < self.mx), self.adj_col, 0)
+            m.d.comb += [rp.addr.eq(adj), wp.en.eq(self.we & (wbank == b)), wp.addr.eq(self.waddr[:aw]),
+                         wp.data.eq(self.wdata)]
+            data.append(rp.data)
+        # the rotation amounts of the word now leaving the banks
+        my, mx, dense, bank = Signal.like(self.my), Signal.like(self.mx), Signal(), Signal.like(self.bank)
+        m.d.sync += [my.eq(self.my), mx.eq(self.mx), dense.eq(self.dense), bank.eq(self.bank)]
+        bcast = Array(data)[bank] if P > 1 else data[0]
+        rows = [Array(data[r * C:(r + 1) * C]) for r in range(R)]
+        for dy in range(R):
+            row = Array(rows)[(dy + my)[:lr]] if R > 1 else rows[0]
+            for dx in range(C):
+                v = row[(dx + mx)[:lc]] if C > 1 else row[0]
+                m.d.sync += self.x[dy * C + dx].eq(Mux(dense, bcast, v))
+        return m
