@@ -11,7 +11,7 @@ JOBS ?= 2
 LANES ?= 8
 VERILATOR_WAIVERS := -Wno-WIDTHEXPAND -Wno-WIDTHTRUNC -Wno-CASEINCOMPLETE -Wno-CMPCONST
 
-.PHONY: all install train train-all evaluate quantize verilog lint sim sim-full bench sweep test test-slow clean help
+.PHONY: all install train train-all evaluate quantize verilog lint sim sim-full sim-layers bench sweep test test-slow clean help
 
 help:
 	@echo "make all        main job: evaluate the committed LeNet-5, quantize it (q8, anna), report"
@@ -26,6 +26,7 @@ help:
 	@echo "make lint       iverilog -g2012 and verilator --lint-only on the emitted Verilog"
 	@echo "make sim        RTL vs emulator: q8, first 100 MNIST test images, Icarus"
 	@echo "make sim-full   RTL vs emulator: all 10,000 test images, q8 and anna, Verilator"
+	@echo "make sim-layers layer tops (requantize, MAC, activation LUT) vs emulator, Icarus (SIM=verilator)"
 	@echo "make bench      emulator vs torch float32 throughput; cycle model for lanes 1, 8, 32"
 	@echo "make sweep      quantization sweep report in build/reports/sweep/ (JOBS=$(JOBS))"
 	@echo "make clean      remove build/"
@@ -96,3 +97,6 @@ test-slow: $(STAMP)
 
 clean:
 	rm -rf build
+
+sim-layers: $(STAMP)
+	$(PY) -m sim.layers

