@@ -1,0 +1,341 @@
+"""Board tops: the accelerator behind a UART, for the iCEBreaker (iCE40 UP5K) and the ULX3S (ECP5-85F).
+
+``python -m hw.boards --board {icebreaker,ulx3s} --spec DIR [--lanes P] [--baud B] --out DIR`` writes
+the board top's Verilog, the platform top (pins, clock and reset glue) as RTLIL and Verilog, the
+pin constraints (.pcf / .lpf) and a JSON manifest; building the bitstream is :mod:`hw.synth`'s job.
+
+Protocol (version 1, see ``docs/board-protocol.md``), 8N1 at ``baud`` (115200 by default), one
+command at a time: the host waits for each reply before sending the next command.
+
+========================================  ===============================================================
+host sends                                board answers
+========================================  ===============================================================
+``I`` (0x49), 784 bytes: a 28x28 uint8    ``R`` (0x52), the class (1 byte), the ten scores, each 4 bytes
+image in raster order                     little-endian two's complement (sign-extended score)
+``W`` (0x57), length N (4 bytes little-   ``K`` (0x4B) once the N bytes went to the accelerator's weight
+endian), N bytes                          port; ``E`` (0x45) after discarding them if it has none
+``?`` (0x3F)                              ``V`` (0x56), protocol version (1), lanes, number of scores (10)
+any other byte                            ``E`` (0x45)
+========================================  ===============================================================
+
+If the host stops in the middle of a command's bytes (no byte for ``timeout_s``, 0.1 s by
+default), the board resets the accelerator, answers ``E`` and waits for a new command.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import re
+from pathlib import Path
+
+from amaranth.hdl import Cat, Const, Elaboratable, Module, ResetInserter, Signal
+from amaranth.lib import io, wiring
+from amaranth.lib.wiring import In, Out
+
+from model.util import UserError, atomic_write_text, cli
+
+from .uart import UARTReceiver, UARTTransmitter, divisor_for
+
+PROTOCOL_VERSION = 1
+IMAGE_BYTES = 28 * 28
+N_SCORES = 10
+SCORE_BYTES = 4
+CMD_IMAGE, CMD_WEIGHTS, CMD_QUERY = 0x49, 0x57, 0x3F  # 'I', 'W', '?'
+REPLY_RESULT, REPLY_OK, REPLY_ERROR, REPLY_VERSION = 0x52, 0x4B, 0x45, 0x56  # 'R', 'K', 'E', 'V'
+DEFAULT_BAUD = 115200
+DEFAULT_TIMEOUT_S = 0.1
+
+
+class BoardTop(wiring.Component):
+    """The accelerator behind a UART that speaks the board protocol (module docstring).
+
+    Parameters
+    ----------
+    spec : QuantSpec
+        The network; ignored when ``accelerator`` is given.
+    lanes : int
+        MAC lanes of the accelerator (also reported by the ``?`` command).
+    clk_hz, baud : int
+        Clock frequency and UART baud rate; the bit period is ``clk_hz // baud`` cycles (at least 4,
+        within 2% of ``baud``).
+    timeout_s : float
+        A command whose bytes stop arriving for this long is abandoned (accelerator reset, ``E``).
+    accelerator : wiring.Component, optional
+        Any component with the accelerator's ports (``i``, ``o``, optional ``wl``); by default
+        ``Accelerator(spec, lanes)``.
+
+    Ports: ``rx`` (from the host), ``tx`` (to the host), ``led`` (high while an image is being
+    received, computed or answered).
+
+    Latency: an image's reply starts as soon as the accelerator's first output beat is ready, i.e.
+    :func:`hw.perf.cycles_per_image` cycles after the image's last byte (less the load cycles that
+    overlapped the reception); the reply takes ``42 * 10 * divisor`` cycles. Throughput: one image
+    per ``(785 + 42) * 10 * divisor`` cycles plus the compute, about 13 images/s at 115200 baud.
+    """
+
+    def __init__(self, spec=None, lanes: int = 8, clk_hz: int = 12_000_000, baud: int = DEFAULT_BAUD,
+                 timeout_s: float = DEFAULT_TIMEOUT_S, accelerator=None):
+        if isinstance(lanes, bool) or not isinstance(lanes, int) or not 1 <= lanes <= 255:
+            raise ValueError(f"lanes must be an integer from 1 to 255 (one byte in the '?' reply), got {lanes!r}")
+        self.divisor = divisor_for(clk_hz, baud)
+        self.clk_hz, self.baud, self.lanes = int(clk_hz), int(baud), lanes
+        if not isinstance(timeout_s, (int, float)) or timeout_s <= 0:
+            raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
+        # never shorter than a few frames, so a slow but steady host is not cut off
+        self.timeout_cycles = max(int(self.clk_hz * timeout_s), 4 * 10 * self.divisor)
+        if accelerator is None:
+            from .accelerator import Accelerator
+
+            accelerator = Accelerator(spec, lanes)
+        members = accelerator.signature.members
+        for name in ("i", "o"):
+            if name not in members:
+                raise TypeError(f"the accelerator has no '{name}' port")
+        self.acc = accelerator
+        self.has_weight_port = "wl" in members
+        self.score_width = len(accelerator.o.payload.value)
+        if self.score_width > 8 * SCORE_BYTES:
+            raise ValueError(f"scores are {self.score_width} bits wide; the protocol carries at most {8 * SCORE_BYTES}")
+        super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "led": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        acc_reset = Signal()
+        m.submodules.acc = ResetInserter(acc_reset)(self.acc)
+        m.submodules.uart_rx = urx = UARTReceiver(self.divisor)
+        m.submodules.uart_tx = utx = UARTTransmitter(self.divisor)
+        m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(utx.tx)]
+        acc, rx = self.acc, urx.o
+
+        # reply buffer: up to 4 bytes, sent LSB first
+        txbuf = Signal(32)
+        txn = Signal(range(5))
+        m.d.comb += [utx.i.valid.eq(txn != 0), utx.i.payload.eq(txbuf[:8])]
+        with m.If(utx.i.valid & utx.i.ready):
+            m.d.sync += [txbuf.eq(txbuf >> 8), txn.eq(txn - 1)]
+
+        count = Signal(range(IMAGE_BYTES))
+        length = Signal(32)
+        first = Signal()
+        idle = Signal(range(self.timeout_cycles + 1))  # cycles without a byte inside a command
+
+        byte_in = rx.valid & rx.ready
+        timed_out = Signal()
+        ack = REPLY_OK if self.has_weight_port else REPLY_ERROR
+
+        with m.FSM(name="proto") as fsm:
+            with m.State("CMD"):
+                with m.If(txn == 0):
+                    m.d.comb += rx.ready.eq(1)
+                    with m.If(rx.valid):
+                        with m.Switch(rx.payload):
+                            with m.Case(CMD_IMAGE):
+                                m.d.sync += count.eq(0)
+                                m.next = "IMAGE"
+                            with m.Case(CMD_WEIGHTS):
+                                m.d.sync += count.eq(0)
+                                m.next = "LENGTH"
+                            with m.Case(CMD_QUERY):
+                                m.d.sync += [txbuf.eq(REPLY_VERSION | PROTOCOL_VERSION << 8 | self.lanes << 16
+                                                      | N_SCORES << 24), txn.eq(4)]
+                            with m.Default():
+                                m.d.sync += [txbuf.eq(REPLY_ERROR), txn.eq(1)]
+            with m.State("IMAGE"):
+                with m.If(timed_out):
+                    m.next = "ABORT"
+                m.d.comb += [acc.i.valid.eq(rx.valid), acc.i.payload.eq(rx.payload), rx.ready.eq(acc.i.ready)]
+                with m.If(byte_in):
+                    m.d.sync += count.eq(count + 1)
+                    with m.If(count == IMAGE_BYTES - 1):
+                        m.d.sync += first.eq(1)
+                        m.next = "RESULT"
+            with m.State("RESULT"):
+                with m.If(txn == 0):
+                    m.d.comb += acc.o.ready.eq(1)
+                    with m.If(acc.o.valid):
+                        value = acc.o.payload.value
+                        with m.If(first):
+                            m.d.sync += [txbuf.eq(Cat(Const(REPLY_RESULT, 8), value[:8])), txn.eq(2), first.eq(0)]
+                        with m.Else():
+                            m.d.sync += [txbuf.eq(value), txn.eq(SCORE_BYTES)]
+                        with m.If(acc.o.payload.last):
+                            m.next = "CMD"
+            with m.State("LENGTH"):
+                with m.If(timed_out):
+                    m.next = "ABORT"
+                m.d.comb += rx.ready.eq(1)
+                new_length = Cat(length[8:], rx.payload)
+                with m.If(byte_in):
+                    m.d.sync += [length.eq(new_length), count.eq(count + 1)]
+                    with m.If(count == 3):
+                        with m.If(new_length == 0):
+                            m.d.sync += [txbuf.eq(ack), txn.eq(1)]
+                            m.next = "CMD"
+                        with m.Else():
+                            m.next = "WEIGHTS"
+            with m.State("WEIGHTS"):
+                with m.If(timed_out):
+                    m.next = "ABORT"
+                if self.has_weight_port:
+                    m.d.comb += [acc.wl.valid.eq(rx.valid), acc.wl.payload.eq(rx.payload), rx.ready.eq(acc.wl.ready)]
+                else:
+                    m.d.comb += rx.ready.eq(1)
+                with m.If(byte_in):
+                    m.d.sync += length.eq(length - 1)
+                    with m.If(length == 1):
+                        m.d.sync += [txbuf.eq(ack), txn.eq(1)]
+                        m.next = "CMD"
+            with m.State("ABORT"):
+                # the host went silent inside a command: reset the accelerator, answer 'E'
+                m.d.comb += acc_reset.eq(1)
+                m.d.sync += [txbuf.eq(REPLY_ERROR), txn.eq(1)]
+                m.next = "CMD"
+
+        # inter-byte timeout while a command's bytes are expected (not while the board computes,
+        # nor while a received byte waits for the accelerator)
+        waiting = fsm.ongoing("IMAGE") | fsm.ongoing("LENGTH") | fsm.ongoing("WEIGHTS")
+        m.d.comb += timed_out.eq(waiting & ~rx.valid & (idle == self.timeout_cycles - 1))
+        with m.If(~waiting | rx.valid | timed_out):
+            m.d.sync += idle.eq(0)
+        with m.Else():
+            m.d.sync += idle.eq(idle + 1)
+        m.d.comb += self.led.eq(fsm.ongoing("IMAGE") | fsm.ongoing("RESULT"))
+        return m
+
+
+# --------------------------------------------------------------------------- platforms
+# (module, class) in amaranth-boards; the pins its platforms define (amaranth-boards 0.0.21):
+# iCEBreaker: clk12 pin 35, UART rx 6 / tx 9 (the FTDI's second channel), green LED 37;
+# ULX3S: clk25 G2, UART (FTDI) rx M1 / tx L4, LED0 B2.
+BOARDS = {
+    "icebreaker": {"module": "amaranth_boards.icebreaker", "platform": "ICEBreakerPlatform", "led": ("led_g", 0),
+                   "constraints": ".pcf"},
+    "ulx3s": {"module": "amaranth_boards.ulx3s", "platform": "ULX3S_85F_Platform", "led": ("led", 0),
+              "constraints": ".lpf"},
+}
+
+
+def platform_for(board: str):
+    """An instance of the board's amaranth-boards platform."""
+    if board not in BOARDS:
+        raise UserError(f"unknown board {board!r} ({', '.join(BOARDS)})")
+    info = BOARDS[board]
+    try:
+        module = importlib.import_module(info["module"])
+    except ImportError:
+        raise UserError(f"board {board}: amaranth-boards is not installed (pip install amaranth-boards)") from None
+    return getattr(module, info["platform"])()
+
+
+class PlatformTop(Elaboratable):
+    """:class:`BoardTop` wired to the board's UART pins and an LED; the clock domain comes from the
+    platform (the board's oscillator, no PLL)."""
+
+    def __init__(self, top: BoardTop, board: str):
+        self.top, self.board = top, board
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.top = top = self.top
+        uart = platform.request("uart", 0, dir="-")
+        led = platform.request(*BOARDS[self.board]["led"], dir="-")
+        m.submodules.rx_buf = rx_buf = io.Buffer("i", uart.rx)
+        m.submodules.tx_buf = tx_buf = io.Buffer("o", uart.tx)
+        m.submodules.led_buf = led_buf = io.Buffer("o", led)  # an active-low LED is inverted by its port
+        m.d.comb += [top.rx.eq(rx_buf.i), tx_buf.o.eq(top.tx), led_buf.o.eq(top.led)]
+        return m
+
+
+def top_name(spec, board: str) -> str:
+    from .generate import top_name as acc_name
+
+    if spec is None:
+        return board
+    return re.sub(r"[^A-Za-z0-9_]", "_", f"{board}_{acc_name(spec)}")
+
+
+def board_plan(board: str, spec, lanes: int = 8, baud: int = DEFAULT_BAUD, name: str | None = None,
+               accelerator=None):
+    """The platform's build plan for the board top (``Platform.prepare``: nothing is built).
+
+    Returns ``(plan, top)``: the :class:`amaranth.build.run.BuildPlan` (``plan.files`` holds the
+    RTLIL, the pin constraints and the Yosys/nextpnr scripts; ``plan.execute_local(dir)`` would run
+    the toolchain) and the :class:`BoardTop` in it. ``accelerator`` replaces
+    ``Accelerator(spec, lanes)`` (see :class:`BoardTop`).
+    """
+    platform = platform_for(board)
+    clk_hz = int(platform.default_clk_frequency)
+    try:
+        top = BoardTop(spec, lanes, clk_hz, baud, accelerator=accelerator)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"board {board}: {e}") from None
+    name = name or top_name(spec, board)
+    # emit_src=False: no source locations, so the files depend on (spec, lanes, baud) only
+    plan = platform.prepare(PlatformTop(top, board), name=name, emit_src=False, debug_verilog=True)
+    return plan, top
+
+
+def board_design(board: str, spec, lanes: int = 8, baud: int = DEFAULT_BAUD, name: str | None = None,
+                 accelerator=None) -> dict:
+    """Everything about one board build that is a pure function of the inputs.
+
+    Returns a dict: ``files`` (file name -> text: the board top's Verilog, with ``clk``/``rst``
+    ports, for simulation; the platform top, pins and clock included, as RTLIL and Verilog; the pin
+    constraints) and ``manifest`` (device, clock, baud, divisor, names).
+    """
+    from amaranth.back import verilog
+
+    name = name or top_name(spec, board)
+    plan, top = board_plan(board, spec, lanes, baud, name, accelerator)
+    cons = BOARDS[board]["constraints"]
+    files = {}
+    for suffix, out in ((".il", ".il"), (".debug.v", ".v"), (cons, cons)):
+        content = plan.files[name + suffix]
+        files[name + out] = content if isinstance(content, str) else content.decode()
+    files[f"{name}_top.v"] = verilog.convert(top, name=f"{name}_top", emit_src=False)
+    platform = platform_for(board)
+    manifest = {
+        "board": board, "platform": BOARDS[board]["platform"], "device": platform.device,
+        "package": platform.package, "clk_hz": top.clk_hz, "baud": int(baud), "divisor": top.divisor,
+        "actual_baud": round(top.clk_hz / top.divisor, 1), "lanes": lanes, "network": getattr(spec, "network", None),
+        "preset": spec.provenance.get("preset") if spec is not None else None,
+        "weight_port": top.has_weight_port, "score_width": top.score_width,
+        "protocol_version": PROTOCOL_VERSION, "top": name, "board_top": f"{name}_top",
+        "files": {"rtlil": f"{name}.il", "verilog": f"{name}.v", "constraints": name + cons,
+                  "board_top_verilog": f"{name}_top.v"},
+    }
+    return {"files": files, "manifest": manifest}
+
+
+@cli
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m hw.boards",
+                                description="Board top (UART + accelerator) Verilog and pin constraints for a board.")
+    p.add_argument("--board", required=True, choices=sorted(BOARDS))
+    p.add_argument("--spec", required=True, help="QuantSpec directory")
+    p.add_argument("--lanes", type=int, default=8, help="parallel MAC lanes")
+    p.add_argument("--baud", type=int, default=DEFAULT_BAUD, help=f"UART baud rate (default {DEFAULT_BAUD})")
+    p.add_argument("--out", default="build/boards", help="output directory (a subdirectory per board is not made)")
+    p.add_argument("--name", default=None, help="platform top name (default BOARD_NETWORK_PRESET)")
+    args = p.parse_args(argv)
+    from quantize import spec as qspec
+
+    if not Path(args.spec).is_dir():
+        raise UserError(f"--spec {args.spec}: no such directory")
+    spec = qspec.load(args.spec)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a directory")
+    design = board_design(args.board, spec, args.lanes, args.baud, args.name)
+    for fname, text in design["files"].items():
+        atomic_write_text(out / fname, text)
+    man = design["manifest"]
+    atomic_write_text(out / f"{man['top']}.json", json.dumps(man, indent=1) + "\n")
+    print(f"wrote {', '.join(design['files'])} and {man['top']}.json to {out} "
+          f"({man['device']}, {man['clk_hz'] / 1e6:g} MHz, {man['baud']} baud: divisor {man['divisor']})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

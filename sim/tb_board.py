@@ -1,0 +1,249 @@
+"""cocotb testbench for the board top (:class:`hw.boards.BoardTop`): a real UART on its pins.
+
+cocotbext-uart's ``UartSource``/``UartSink`` drive ``rx`` and watch ``tx`` of the emitted Verilog
+of the whole board top (UART receiver and transmitter, protocol FSM, accelerator), as a host on a
+serial line would: ``?`` first, then each image with ``I``, checking the class and the ten scores
+against the emulator's golden values (written by :func:`run`, never computed here), then an
+unknown command.
+
+``run(spec_dir, images)`` generates the Verilog (clock 100 MHz nominal, ``clk_hz / baud`` = 8: the
+UART is as fast as the receiver allows, the simulated time goes into the accelerator), builds it
+with ``cocotb_tools.runner`` and runs the test; ``python -m sim.tb_board --spec DIR [--images N]``
+does the same from the command line.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+try:
+    import cocotb
+    from cocotb.triggers import RisingEdge, with_timeout
+except ImportError:  # the runner half needs only cocotb_tools
+    cocotb = None
+
+PERIOD_NS = 10
+CLK_HZ = 1_000_000_000 // PERIOD_NS
+DIVISOR = 8
+BAUD = CLK_HZ // DIVISOR
+TOP = "lenet_board"
+HARNESS = "lenet_board_harness"
+CONFIG_ENV = "LENET_BOARD_CONFIG"
+
+
+# --------------------------------------------------------------------------- cocotb half
+if cocotb is not None:
+
+    async def _read_exact(sink, n: int, timeout_ns: int) -> bytes:
+        """``n`` bytes from the UART sink, or as many as came before the timeout."""
+        buf = bytearray()
+
+        async def fill():
+            while len(buf) < n:
+                buf.extend(await sink.read(1))  # read(k) wants k bytes already queued
+
+        try:
+            await with_timeout(fill(), timeout_ns, "ns")
+        except TimeoutError:
+            pass
+        return bytes(buf)
+
+    @cocotb.test()
+    async def board_matches_emulator(dut):
+        from cocotbext.uart import UartSink, UartSource
+
+        from hw.board import (RESULT_BYTES, VERSION_BYTES, decode_result, decode_version, encode_image,
+                              encode_query)
+
+        with open(os.environ[CONFIG_ENV]) as f:
+            cfg = json.load(f)
+        images = np.load(cfg["images"])
+        golden = np.load(cfg["golden"])
+        frame_ns = 10 * cfg["divisor"] * PERIOD_NS
+        # a reply must come within the accelerator's compute time plus its own bytes (and margin)
+        reply_timeout = 2 * cfg["cycles_per_image"] * PERIOD_NS + 2 * RESULT_BYTES * frame_ns
+
+        source = UartSource(dut.rx, baud=cfg["baud"], bits=8, stop_bits=1)
+        sink = UartSink(dut.tx, baud=cfg["baud"], bits=8, stop_bits=1)
+        dut.rst.value = 1
+        for _ in range(4):
+            await RisingEdge(dut.clk)
+        dut.rst.value = 0
+        for _ in range(4):
+            await RisingEdge(dut.clk)
+
+        results = {"version": None, "classes": [], "scores": [], "mismatches": 0, "first_mismatch": None,
+                   "seconds_per_image": [], "unknown_command": None}
+        await source.write(encode_query())
+        reply = await _read_exact(sink, VERSION_BYTES, 4 * VERSION_BYTES * frame_ns)
+        results["version"] = decode_version(reply)
+
+        for n, img in enumerate(images):
+            t0 = time.perf_counter()
+            await source.write(encode_image(img))
+            reply = await _read_exact(sink, RESULT_BYTES, len(encode_image(img)) * frame_ns + reply_timeout)
+            cls, scores = decode_result(reply)  # a short or wrong reply raises: the test fails
+            results["seconds_per_image"].append(round(time.perf_counter() - t0, 2))
+            results["classes"].append(cls)
+            results["scores"].append(scores)
+            # scoreboard: integer equality with the emulator's golden values
+            exp_cls, exp_scores = int(golden["predictions"][n]), [int(v) for v in golden["scores"][n]]
+            if cls != exp_cls or scores != exp_scores:
+                results["mismatches"] += 1
+                if results["first_mismatch"] is None:
+                    k = next((j for j in range(len(scores)) if scores[j] != exp_scores[j]), None)
+                    results["first_mismatch"] = {
+                        "image": n, "class": {"expected": exp_cls, "actual": cls}, "score_index": k,
+                        "expected": exp_scores[k] if k is not None else None,
+                        "actual": scores[k] if k is not None else None}
+
+        await source.write(b"\x00")
+        results["unknown_command"] = (await _read_exact(sink, 1, 4 * frame_ns)).decode("latin-1")
+        with open(cfg["result"], "w") as f:
+            json.dump(results, f)
+
+
+# --------------------------------------------------------------------------- runner half
+def harness_verilog(top: str = TOP, period_ns: int = PERIOD_NS) -> str:
+    """The clock lives in the simulator (no Python callback per edge); cocotb drives ``rx``."""
+    return f"""`timescale 1ns/1ps
+// generated by sim/tb_board.py: clock around {top}
+module {HARNESS}(output reg clk, input rst, input rx, output tx, output led);
+  initial clk = 1'b0;
+  always #{period_ns / 2} clk = ~clk;
+  {top} dut(.clk(clk), .rst(rst), .rx(rx), .tx(tx), .led(led));
+endmodule
+"""
+
+
+def prepare_board_verilog(spec, spec_dir: Path, lanes: int, out: Path) -> Path:
+    """The board top's Verilog in ``out``, regenerated only when the spec, lanes or the hw/ sources
+    it is made from changed."""
+    from amaranth.back import verilog
+
+    from hw.boards import BoardTop
+
+    h = hashlib.sha256()
+    for f in ("spec.json", "weights.npz"):
+        h.update((spec_dir / f).read_bytes())
+    hw_dir = Path(__file__).resolve().parents[1] / "hw"
+    for f in sorted(hw_dir.glob("*.py")):
+        h.update(f.read_bytes())
+    h.update(repr((lanes, CLK_HZ, BAUD)).encode())
+    key = h.hexdigest()[:16]
+    vpath, stamp = out / f"{TOP}.v", out / "key.txt"
+    if not (stamp.is_file() and stamp.read_text() == key and vpath.is_file()):
+        from model.util import atomic_write_text
+
+        text = verilog.convert(BoardTop(spec, lanes, CLK_HZ, BAUD), name=TOP, emit_src=False)
+        atomic_write_text(vpath, text)
+        atomic_write_text(stamp, key)
+    return vpath
+
+
+def run(spec_dir, images: np.ndarray, simulator: str = "icarus", lanes: int = 8,
+        out: str | os.PathLike = "build/sim-board", waves: bool = False) -> dict:
+    """Send ``images`` (uint8 N x 28 x 28) to the simulated board over its UART pins; compare with the
+    emulator. Returns the testbench's results (classes, scores, mismatches, first_mismatch, ...)."""
+    import copy
+
+    from cocotb_tools.runner import get_runner
+
+    from hw.perf import cycles_per_image
+    from model.data import check_images
+    from model.util import UserError, atomic_write_bytes, atomic_write_text
+    from quantize import spec as qspec
+    from quantize.emulator import Emulator
+    from sim.runner import TIMESCALE, VERILATOR_ARGS, check_simulator, icarus_copy
+
+    check_simulator(simulator)
+    spec_dir = Path(spec_dir)
+    spec = qspec.load(spec_dir)
+    images = check_images(np.asarray(images))
+    if images.shape[1] != 28:
+        from hw.board import crop28
+
+        images = crop28(images, spec.input_pad)
+    work = Path(out) / f"{spec_dir.resolve().name}-L{lanes}"
+    vpath = prepare_board_verilog(spec, spec_dir, lanes, work)
+    if simulator == "icarus":
+        vpath = icarus_copy(vpath)
+    hpath = work / f"{HARNESS}.v"
+    htext = harness_verilog()
+    if not hpath.is_file() or hpath.read_text() != htext:
+        atomic_write_text(hpath, htext)
+
+    run_dir = work / simulator
+    args = VERILATOR_ARGS + (["--trace-fst", "--trace-structs"] if waves else []) if simulator == "verilator" else []
+    key = hashlib.sha256(vpath.read_bytes() + htext.encode() + repr((args, waves, TIMESCALE)).encode()).hexdigest()[:12]
+    build_dir = run_dir / "build" / key
+    runner = get_runner(simulator)
+    runner.build(sources=[hpath, vpath], hdl_toplevel=HARNESS, build_dir=build_dir, build_args=args, always=False,
+                 waves=waves, log_file=run_dir / "build.log", timescale=TIMESCALE)
+
+    test_dir = run_dir / "test"
+    test_dir.mkdir(parents=True, exist_ok=True)
+    r = Emulator(spec).run(images, keep=False)
+    np.save(test_dir / "images.npy", np.ascontiguousarray(images))
+    buf = io.BytesIO()
+    np.savez(buf, scores=r.scores, predictions=r.predictions)
+    atomic_write_bytes(test_dir / "golden.npz", buf.getvalue())
+    result_path = test_dir / "result.json"
+    cfg = {"images": str((test_dir / "images.npy").resolve()), "golden": str((test_dir / "golden.npz").resolve()),
+           "result": str(result_path.resolve()), "baud": BAUD, "divisor": DIVISOR, "lanes": lanes,
+           "cycles_per_image": cycles_per_image(spec, lanes)}
+    cfg_path = test_dir / "config.json"
+    atomic_write_text(cfg_path, json.dumps(cfg))
+    if result_path.exists():
+        result_path.unlink()
+    t0 = time.perf_counter()
+    copy.copy(runner).test(test_module="sim.tb_board", hdl_toplevel=HARNESS, build_dir=build_dir, test_dir=test_dir,
+                           extra_env={CONFIG_ENV: str(cfg_path.resolve()), "COCOTB_LOG_LEVEL": "WARNING"},
+                           waves=waves, log_file=test_dir / "sim.log",
+                           results_xml=str((test_dir / "results.xml").resolve()))
+    if not result_path.is_file():
+        raise UserError(f"the board simulation produced no result; see {test_dir / 'sim.log'}")
+    res = json.loads(result_path.read_text())
+    res.update({"simulator": simulator, "lanes": lanes, "images": len(images), "sim_seconds": round(time.perf_counter() - t0, 2),
+                "expected_lanes": lanes, "log": str(test_dir / "sim.log")})
+    return res
+
+
+def main(argv=None):
+    from model import data
+    from model.util import UserError, cli
+
+    @cli
+    def _main(argv):
+        p = argparse.ArgumentParser(prog="python -m sim.tb_board",
+                                    description="Simulate the board top with a UART host model; compare with the emulator.")
+        p.add_argument("--spec", required=True, help="QuantSpec directory")
+        p.add_argument("--images", type=int, default=1, help="the first N MNIST test images")
+        p.add_argument("--lanes", type=int, default=8)
+        p.add_argument("--simulator", default=os.environ.get("SIM", "icarus"))
+        p.add_argument("--data", default=None, help="MNIST directory")
+        p.add_argument("--out", default="build/sim-board")
+        p.add_argument("--waves", action="store_true")
+        args = p.parse_args(argv)
+        if not Path(args.spec).is_dir():
+            raise UserError(f"--spec {args.spec}: no such directory")
+        if args.images < 1:
+            raise UserError("--images must be at least 1")
+        res = run(args.spec, data.load("test", args.data).images[:args.images], args.simulator, args.lanes,
+                  args.out, args.waves or os.environ.get("WAVES") == "1")
+        print(json.dumps({k: res[k] for k in ("images", "mismatches", "first_mismatch", "version", "unknown_command",
+                                              "sim_seconds")}))
+        return 1 if res["mismatches"] else 0
+
+    return _main(argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,279 @@
+"""hw/board.py: the host side of the board protocol. Encode/decode as pure functions, and the whole
+host (``main``) against a fake serial port that behaves like a board, answering with the emulator."""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+import hw.board as host
+from hw.board import (RESULT_BYTES, Board, ProtocolError, decode_ack, decode_result, decode_version, encode_image,
+                      encode_query, encode_result, encode_weights)
+from model.util import UserError
+
+
+# --------------------------------------------------------------------------- pure functions
+def test_encode_image():
+    img = np.arange(784, dtype=np.int64).reshape(28, 28).astype(np.uint8)
+    msg = encode_image(img)
+    assert len(msg) == 785 and msg[0] == ord("I") and msg[1:] == img.tobytes()
+    for bad in (img.astype(np.int16), img[:27], np.zeros((32, 32), np.uint8)):
+        with pytest.raises(UserError, match="uint8 28 x 28"):
+            encode_image(bad)
+
+
+def test_encode_weights_and_query():
+    assert encode_weights(b"\x01\x02\x03") == b"W\x03\x00\x00\x00\x01\x02\x03"
+    assert encode_weights(b"") == b"W\x00\x00\x00\x00"
+    assert encode_query() == b"?"
+
+
+@pytest.mark.parametrize("scores", [list(range(10)), [-1, 0, 1, -(2**31), 2**31 - 1, -300, 300, -5, 7, 123456]])
+def test_result_roundtrip(scores):
+    msg = encode_result(7, scores)
+    assert len(msg) == RESULT_BYTES and msg[:2] == b"R\x07"
+    assert msg[2:6] == scores[0].to_bytes(4, "little", signed=True)
+    assert decode_result(msg) == (7, scores)
+
+
+def test_result_sign_extension_from_the_score_width():
+    # a board with 10-bit scores sends -3 as 0xFFFFFFFD, not 0x000003FD
+    assert decode_result(b"R\x02" + b"\xfd\xff\xff\xff" + bytes(36))[1][0] == -3
+
+
+def test_decode_errors():
+    good = encode_result(1, [0] * 10)
+    with pytest.raises(ProtocolError, match="0x45 \\('E'\\).*did not take the image"):
+        decode_result(b"E")
+    with pytest.raises(ProtocolError, match="0x00, expected 0x52"):
+        decode_result(b"\x00" + good[1:])
+    with pytest.raises(ProtocolError, match="41 bytes"):
+        decode_result(good[:-1])
+    with pytest.raises(ProtocolError, match="nothing"):
+        decode_result(b"")
+    assert decode_version(b"V\x01\x08\x0a") == {"version": 1, "lanes": 8, "scores": 10}
+    with pytest.raises(ProtocolError, match="version 2"):
+        decode_version(b"V\x02\x08\x0a")
+    with pytest.raises(ProtocolError, match="11 scores"):
+        decode_version(b"V\x01\x08\x0b")
+    with pytest.raises(ProtocolError, match="baud rate"):
+        decode_version(b"E")
+    decode_ack(b"K")
+    with pytest.raises(ProtocolError, match="no weight port"):
+        decode_ack(b"E")
+    with pytest.raises(ProtocolError, match="expected 0x4B"):
+        decode_ack(b"Z")
+
+
+# --------------------------------------------------------------------------- a fake board
+class FakeBoard:
+    """A serial port with the board behind it: parses the host's bytes as the board's protocol FSM
+    does and answers images with the emulator. ``corrupt`` = (image, score index) to falsify,
+    ``silent`` never answers, ``garbage`` answers every command with that byte."""
+
+    def __init__(self, spec, lanes=8, weight_port=False, corrupt=None, silent=False, garbage=None):
+        from quantize.emulator import Emulator
+
+        self.emu, self.lanes, self.weight_port = Emulator(spec), lanes, weight_port
+        self.corrupt, self.silent, self.garbage = corrupt, silent, garbage
+        self.inbuf, self.outbuf = bytearray(), bytearray()
+        self.images = 0
+        self.weights = None
+        self.closed = False
+
+    # pyserial's interface, as far as the host uses it
+    def write(self, data):
+        self.inbuf += data
+        while self._step():
+            pass
+        return len(data)
+
+    def read(self, n):
+        if not self.outbuf:
+            time.sleep(0.005)  # as a serial port with a short timeout
+            return b""
+        out, self.outbuf[:] = bytes(self.outbuf[:n]), self.outbuf[n:]
+        return out
+
+    def reset_input_buffer(self):
+        self.outbuf.clear()
+
+    def close(self):
+        self.closed = True
+
+    def _answer(self, data: bytes):
+        if not self.silent:
+            self.outbuf += bytes([self.garbage]) if self.garbage is not None else data
+
+    def _step(self) -> bool:
+        b = self.inbuf
+        if not b:
+            return False
+        cmd = b[0]
+        if cmd == ord("?"):
+            del b[:1]
+            self._answer(bytes([ord("V"), 1, self.lanes, 10]))
+        elif cmd == ord("I"):
+            if len(b) < 785:
+                return False
+            img = np.frombuffer(bytes(b[1:785]), np.uint8).reshape(1, 28, 28)
+            del b[:785]
+            r = self.emu.run(img, keep=False)
+            scores = [int(v) for v in r.scores[0]]
+            if self.corrupt and self.corrupt[0] == self.images:
+                scores[self.corrupt[1]] += 1
+            self.images += 1
+            self._answer(encode_result(int(r.predictions[0]), scores))
+        elif cmd == ord("W"):
+            if len(b) < 5 or len(b) < 5 + int.from_bytes(b[1:5], "little"):
+                return False
+            n = int.from_bytes(b[1:5], "little")
+            self.weights = bytes(b[5:5 + n]) if self.weight_port else None
+            del b[:5 + n]
+            self._answer(b"K" if self.weight_port else b"E")
+        else:
+            del b[:1]
+            self._answer(b"E")
+        return True
+
+
+@pytest.fixture
+def fake_port(monkeypatch):
+    """Make ``hw.board.open_port`` return the FakeBoard that the test sets in ``holder[0]``."""
+    holder = []
+
+    def open_port(port, baud, timeout):
+        return holder[0]
+
+    monkeypatch.setattr(host, "open_port", open_port)
+    monkeypatch.setattr(host, "DEFAULT_TIMEOUT_S", 0.01)  # Board.resync's wait
+    return holder
+
+
+@pytest.fixture(scope="module")
+def images_npy(quant_images, tmp_path_factory):
+    path = tmp_path_factory.mktemp("board") / "images.npy"
+    np.save(path, quant_images[0][:5])
+    return path
+
+
+def run_main(capsys, *args) -> tuple[int, str, str]:
+    code = host.main([*map(str, args)])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+# --------------------------------------------------------------------------- the host end to end
+def test_host_matches_emulator_on_mnist(q8_spec, q8_spec_dir, fake_port, capsys, quant_images):
+    fake_port.append(FakeBoard(q8_spec))
+    code, out, err = run_main(capsys, "--port", "fake", "--spec", q8_spec_dir, "--images", 6, "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["images"] == 6 and res["mismatches"] == 0 and res["first_mismatch"] is None
+    assert res["lanes"] == 8 and res["images_per_s"] > 0
+    from quantize.emulator import Emulator
+
+    preds = Emulator(q8_spec).run(quant_images[0][:6], keep=False).predictions
+    assert res["errors"] == int((preds != quant_images[1][:6]).sum())
+    assert fake_port[0].images == 6 and fake_port[0].closed
+
+
+def test_host_npy_images_and_text_summary(q8_spec, q8_spec_dir, fake_port, capsys, images_npy):
+    fake_port.append(FakeBoard(q8_spec))
+    code, out, err = run_main(capsys, "--port", "fake", "--spec", q8_spec_dir, "--images", images_npy)
+    assert code == 0, err
+    assert "5/5 images bit-exact" in out and "labels" not in out
+
+
+def test_host_32x32_images_are_cropped(q8_spec, q8_spec_dir, fake_port, capsys, quant_images, tmp_path):
+    np.save(tmp_path / "pad.npy", np.pad(quant_images[0][:2], ((0, 0), (2, 2), (2, 2))))
+    fake_port.append(FakeBoard(q8_spec))
+    code, out, err = run_main(capsys, "--port", "fake", "--spec", q8_spec_dir, "--images", tmp_path / "pad.npy", "--json")
+    assert code == 0 and json.loads(out)["mismatches"] == 0
+
+
+def test_host_reports_a_mismatch(q8_spec, q8_spec_dir, fake_port, capsys, images_npy):
+    fake_port.append(FakeBoard(q8_spec, corrupt=(3, 4)))
+    code, out, _ = run_main(capsys, "--port", "fake", "--spec", q8_spec_dir, "--images", images_npy, "--json")
+    assert code == 1
+    res = json.loads(out)
+    assert res["mismatches"] == 1 and res["errors"] is None
+    fm = res["first_mismatch"]
+    assert fm["image"] == 3 and fm["score_index"] == 4 and fm["actual"] == fm["expected"] + 1
+
+
+def one_error_line(code, out, err) -> str:
+    assert code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def test_host_timeout(q8_spec, q8_spec_dir, fake_port, capsys, images_npy):
+    fake_port.append(FakeBoard(q8_spec, silent=True))
+    t0 = time.monotonic()
+    line = one_error_line(*run_main(capsys, "--port", "fake", "--spec", q8_spec_dir, "--images", images_npy,
+                                    "--timeout", 0.2))
+    assert "timeout: the board sent 0 of 1 bytes of the reply to '?' in 0.2 s" in line
+    assert time.monotonic() - t0 < 5
+
+
+def test_host_bad_reply_byte(q8_spec, q8_spec_dir, fake_port, capsys, images_npy):
+    fake_port.append(FakeBoard(q8_spec, garbage=0x00))
+    line = one_error_line(*run_main(capsys, "--port", "fake", "--spec", q8_spec_dir, "--images", images_npy))
+    assert "bad reply to '?': 0x00" in line
+
+
+def test_board_error_reply_to_an_image(q8_spec):
+    board = Board(FakeBoard(q8_spec), timeout=0.5)
+    board.port.garbage = ord("E")
+    with pytest.raises(ProtocolError, match="did not take the image"):
+        board.classify(np.zeros((28, 28), np.uint8))
+
+
+def test_weight_loading(q8_spec):
+    board = Board(FakeBoard(q8_spec, weight_port=True), timeout=0.5)
+    board.load_weights(b"\x05" * 1000)
+    assert board.port.weights == b"\x05" * 1000
+    board = Board(FakeBoard(q8_spec), timeout=0.5)
+    with pytest.raises(ProtocolError, match="no weight port"):
+        board.load_weights(b"\x05" * 10)
+    assert board.query()["lanes"] == 8  # still in step after the discarded bytes
+
+
+def test_weights_flag_needs_a_weight_port(q8_spec, q8_spec_dir, fake_port, capsys, images_npy):
+    from hw.accelerator import Accelerator
+
+    if "wl" in Accelerator(q8_spec, 8).signature.members:
+        pytest.skip("this accelerator has a weight port")
+    fake_port.append(FakeBoard(q8_spec))
+    line = one_error_line(*run_main(capsys, "--port", "fake", "--spec", q8_spec_dir, "--images", images_npy, "--weights"))
+    assert "no weight port" in line
+
+
+def test_bad_images_file(q8_spec_dir, fake_port, capsys, tmp_path):
+    np.save(tmp_path / "f.npy", np.zeros((2, 28, 28), np.float32))
+    line = one_error_line(*run_main(capsys, "--port", "fake", "--spec", q8_spec_dir, "--images", tmp_path / "f.npy"))
+    assert "uint8" in line
+    np.save(tmp_path / "s.npy", np.zeros((2, 20, 20), np.uint8))
+    line = one_error_line(*run_main(capsys, "--port", "fake", "--spec", q8_spec_dir, "--images", tmp_path / "s.npy"))
+    assert "N x 28 x 28" in line
+    np.save(tmp_path / "b.npy", np.full((1, 32, 32), 9, np.uint8))
+    line = one_error_line(*run_main(capsys, "--port", "fake", "--spec", q8_spec_dir, "--images", tmp_path / "b.npy"))
+    assert "border" in line
+
+
+def test_missing_port_one_error_line(q8_spec_dir, images_npy, run_module):
+    r = run_module("hw.board", "--port", "/dev/no-such-tty", "--spec", q8_spec_dir, "--images", images_npy)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --port /dev/no-such-tty: cannot open"), r.stderr
+    assert r.stdout == ""
+
+
+def test_missing_spec_one_error_line(tmp_path, run_module):
+    r = run_module("hw.board", "--port", "/dev/no-such-tty", "--spec", tmp_path / "nope")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"error: --spec {tmp_path / 'nope'}: no such directory"]
