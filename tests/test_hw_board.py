@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """hw/board.py: the host side of the board protocol. Encode/decode as pure functions, and the whole
 host (``main``) against a fake serial port that behaves like a board, answering with the emulator."""
 from __future__ import annotations
