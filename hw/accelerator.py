@@ -10,6 +10,9 @@ the next group.
 
 Ports
 -----
+``wl`` (only with ``weights="load"``): stream of bytes, the weight memory's image
+(:meth:`Accelerator.weight_load_data`, ``weight_load_bytes`` long), taken while the accelerator is
+idle; with ``weights="rom"`` the weights are initialised memory contents instead.
 ``i``: stream of uint8 pixels, a 28x28 image in raster order (the border of a padded input is
 written by the loader). ``o``: stream of 11 beats, the class then the ten scores, the last beat
 flagged. ``busy`` is high from the first cycle of loading to ``done`` (one cycle, after the last
@@ -28,6 +31,7 @@ from quantize.spec import QuantSpec
 from .activation import Activation
 from .mac import MACLanes
 from .program import Program, addr_width, compile_spec
+from .weights import WeightMemory
 from .window import TileWindow
 
 OUTPUT_BEATS = 11  # class + ten scores
@@ -35,16 +39,9 @@ OUTPUT_BEATS = 11  # class + ten scores
 
 def layer_gap(lanes: int) -> int:
     """Idle cycles between a layer's last tap and the next layer's first (GAP + INIT): the drain of
-    the last group (capture 5 cycles after the tap, lanes turns, bias and ROM stages) must land
-    before the next layer reads."""
-    return lanes + 6
-
-
-def _pack(values, width):
-    word = 0
-    for i, v in enumerate(values):
-        word |= (int(v) & ((1 << width) - 1)) << (i * width)
-    return word
+    the last group (capture 6 cycles after the tap, lanes turns, bias, sum and ROM stages) must
+    land before the next layer reads, and the last score before OUTPUT."""
+    return lanes + 8
 
 
 def _log2(n: int) -> int:
@@ -58,9 +55,12 @@ class Accelerator(wiring.Component):
     time; a new image is accepted after ``done``).
     """
 
-    def __init__(self, spec: QuantSpec, lanes: int = 8):
+    def __init__(self, spec: QuantSpec, lanes: int = 8, weights: str = "rom"):
         if not isinstance(spec, QuantSpec):
             raise TypeError(f"spec must be a QuantSpec, got {type(spec).__name__}")
+        if weights not in ("rom", "load"):
+            raise ValueError(f"weights must be 'rom' (initialised memory) or 'load' (loaded through wl), got {weights!r}")
+        self.weights = weights
         self.spec = spec
         self.program: Program = compile_spec(spec, lanes)
         self.lanes = lanes
@@ -68,12 +68,20 @@ class Accelerator(wiring.Component):
         self.addr_width = addr_width(p)
         sw = max(p.score_width, 5)
         self.out_layout = data.StructLayout({"value": signed(sw), "last": unsigned(1)})
-        super().__init__({
+        ports = {
             "i": In(stream.Signature(unsigned(8))),
             "o": Out(stream.Signature(self.out_layout)),
             "busy": Out(1),
             "done": Out(1),
-        })
+        }
+        if weights == "load":
+            ports["wl"] = In(stream.Signature(unsigned(8)))
+            self.weight_load_bytes = len(p.weight_bytes())
+        super().__init__(ports)
+
+    def weight_load_data(self) -> bytes:
+        """The bytes to send through ``wl`` (``weights="load"``) before the first image."""
+        return self.program.weight_bytes()
 
     def elaborate(self, platform):
         m = Module()
@@ -89,13 +97,11 @@ class Accelerator(wiring.Component):
         m.submodules.window = win = TileWindow(R, C, prog.fm_words, dw)
         offw = prog.offset_width
         myw, mxw = lr, lc
-        tap_init = [_pack([w], ww) | (off << ww) | (my << (ww + offw)) | (mx << (ww + offw + myw))
-                    for w, off, my, mx in prog.tap_words] or [0]
-        m.submodules.taps = tapmem = Memory(shape=unsigned(ww + offw + myw + mxw), depth=len(tap_init), init=tap_init)
-        dense_init = [_pack(ws, ww) for ws in prog.dense_words] or [0]
-        m.submodules.dense = densemem = Memory(shape=unsigned(P * ww), depth=len(dense_init), init=dense_init)
+        n_dense, n_taps = len(prog.dense_words), len(prog.tap_words)
+        m.submodules.wmem = wmem = WeightMemory(prog.weight_word_width, max(1, n_dense + n_taps),
+                                                prog.weight_words() if self.weights == "rom" else None)
         m.submodules.inlut = inlut = Memory(shape=signed(dw), depth=256, init=prog.input_lut)
-        tap_rp, dense_rp, in_rp = tapmem.read_port(), densemem.read_port(), inlut.read_port()
+        in_rp = inlut.read_port()
 
         m.submodules.mac = mac = MACLanes(P, ww, dw, prog.acc_width)
         m.submodules.act = act = Activation(prog)
@@ -136,9 +142,10 @@ class Accelerator(wiring.Component):
         map_off = Signal(AW)  # first word of output map o_cnt in the next layer's layout
         # dense: input (c, y, x) of the current tap
         dc_off, dy_, dx_ = Signal(AW), Signal(8), Signal(8)
-        tap_ptr = Signal(range(max(len(tap_init), 2)))
+        # one weight memory: dense words from 0, conv taps from n_dense
+        tap_ptr = Signal(range(max(n_dense + n_taps, 2)))
         tap_map_base = Signal.like(tap_ptr)
-        dense_ptr = Signal(range(max(len(dense_init), 2)))
+        dense_ptr = Signal.like(tap_ptr)
         counter = Signal(range(1 << 16))
         load_y, load_x = Signal(range(prog.input_size + 1)), Signal(range(prog.input_size + 1))
         out_beat = Signal(range(OUTPUT_BEATS + 1))
@@ -150,7 +157,7 @@ class Accelerator(wiring.Component):
         last_map = o_cnt == k["maps"] - 1
         issue = Signal()
 
-        m.d.comb += [tap_rp.addr.eq(tap_ptr), dense_rp.addr.eq(dense_ptr)]
+        m.d.comb += wmem.raddr.eq(Mux(k_conv, tap_ptr, dense_ptr))
 
         def restart_map():
             return [g_cnt.eq(0), p0.eq(0), ty.eq(0), tx.eq(0), tile_off.eq(0), row_off.eq(0)]
@@ -176,7 +183,10 @@ class Accelerator(wiring.Component):
 
         with m.FSM(name="seq"):
             with m.State("IDLE"):
-                m.d.sync += [tap_ptr.eq(0), dense_ptr.eq(0), gm.eq(0), layer.eq(0), load_y.eq(0), load_x.eq(0)]
+                m.d.sync += [tap_ptr.eq(n_dense), dense_ptr.eq(0), gm.eq(0), layer.eq(0), load_y.eq(0), load_x.eq(0)]
+                if self.weights == "load":  # weight bytes are taken only between images
+                    m.d.comb += [wmem.load.valid.eq(self.wl.valid), wmem.load.payload.eq(self.wl.payload),
+                                 self.wl.ready.eq(wmem.load.ready)]
                 with m.If(self.i.valid):
                     m.next = "LOAD"
             with m.State("LOAD"):
@@ -257,11 +267,11 @@ class Accelerator(wiring.Component):
                 m.d.comb += [self.busy.eq(1), self.done.eq(1)]
                 m.next = "IDLE"
 
-        # -- tap pipeline: c1 (tap word; window address), c3 (lanes' pixels), MAC, c5 (accumulators final)
+        # -- tap pipeline: c1 (weight word), c2 (window address), c4 (lanes' pixels), MAC, c6 (accumulators final)
         info = data.StructLayout({"valid": 1, "first": 1, "last": 1, "conv": 1, "layer": range(max(n_layers, 2)),
                                   "ty": 8, "tx": 8, "map_off": AW, "n0": 16, "bias_addr": act.bias_addr.shape(),
                                   "mask": P})
-        st = [Signal(info, name=f"s{j}") for j in range(6)]  # st[j]: the tap issued j cycles ago
+        st = [Signal(info, name=f"s{j}") for j in range(7)]  # st[j]: the tap issued j cycles ago
         mask_now = Signal(P)
         for q in range(P):
             dy, dx = divmod(q, C)
@@ -271,37 +281,43 @@ class Accelerator(wiring.Component):
                      st[0].conv.eq(k_conv), st[0].layer.eq(layer), st[0].ty.eq(ty), st[0].tx.eq(tx),
                      st[0].map_off.eq(map_off), st[0].n0.eq(p0),
                      st[0].bias_addr.eq(k["bias_base"] + Mux(k_conv, o_cnt, p0)), st[0].mask.eq(mask_now)]
-        m.d.sync += [st[j + 1].eq(st[j]) for j in range(5)]
-        s1_tile = Signal(AW)
-        s1_dense = Signal(AW)
-        s1_bank = Signal(max(1, _log2(P)))
-        s1_row_step, s1_col_step = Signal(AW), Signal(AW)
+        m.d.sync += [st[j + 1].eq(st[j]) for j in range(6)]
+        s1_tile, s1_dense, s2_tile, s2_dense = Signal(AW), Signal(AW), Signal(AW), Signal(AW)
+        s1_bank, s2_bank = Signal(max(1, _log2(P))), Signal(max(1, _log2(P)))
+        s1_row_step, s1_col_step, s2_row_step, s2_col_step = Signal(AW), Signal(AW), Signal(AW), Signal(AW)
         dword = dc_off + ((dy_ >> lr) << in_llw) + (dx_ >> lc)
         dbank = (dy_[:lr] << lc if R > 1 else 0) | (dx_[:lc] if C > 1 else 0)
         m.d.sync += [s1_tile.eq(k["in_base"] + tile_off), s1_dense.eq(k["in_base"] + dword), s1_bank.eq(dbank),
-                     s1_row_step.eq(k["row_step"]), s1_col_step.eq(k["col_step"])]
+                     s1_row_step.eq(k["row_step"]), s1_col_step.eq(k["col_step"]),
+                     s2_tile.eq(s1_tile), s2_dense.eq(s1_dense), s2_bank.eq(s1_bank),
+                     s2_row_step.eq(s1_row_step), s2_col_step.eq(s1_col_step)]
 
-        tap_w = tap_rp.data[:ww].as_signed()
-        tap_off = tap_rp.data[ww:ww + offw]
-        m.d.comb += [win.base.eq(Mux(st[1].conv, s1_tile + tap_off, s1_dense)), win.adj_row.eq(s1_row_step),
-                     win.adj_col.eq(s1_col_step), win.dense.eq(~st[1].conv), win.bank.eq(s1_bank)]
+        # c1: the weight word leaves the memory and is registered as it is
+        wdata = Signal(prog.weight_word_width)
+        m.d.sync += wdata.eq(wmem.rdata)
+        tap_w = wdata[:ww].as_signed()
+        tap_off = wdata[ww:ww + offw]
+        # c2: the window's addresses
+        m.d.comb += [win.base.eq(Mux(st[2].conv, s2_tile + tap_off, s2_dense)), win.adj_row.eq(s2_row_step),
+                     win.adj_col.eq(s2_col_step), win.dense.eq(~st[2].conv), win.bank.eq(s2_bank)]
         if myw:
-            m.d.comb += win.my.eq(tap_rp.data[ww + offw:ww + offw + myw])
+            m.d.comb += win.my.eq(wdata[ww + offw:ww + offw + myw])
         if mxw:
-            m.d.comb += win.mx.eq(tap_rp.data[ww + offw + myw:])
-        s2_w = [Signal(signed(ww), name=f"s2_w{q}") for q in range(P)]
+            m.d.comb += win.mx.eq(wdata[ww + offw + myw:ww + offw + myw + mxw])
         s3_w = [Signal(signed(ww), name=f"s3_w{q}") for q in range(P)]
+        s4_w = [Signal(signed(ww), name=f"s4_w{q}") for q in range(P)]
         for q in range(P):
-            m.d.sync += [s2_w[q].eq(Mux(st[1].conv, tap_w, dense_rp.data[q * ww:(q + 1) * ww].as_signed())),
-                         s3_w[q].eq(s2_w[q])]
+            m.d.sync += [s3_w[q].eq(Mux(st[2].conv, tap_w, wdata[q * ww:(q + 1) * ww].as_signed())),
+                         s4_w[q].eq(s3_w[q])]
 
-        m.d.comb += [mac.valid.eq(st[3].valid), mac.first.eq(st[3].first)]
+        # c4: the lanes' pixels and weights into the MACs
+        m.d.comb += [mac.valid.eq(st[4].valid), mac.first.eq(st[4].first)]
         for q in range(P):
-            m.d.comb += [mac.w[q].eq(s3_w[q]), mac.x[q].eq(win.x[q]), mac.bias[q].eq(0)]
+            m.d.comb += [mac.w[q].eq(s4_w[q]), mac.x[q].eq(win.x[q]), mac.bias[q].eq(0)]
 
-        m.d.comb += [act.capture.eq(st[5].last), act.layer.eq(st[5].layer), act.ty.eq(st[5].ty), act.tx.eq(st[5].tx),
-                     act.map_off.eq(st[5].map_off), act.n0.eq(st[5].n0), act.bias_addr.eq(st[5].bias_addr),
-                     act.mask.eq(st[5].mask)]
+        m.d.comb += [act.capture.eq(st[6].last), act.layer.eq(st[6].layer), act.ty.eq(st[6].ty), act.tx.eq(st[6].tx),
+                     act.map_off.eq(st[6].map_off), act.n0.eq(st[6].n0), act.bias_addr.eq(st[6].bias_addr),
+                     act.mask.eq(st[6].mask)]
         m.d.comb += [act.acc[q].eq(mac.acc[q]) for q in range(P)]
 
         # feature-memory writes: the loader, then the drain

@@ -29,8 +29,8 @@ class Activation(wiring.Component):
     ``n0 + k`` of a dense group, placed by the next layer's :class:`~hw.program.Layout`. For the
     last layer (no activation) it writes ``score[n0 + k]`` instead.
 
-    Latency: lane k's turn is cycle ``capture + 1 + k``; its score is presented one cycle later and
-    its feature write two cycles later, so a group's last write is presented ``lanes + 2`` cycles
+    Latency: lane k's turn is cycle ``capture + 1 + k``; its score is presented two cycles later and
+    its feature write three cycles later, so a group's last write is presented ``lanes + 3`` cycles
     after ``capture``. Throughput: one value per cycle; ``capture`` may be high again in the cycle
     of the last lane's turn.
     """
@@ -124,32 +124,34 @@ class Activation(wiring.Component):
                     m.d.comb += [bank.eq(b), word.eq(lay.base + map_off + (lrow << llw) + lcol)]
         m.d.comb += brp.addr.eq(bias_addr + Mux(dense, k, 0))
 
-        # d1: the bias arrives; sum, wrap, requantize, ROM address
+        # d1: the bias arrives; the sum is registered (a block RAM's output is slow: no more logic after it)
         acc1 = Signal(signed(prog.acc_width))
         v1 = Signal()
         waddr1 = Signal.like(self.waddr)
         idx1 = Signal.like(self.score_idx)
         layer1 = Signal.like(layer)
-        m.d.sync += [acc1.eq(accs[0]), v1.eq(active & mask[0]), layer1.eq(layer), waddr1.eq(word if P == 1 else (bank << aw) | word),
-                     idx1.eq(n0 + k)]
+        m.d.sync += [acc1.eq(accs[0]), v1.eq(active & mask[0]), layer1.eq(layer),
+                     waddr1.eq(word if P == 1 else (bank << aw) | word), idx1.eq(n0 + k)]
         total = Signal(signed(prog.acc_width))
-        m.d.comb += total.eq(acc1 + brp.data)
-        has_act1 = Signal()
-        with m.Switch(layer1):
+        v2, waddr2, idx2, layer2 = Signal(), Signal.like(self.waddr), Signal.like(self.score_idx), Signal.like(layer)
+        m.d.sync += [total.eq(acc1 + brp.data), v2.eq(v1), waddr2.eq(waddr1), idx2.eq(idx1), layer2.eq(layer1)]
+        # d2: wrap, requantize, ROM address (or the score)
+        has_act2 = Signal()
+        with m.Switch(layer2):
             for i, lp in enumerate(prog.layers):
                 with m.Case(i):
                     f = lp.spec.formats
                     wrapped = total[:f["acc"].width].as_signed()
                     if lp.has_activation:
                         idx, _ = requantize(wrapped, f["acc"].frac, f["index"])
-                        m.d.comb += [has_act1.eq(1),
+                        m.d.comb += [has_act2.eq(1),
                                      rp.addr.eq(lp.lut_base + (idx - f["index"].code_min).as_unsigned())]
                     else:
                         m.d.comb += self.score.eq(wrapped)
-        m.d.comb += [self.score_we.eq(v1 & ~has_act1), self.score_idx.eq(idx1)]
-        # d2: the ROM's data arrives with the registered write address
-        we2 = Signal()
-        waddr2 = Signal.like(self.waddr)
-        m.d.sync += [we2.eq(v1 & has_act1), waddr2.eq(waddr1)]
-        m.d.comb += [self.we.eq(we2), self.waddr.eq(waddr2), self.wdata.eq(rp.data)]
+        m.d.comb += [self.score_we.eq(v2 & ~has_act2), self.score_idx.eq(idx2)]
+        # d3: the ROM's data arrives with the registered write address
+        we3 = Signal()
+        waddr3 = Signal.like(self.waddr)
+        m.d.sync += [we3.eq(v2 & has_act2), waddr3.eq(waddr2)]
+        m.d.comb += [self.we.eq(we3), self.waddr.eq(waddr3), self.wdata.eq(rp.data)]
         return m

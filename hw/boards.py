@@ -213,7 +213,50 @@ BOARDS = {
                    "constraints": ".pcf"},
     "ulx3s": {"module": "amaranth_boards.ulx3s", "platform": "ULX3S_85F_Platform", "led": ("led", 0),
               "constraints": ".lpf"},
+    "ulx3s-25f": {"module": "amaranth_boards.ulx3s", "platform": "ULX3S_25F_Platform", "led": ("led", 0),
+                  "constraints": ".lpf"},
 }
+
+
+def ice40_pll(f_in: float, f_out: float) -> dict:
+    """SB_PLL40 dividers for ``f_out`` MHz from ``f_in`` MHz (the search icepll does): PFD 10-133 MHz,
+    VCO 533-1066 MHz. Returns DIVR, DIVF, DIVQ, FILTER_RANGE and the frequency reached."""
+    best = None
+    for divr in range(16):
+        pfd = f_in / (divr + 1)
+        if not 10 <= pfd <= 133:
+            continue
+        for divf in range(128):
+            vco = pfd * (divf + 1)
+            if not 533 <= vco <= 1066:
+                continue
+            for divq in range(1, 7):
+                f = vco / (1 << divq)
+                if best is None or abs(f - f_out) < abs(best["mhz"] - f_out):
+                    fr = next(i for i, lim in enumerate((17, 26, 44, 66, 101, 1e9), 1) if pfd < lim)
+                    best = {"DIVR": divr, "DIVF": divf, "DIVQ": divq, "FILTER_RANGE": fr, "mhz": f}
+    if best is None or abs(best["mhz"] - f_out) > 0.02 * f_out:
+        raise UserError(f"no iCE40 PLL setting gives {f_out:g} MHz from {f_in:g} MHz")
+    return best
+
+
+def ecp5_pll(f_in: float, f_out: float) -> dict:
+    """EHXPLLL dividers for ``f_out`` MHz from ``f_in`` MHz: PFD 3.125-400 MHz, VCO 400-800 MHz."""
+    best = None
+    for clki in range(1, 129):
+        pfd = f_in / clki
+        if not 3.125 <= pfd <= 400:
+            continue
+        for fb in range(1, 81):
+            f = pfd * fb
+            for op in range(1, 129):
+                if 400 <= f * op <= 800:
+                    if best is None or abs(f - f_out) < abs(best["mhz"] - f_out):
+                        best = {"CLKI_DIV": clki, "CLKFB_DIV": fb, "CLKOP_DIV": op, "mhz": f}
+                    break
+    if best is None or abs(best["mhz"] - f_out) > 0.02 * f_out:
+        raise UserError(f"no ECP5 PLL setting gives {f_out:g} MHz from {f_in:g} MHz")
+    return best
 
 
 def platform_for(board: str):
@@ -230,13 +273,16 @@ def platform_for(board: str):
 
 class PlatformTop(Elaboratable):
     """:class:`BoardTop` wired to the board's UART pins and an LED; the clock domain comes from the
-    platform (the board's oscillator, no PLL)."""
+    platform (the board's oscillator), or with ``pll`` (dividers from :func:`ice40_pll` /
+    :func:`ecp5_pll`) from a PLL on it, held in reset until the PLL locks."""
 
-    def __init__(self, top: BoardTop, board: str):
-        self.top, self.board = top, board
+    def __init__(self, top: BoardTop, board: str, pll: dict | None = None):
+        self.top, self.board, self.pll = top, board, pll
 
     def elaborate(self, platform):
         m = Module()
+        if self.pll is not None:
+            self._pll(m, platform)
         m.submodules.top = top = self.top
         uart = platform.request("uart", 0, dir="-")
         led = platform.request(*BOARDS[self.board]["led"], dir="-")
@@ -245,6 +291,33 @@ class PlatformTop(Elaboratable):
         m.submodules.led_buf = led_buf = io.Buffer("o", led)  # an active-low LED is inverted by its port
         m.d.comb += [top.rx.eq(rx_buf.i), tx_buf.o.eq(top.tx), led_buf.o.eq(top.led)]
         return m
+
+
+    def _pll(self, m, platform):
+        from amaranth.hdl import ClockDomain, Instance
+        from amaranth.lib.cdc import ResetSynchronizer
+
+        pll = self.pll
+        m.domains.sync = cd = ClockDomain("sync")
+        locked = Signal()
+        clk = platform.request(platform.default_clk, dir="-")
+        if "DIVF" in pll:  # iCE40: the oscillator pin feeds the PLL directly
+            m.submodules.pll = Instance(
+                "SB_PLL40_PAD", p_FEEDBACK_PATH="SIMPLE", p_DIVR=pll["DIVR"], p_DIVF=pll["DIVF"], p_DIVQ=pll["DIVQ"],
+                p_FILTER_RANGE=pll["FILTER_RANGE"], i_PACKAGEPIN=clk.io, i_RESETB=Const(1), i_BYPASS=Const(0),
+                o_PLLOUTGLOBAL=cd.clk, o_LOCK=locked)
+        else:  # ECP5
+            m.submodules.clk_buf = clk_buf = io.Buffer("i", clk)
+            m.submodules.pll = Instance(
+                "EHXPLLL", p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
+                p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA", p_OUTDIVIDER_MUXB="DIVB",
+                p_OUTDIVIDER_MUXC="DIVC", p_OUTDIVIDER_MUXD="DIVD", p_CLKI_DIV=pll["CLKI_DIV"],
+                p_CLKOP_ENABLE="ENABLED", p_CLKOP_DIV=pll["CLKOP_DIV"], p_CLKOP_CPHASE=pll["CLKOP_DIV"] - 1,
+                p_CLKOP_FPHASE=0, p_FEEDBK_PATH="CLKOP", p_CLKFB_DIV=pll["CLKFB_DIV"],
+                i_RST=Const(0), i_STDBY=Const(0), i_CLKI=clk_buf.i, i_CLKFB=cd.clk, o_CLKOP=cd.clk, o_LOCK=locked,
+                i_PHASESEL0=Const(0), i_PHASESEL1=Const(0), i_PHASEDIR=Const(1), i_PHASESTEP=Const(1),
+                i_PHASELOADREG=Const(1), i_PLLWAKESYNC=Const(0), i_ENCLKOP=Const(0))
+        m.submodules.rst_sync = ResetSynchronizer(~locked, domain="sync")
 
 
 def top_name(spec, board: str) -> str:
@@ -256,7 +329,7 @@ def top_name(spec, board: str) -> str:
 
 
 def board_plan(board: str, spec, lanes: int = 8, baud: int = DEFAULT_BAUD, name: str | None = None,
-               accelerator=None):
+               accelerator=None, pll_mhz: float | None = None):
     """The platform's build plan for the board top (``Platform.prepare``: nothing is built).
 
     Returns ``(plan, top)``: the :class:`amaranth.build.run.BuildPlan` (``plan.files`` holds the
@@ -266,13 +339,18 @@ def board_plan(board: str, spec, lanes: int = 8, baud: int = DEFAULT_BAUD, name:
     """
     platform = platform_for(board)
     clk_hz = int(platform.default_clk_frequency)
+    pll = None
+    if pll_mhz is not None and abs(pll_mhz * 1e6 - clk_hz) > 1:
+        f_in = clk_hz / 1e6
+        pll = (ice40_pll if BOARDS[board]["constraints"] == ".pcf" else ecp5_pll)(f_in, pll_mhz)
+        clk_hz = int(round(pll["mhz"] * 1e6))
     try:
         top = BoardTop(spec, lanes, clk_hz, baud, accelerator=accelerator)
     except (ValueError, TypeError) as e:
         raise UserError(f"board {board}: {e}") from None
     name = name or top_name(spec, board)
     # emit_src=False: no source locations, so the files depend on (spec, lanes, baud) only
-    plan = platform.prepare(PlatformTop(top, board), name=name, emit_src=False, debug_verilog=True)
+    plan = platform.prepare(PlatformTop(top, board, pll), name=name, emit_src=False, debug_verilog=True)
     return plan, top
 
 

@@ -8,7 +8,7 @@ One image, streams never stalling::
       ISSUE          sum of taps over the layer's groups (one tap per cycle, all lanes at once)
       WAIT           sum over groups after the first of max(0, lanes - taps): a group of fewer taps
                            than lanes waits for the drain (one accumulator per cycle) to keep up
-      GAP      lanes + 5  the last group's drain lands before the next layer reads
+      GAP      lanes + 7  the last group's drain lands before the next layer reads
     FINISH             1
     OUTPUT            11  class + ten scores
     DONE               1
@@ -33,7 +33,7 @@ def layer_cycles(lp, lanes: int) -> dict:
     issue = sum(group_taps)
     wait = sum(max(0, lanes - t) for t in group_taps[1:])
     return {"layer": lp.name, "mode": lp.mode, "groups": len(group_taps), "issue": issue, "wait": wait,
-            "overhead": layer_gap(lanes), "macs": lp.spec.macs(),  # INIT (1) + GAP (lanes + 5)
+            "overhead": layer_gap(lanes), "macs": lp.spec.macs(),  # INIT (1) + GAP (lanes + 7)
             "cycles": issue + wait + layer_gap(lanes)}
 
 

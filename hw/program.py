@@ -127,7 +127,7 @@ class Program:
     tap_words: list[tuple[int, int, int, int]]  # conv taps: (weight code, word offset, my, mx)
     dense_words: list[list[int]]  # dense: lanes weight codes per word
     bias_words: list[int]  # accumulator-lsb biases: per output map (conv) or neuron (dense)
-    lut_rom: list[int]  # activation ROM (act codes), all layers concatenated
+    lut_rom: list[int]  # activation ROM (act codes): every distinct layer table once
     input_lut: list[int]  # grey level -> input code
     input_size: int
     input_pad: int
@@ -138,6 +138,31 @@ class Program:
     @property
     def load_cycles(self) -> int:
         return self.input_size**2
+
+    @property
+    def tap_bits(self) -> int:
+        """Bits of a conv tap word: weight, word offset, my, mx."""
+        return self.weight_width + self.offset_width + (self.R.bit_length() - 1) + (self.C.bit_length() - 1)
+
+    @property
+    def weight_word_width(self) -> int:
+        """The weight memory's word: ``lanes`` dense weights or one conv tap, whichever is wider."""
+        return max(self.lanes * self.weight_width, self.tap_bits)
+
+    def weight_words(self) -> list[int]:
+        """The weight memory's image: the dense words (address 0 on), then the conv taps."""
+        ww, offw, myw = self.weight_width, self.offset_width, self.R.bit_length() - 1
+        m = (1 << ww) - 1
+        dense = [sum((int(v) & m) << (q * ww) for q, v in enumerate(word)) for word in self.dense_words]
+        taps = [(w & m) | (off << ww) | (my << (ww + offw)) | (mx << (ww + offw + myw))
+                for w, off, my, mx in self.tap_words]
+        return dense + taps
+
+    def weight_bytes(self) -> bytes:
+        """The weight memory's image as the loader takes it: each word little-endian in
+        ``ceil(weight_word_width / 8)`` bytes, word 0 first."""
+        nb = -(-self.weight_word_width // 8)
+        return b"".join(w.to_bytes(nb, "little") for w in self.weight_words())
 
 
 def _check_spec(spec: QuantSpec, lanes: int) -> None:
@@ -181,6 +206,7 @@ def compile_spec(spec: QuantSpec, lanes: int = 8) -> Program:
     layouts = [Layout(lay.maps, lay.h, lay.w, lay.s, R, C, 0 if i % 2 == 0 else size_a) for i, lay in enumerate(raw)]
     layers: list[LayerProgram] = []
     tap_words, dense_words, bias_words, lut_rom = [], [], [], []
+    lut_seen: dict[tuple, int] = {}
     for i, l in enumerate(L):
         last = i == len(L) - 1
         lin, lout = layouts[i], (None if last else layouts[i + 1])
@@ -226,8 +252,12 @@ def compile_spec(spec: QuantSpec, lanes: int = 8) -> Program:
                 dense_words += wp[g * P:(g + 1) * P].T.tolist()
             lp = LayerProgram(mode="dense", stride=1, n_out=l.out_maps, maps=1, groups=groups, tiles=(0, 0),
                               taps=[n_in], **lp_kw)
-        if l.lut is not None:
-            lut_rom += l.lut.tolist()
+        if l.lut is not None:  # identical tables (the usual case: one squash) are stored once
+            key = tuple(l.lut.tolist())
+            if key not in lut_seen:
+                lut_seen[key] = len(lut_rom)
+                lut_rom += list(key)
+            lp.lut_base = lut_seen[key]
         layers.append(lp)
     weight_width = max(l.formats["weight"].width for l in L)
     acc_width = max(l.formats["acc"].width for l in L)

@@ -13,16 +13,28 @@ from model.data import check_images
 from .accelerator import Accelerator
 
 
-def rtl_accelerator(spec, lanes: int, images: np.ndarray, vcd: str | None = None, max_cycles: int = 10_000_000):
-    """Stream each 28x28 uint8 image in; return (classes N, scores N x 10, cycles per image N)."""
+def rtl_accelerator(spec, lanes: int, images: np.ndarray, vcd: str | None = None, max_cycles: int = 10_000_000,
+                    weights: str = "rom"):
+    """Stream each 28x28 uint8 image in; return (classes N, scores N x 10, cycles per image N).
+
+    With ``weights="load"`` the weight memory starts empty and the weight image is streamed
+    through ``wl`` first, one byte per cycle."""
     images = check_images(np.asarray(images))
     if images.shape[1] != 28:
         images = images[:, spec.input_pad:-spec.input_pad, spec.input_pad:-spec.input_pad]
-    dut = Accelerator(spec, lanes)
+    dut = Accelerator(spec, lanes, weights=weights)
     classes, scores, cycles = [], [], []
 
     async def testbench(ctx):
         ctx.set(dut.o.ready, 1)
+        if weights == "load":
+            data = dut.weight_load_data()
+            assert len(data) == dut.weight_load_bytes
+            ctx.set(dut.wl.valid, 1)
+            for b in data:
+                ctx.set(dut.wl.payload, b)
+                await ctx.tick().until(dut.wl.ready)
+            ctx.set(dut.wl.valid, 0)
         for img in images:
             pixels = [int(v) for v in img.reshape(-1)]
             beats, n, busy_cycles = [], 0, 0

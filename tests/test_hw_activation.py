@@ -43,7 +43,7 @@ def rtl_activation(prog, captures: list[Capture]):
     for cap in captures:
         c = c + P if cap.back_to_back and starts else c + P + 4
         starts.append(c)
-    end = starts[-1] + P + 5
+    end = starts[-1] + P + 6
     writes, scores = [], []
 
     def owner(cycle):
@@ -64,11 +64,11 @@ def rtl_activation(prog, captures: list[Capture]):
                 ctx.set(dut.mask, 0)
                 ctx.set(dut.layer, 0)
             if ctx.get(dut.we):
-                i, rel = owner(cycle - 2)  # a write is presented two cycles after its lane's turn
-                writes.append((rel + 2, i, ctx.get(dut.waddr), ctx.get(dut.wdata)))
+                i, rel = owner(cycle - 3)  # a write is presented three cycles after its lane's turn
+                writes.append((rel + 3, i, ctx.get(dut.waddr), ctx.get(dut.wdata)))
             if ctx.get(dut.score_we):
-                i, rel = owner(cycle - 1)
-                scores.append((rel + 1, i, ctx.get(dut.score_idx), ctx.get(dut.score)))
+                i, rel = owner(cycle - 2)
+                scores.append((rel + 2, i, ctx.get(dut.score_idx), ctx.get(dut.score)))
             await ctx.tick()
 
     sim = Simulator(dut)
@@ -83,7 +83,7 @@ def emu_activation(prog, captures: list[Capture]):
     (WRAP), then ops.activation with the layer's index format and LUT, written where the next
     layer's Layout puts that output; the last layer writes the scores.
     Each entry: (cycle after capture, capture index, address, data); lane k's turn is cycle 1 + k,
-    its score is presented in cycle 2 + k and its feature-memory write in cycle 3 + k."""
+    its score is presented in cycle 3 + k and its feature-memory write in cycle 4 + k."""
     aw = addr_width(prog)
     writes, scores = [], []
     for i, cap in enumerate(captures):
@@ -105,9 +105,9 @@ def emu_activation(prog, captures: list[Capture]):
                     else:
                         pos = (cap.unit + k, 0, 0)
                     bank, word = lp.out_layout.locate(*pos)
-                    writes.append((3 + k, i, (bank << aw) | word, int(y[k])))
+                    writes.append((4 + k, i, (bank << aw) | word, int(y[k])))
                 else:
-                    scores.append((2 + k, i, cap.unit + k, int(acc[k])))
+                    scores.append((3 + k, i, cap.unit + k, int(acc[k])))
     return writes, scores
 
 

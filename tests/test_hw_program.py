@@ -100,7 +100,12 @@ def test_program_layout(spec, lanes):
         assert sum(len(t) for t in c3.table) == 60  # LeNet-5's table: 6x3 + 9x4 + 1x6 inputs
     assert prog.scores == 10 and prog.input_size == 32 and prog.input_pad == 2
     assert prog.input_lut == spec.input_lut.tolist()
-    assert len(prog.lut_rom) == sum(len(l.lut) for l in spec.layers if l.lut is not None)
+    # every distinct activation table once, each layer pointing at its own
+    tables = {tuple(l.lut.tolist()) for l in spec.layers if l.lut is not None}
+    assert len(prog.lut_rom) == sum(len(t) for t in tables)
+    for lp in prog.layers:
+        if lp.spec.lut is not None:
+            assert prog.lut_rom[lp.lut_base:lp.lut_base + len(lp.spec.lut)] == lp.spec.lut.tolist()
 
 
 @pytest.mark.parametrize("lanes", [1, 8, 32])
@@ -207,3 +212,24 @@ def test_fixture_untouched(q8_spec):
     assert [l.kind for l in q8_spec.layers] == ["conv", "subsample", "conv", "subsample", "conv", "dense", "rbf"]
     assert all(f.width <= 17 for l in q8_spec.layers for f in l.formats.values())
     compile_spec(q8_spec, 8)
+
+
+@pytest.mark.parametrize("lanes", [1, 8])
+def test_weight_image(spec, lanes):
+    """One weight memory: the dense words from address 0, then the conv taps, each word
+    little-endian in whole bytes for the loader."""
+    prog = compile_spec(spec, lanes)
+    words = prog.weight_words()
+    nd = len(prog.dense_words)
+    assert len(words) == nd + len(prog.tap_words)
+    assert max(words).bit_length() <= prog.weight_word_width
+    ww = prog.weight_width
+    for i in (0, nd - 1):
+        assert [((words[i] >> (q * ww)) & ((1 << ww) - 1)) for q in range(lanes)] == \
+            [v & ((1 << ww) - 1) for v in prog.dense_words[i]]
+    w0, off, my, mx = prog.tap_words[-1]
+    assert words[-1] & ((1 << ww) - 1) == w0 & ((1 << ww) - 1) and (words[-1] >> ww) & ((1 << prog.offset_width) - 1) == off
+    data = prog.weight_bytes()
+    nb = -(-prog.weight_word_width // 8)
+    assert len(data) == nb * len(words)
+    assert [int.from_bytes(data[i * nb:(i + 1) * nb], "little") for i in range(len(words))] == words

