@@ -53,23 +53,32 @@ class Accelerator(wiring.Component):
 
     Latency = throughput period = :func:`hw.perf.cycles_per_image` cycles per image (one image at a
     time; a new image is accepted after ``done``).
+
+    ``batch`` = B > 1 runs B images in lockstep: one sequencer and one weight memory, B copies of
+    the feature memory, MAC lanes and drain (B x lanes MACs). ``i`` then carries one pixel of each
+    image per beat (image b in bits 8b..8b+7) and each ``o`` beat carries B values (``value[b]``);
+    the cycles per batch are those of one image.
     """
 
-    def __init__(self, spec: QuantSpec, lanes: int = 8, weights: str = "rom"):
+    def __init__(self, spec: QuantSpec, lanes: int = 8, weights: str = "rom", batch: int = 1):
         if not isinstance(spec, QuantSpec):
             raise TypeError(f"spec must be a QuantSpec, got {type(spec).__name__}")
         if weights not in ("rom", "load"):
             raise ValueError(f"weights must be 'rom' (initialised memory) or 'load' (loaded through wl), got {weights!r}")
         self.weights = weights
+        if not isinstance(batch, int) or isinstance(batch, bool) or not 1 <= batch <= 64:
+            raise ValueError(f"batch must be an integer in 1..64, got {batch!r}")
+        self.batch = batch
         self.spec = spec
         self.program: Program = compile_spec(spec, lanes)
         self.lanes = lanes
         p = self.program
         self.addr_width = addr_width(p)
         sw = max(p.score_width, 5)
-        self.out_layout = data.StructLayout({"value": signed(sw), "last": unsigned(1)})
+        value = signed(sw) if batch == 1 else data.ArrayLayout(signed(sw), batch)
+        self.out_layout = data.StructLayout({"value": value, "last": unsigned(1)})
         ports = {
-            "i": In(stream.Signature(unsigned(8))),
+            "i": In(stream.Signature(unsigned(8 * batch))),
             "o": Out(stream.Signature(self.out_layout)),
             "busy": Out(1),
             "done": Out(1),
@@ -94,22 +103,33 @@ class Accelerator(wiring.Component):
         ww, dw = prog.weight_width, prog.fm_width
 
         # -- memories ------------------------------------------------------------------------------
-        m.submodules.window = win = TileWindow(R, C, prog.fm_words, dw)
+        B = self.batch
+
+        def name(base, b):  # batch 1 keeps the plain names (the tracer and tests look for them)
+            return base if B == 1 else f"{base}{b}"
+
+        wins = [TileWindow(R, C, prog.fm_words, dw) for _ in range(B)]
+        for b, w in enumerate(wins):
+            m.submodules[name("window", b)] = w
+        win = wins[0]
         offw = prog.offset_width
         myw, mxw = lr, lc
         n_dense, n_taps = len(prog.dense_words), len(prog.tap_words)
         m.submodules.wmem = wmem = WeightMemory(prog.weight_word_width, max(1, n_dense + n_taps),
                                                 prog.weight_words() if self.weights == "rom" else None)
         m.submodules.inlut = inlut = Memory(shape=signed(dw), depth=256, init=prog.input_lut)
-        in_rp = inlut.read_port()
+        in_rps = [inlut.read_port() for _ in range(B)]
 
-        m.submodules.mac = mac = MACLanes(P, ww, dw, prog.acc_width)
-        m.submodules.act = act = Activation(prog)
+        macs, acts = [MACLanes(P, ww, dw, prog.acc_width) for _ in range(B)], [Activation(prog) for _ in range(B)]
+        for b in range(B):
+            m.submodules[name("mac", b)], m.submodules[name("act", b)] = macs[b], acts[b]
+        act = acts[0]
 
         # -- per-layer constants -------------------------------------------------------------------
         conv_maps = [(i, o) for i, lp in enumerate(layers) if lp.mode == "conv" for o in range(lp.maps)]
-        taps_arr = Array(Const(layers[i].taps[o], 16) for i, o in conv_maps) if conv_maps else Array([Const(0, 16)])
-        wait_arr = Array(Const(max(0, P - layers[i].taps[o]), 16) for i, o in conv_maps) if conv_maps else Array([Const(0, 16)])
+        # taps and drain waits per conv map in network order (one spare entry: "the map after the last")
+        taps_arr = Array([Const(layers[i].taps[o], 16) for i, o in conv_maps] + [Const(1, 16)])
+        wait_arr = Array([Const(max(0, P - layers[i].taps[o]), 16) for i, o in conv_maps] + [Const(0, 16)])
         layer = Signal(range(max(n_layers, 2)))
         k = {name: Signal(range(1 << 16), name=f"k_{name}") for name in
              ("in_base", "maps", "groups", "tiles_x", "out_h", "out_w", "row_step", "col_step", "out_lhw",
@@ -150,9 +170,11 @@ class Accelerator(wiring.Component):
         load_y, load_x = Signal(range(prog.input_size + 1)), Signal(range(prog.input_size + 1))
         out_beat = Signal(range(OUTPUT_BEATS + 1))
 
-        T = Signal(16)
-        m.d.comb += T.eq(Mux(k_conv, taps_arr[gm], k["dense_taps"]))
-        last_tap = t_cnt == T - 1
+        # the group's last tap index and drain wait, in registers: the sequencer's control decides on
+        # comparisons of registers only (the map tables are read a cycle ahead, for the next map)
+        tm1, wait_cur, nxt_tm1, nxt_wait = Signal(16), Signal(16), Signal(16), Signal(16)
+        m.d.sync += [nxt_tm1.eq(taps_arr[gm + 1] - 1), nxt_wait.eq(wait_arr[gm + 1])]
+        last_tap = t_cnt == tm1
         last_group = g_cnt == k["groups"] - 1
         last_map = o_cnt == k["maps"] - 1
         issue = Signal()
@@ -170,7 +192,11 @@ class Accelerator(wiring.Component):
         load_waddr = Signal(AW + max(1, _log2(P)))
         m.d.sync += load_we.eq(0)
         pad, size = prog.input_pad, prog.input_size
-        border = (load_y < pad) | (load_y >= size - pad) | (load_x < pad) | (load_x >= size - pad)
+        # the padding border, from registers (i.ready must not wait on the counters' comparisons)
+        bx, by = Signal(init=pad > 0), Signal(init=pad > 0)
+        border = bx | by
+        nx = Mux(load_x == size - 1, 0, load_x + 1)
+        ny = Mux(load_x == size - 1, load_y + 1, load_y)
         lay0 = layers[0].in_layout
         s0 = lay0.s - 1
         Y0, X0 = load_y >> s0, load_x >> s0
@@ -183,7 +209,8 @@ class Accelerator(wiring.Component):
 
         with m.FSM(name="seq"):
             with m.State("IDLE"):
-                m.d.sync += [tap_ptr.eq(n_dense), dense_ptr.eq(0), gm.eq(0), layer.eq(0), load_y.eq(0), load_x.eq(0)]
+                m.d.sync += [tap_ptr.eq(n_dense), dense_ptr.eq(0), gm.eq(0), layer.eq(0), load_y.eq(0), load_x.eq(0),
+                             bx.eq(pad > 0), by.eq(pad > 0)]
                 if self.weights == "load":  # weight bytes are taken only between images
                     m.d.comb += [wmem.load.valid.eq(self.wl.valid), wmem.load.payload.eq(self.wl.payload),
                                  self.wl.ready.eq(wmem.load.ready)]
@@ -192,11 +219,13 @@ class Accelerator(wiring.Component):
             with m.State("LOAD"):
                 m.d.comb += self.busy.eq(1)
                 with m.If(border):
-                    m.d.comb += in_rp.addr.eq(0)
+                    m.d.comb += [rp.addr.eq(0) for rp in in_rps]
                 with m.Else():
-                    m.d.comb += [self.i.ready.eq(1), in_rp.addr.eq(self.i.payload)]
+                    m.d.comb += self.i.ready.eq(1)
+                    m.d.comb += [rp.addr.eq(self.i.payload[8 * b:8 * b + 8]) for b, rp in enumerate(in_rps)]
                 with m.If(border | self.i.valid):
-                    m.d.sync += [load_we.eq(1), load_waddr.eq(load_addr_now), load_x.eq(load_x + 1)]
+                    m.d.sync += [load_we.eq(1), load_waddr.eq(load_addr_now), load_x.eq(load_x + 1),
+                                 bx.eq((nx < pad) | (nx >= size - pad)), by.eq((ny < pad) | (ny >= size - pad))]
                     with m.If(load_x == size - 1):
                         m.d.sync += [load_x.eq(0), load_y.eq(load_y + 1)]
                         with m.If(load_y == size - 1):
@@ -205,6 +234,8 @@ class Accelerator(wiring.Component):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += restart_map() + restart_dense_input() + [o_cnt.eq(0), t_cnt.eq(0), map_off.eq(0),
                                                                      tap_map_base.eq(tap_ptr)]
+                m.d.sync += [tm1.eq(Mux(k_conv, taps_arr[gm], k["dense_taps"]) - 1),
+                             wait_cur.eq(Mux(k_conv, wait_arr[gm], k["dense_wait"]))]
                 m.next = "ISSUE"
             with m.State("ISSUE"):
                 m.d.comb += [self.busy.eq(1), issue.eq(1)]
@@ -220,6 +251,7 @@ class Accelerator(wiring.Component):
                     m.d.sync += t_cnt.eq(0)
                     with m.If(k_conv):
                         with m.If(last_group):
+                            m.d.sync += [tm1.eq(nxt_tm1), wait_cur.eq(nxt_wait)]
                             m.d.sync += restart_map() + [o_cnt.eq(o_cnt + 1), gm.eq(gm + 1),
                                                          map_off.eq(map_off + k["out_lhw"]), tap_map_base.eq(tap_ptr + 1)]
                         with m.Else():
@@ -232,7 +264,7 @@ class Accelerator(wiring.Component):
                     with m.Else():
                         m.d.sync += [g_cnt.eq(g_cnt + 1), p0.eq(p0 + P)] + restart_dense_input()
                     layer_done = last_group & (last_map | ~k_conv)
-                    wait_next = Mux(k_conv, wait_arr[Mux(last_group, gm + 1, gm)], k["dense_wait"])
+                    wait_next = Mux(k_conv & last_group, nxt_wait, wait_cur)
                     with m.If(layer_done):
                         m.d.sync += counter.eq(layer_gap(P) - 2)
                         m.next = "GAP"
@@ -298,12 +330,13 @@ class Accelerator(wiring.Component):
         tap_w = wdata[:ww].as_signed()
         tap_off = wdata[ww:ww + offw]
         # c2: the window's addresses
-        m.d.comb += [win.base.eq(Mux(st[2].conv, s2_tile + tap_off, s2_dense)), win.adj_row.eq(s2_row_step),
-                     win.adj_col.eq(s2_col_step), win.dense.eq(~st[2].conv), win.bank.eq(s2_bank)]
-        if myw:
-            m.d.comb += win.my.eq(wdata[ww + offw:ww + offw + myw])
-        if mxw:
-            m.d.comb += win.mx.eq(wdata[ww + offw + myw:ww + offw + myw + mxw])
+        for win in wins:  # every image of the batch reads the same addresses of its own feature maps
+            m.d.comb += [win.base.eq(Mux(st[2].conv, s2_tile + tap_off, s2_dense)), win.adj_row.eq(s2_row_step),
+                         win.adj_col.eq(s2_col_step), win.dense.eq(~st[2].conv), win.bank.eq(s2_bank)]
+            if myw:
+                m.d.comb += win.my.eq(wdata[ww + offw:ww + offw + myw])
+            if mxw:
+                m.d.comb += win.mx.eq(wdata[ww + offw + myw:ww + offw + myw + mxw])
         s3_w = [Signal(signed(ww), name=f"s3_w{q}") for q in range(P)]
         s4_w = [Signal(signed(ww), name=f"s4_w{q}") for q in range(P)]
         for q in range(P):
@@ -311,27 +344,31 @@ class Accelerator(wiring.Component):
                          s4_w[q].eq(s3_w[q])]
 
         # c4: the lanes' pixels and weights into the MACs
-        m.d.comb += [mac.valid.eq(st[4].valid), mac.first.eq(st[4].first)]
-        for q in range(P):
-            m.d.comb += [mac.w[q].eq(s4_w[q]), mac.x[q].eq(win.x[q]), mac.bias[q].eq(0)]
+        for b in range(B):
+            mac, act, win, in_rp = macs[b], acts[b], wins[b], in_rps[b]
+            m.d.comb += [mac.valid.eq(st[4].valid), mac.first.eq(st[4].first)]
+            for q in range(P):
+                m.d.comb += [mac.w[q].eq(s4_w[q]), mac.x[q].eq(win.x[q]), mac.bias[q].eq(0)]
 
-        m.d.comb += [act.capture.eq(st[6].last), act.layer.eq(st[6].layer), act.ty.eq(st[6].ty), act.tx.eq(st[6].tx),
-                     act.map_off.eq(st[6].map_off), act.n0.eq(st[6].n0), act.bias_addr.eq(st[6].bias_addr),
-                     act.mask.eq(st[6].mask)]
-        m.d.comb += [act.acc[q].eq(mac.acc[q]) for q in range(P)]
+            m.d.comb += [act.capture.eq(st[6].last), act.layer.eq(st[6].layer), act.ty.eq(st[6].ty),
+                         act.tx.eq(st[6].tx), act.map_off.eq(st[6].map_off), act.n0.eq(st[6].n0),
+                         act.bias_addr.eq(st[6].bias_addr), act.mask.eq(st[6].mask)]
+            m.d.comb += [act.acc[q].eq(mac.acc[q]) for q in range(P)]
 
-        # feature-memory writes: the loader, then the drain
-        m.d.comb += [win.we.eq(load_we | act.we), win.waddr.eq(Mux(load_we, load_waddr, act.waddr)),
-                     win.wdata.eq(Mux(load_we, in_rp.data, act.wdata))]
+            # feature-memory writes: the loader, then the drain
+            m.d.comb += [win.we.eq(load_we | act.we), win.waddr.eq(Mux(load_we, load_waddr, act.waddr)),
+                         win.wdata.eq(Mux(load_we, in_rp.data, act.wdata))]
 
-        # scores and the running argmax (first maximum wins, as in the emulator)
-        scores = Array(Signal(signed(prog.score_width), name=f"score{j}") for j in range(prog.scores))
-        best = Signal(signed(prog.score_width))
-        cls = Signal(range(max(prog.scores, 2)))
-        with m.If(act.score_we):
-            m.d.sync += scores[act.score_idx].eq(act.score)
-            with m.If((act.score_idx == 0) | (act.score > best)):
-                m.d.sync += [best.eq(act.score), cls.eq(act.score_idx)]
-        m.d.comb += [self.o.payload.value.eq(Mux(out_beat == 0, cls, scores[out_beat - 1])),
-                     self.o.payload.last.eq(out_beat == OUTPUT_BEATS - 1)]
+            # scores and the running argmax (first maximum wins, as in the emulator)
+            scores = Array(Signal(signed(prog.score_width), name=f"score{j}" if B == 1 else f"score{b}_{j}")
+                           for j in range(prog.scores))
+            best = Signal(signed(prog.score_width), name=name("best", b))
+            cls = Signal(range(max(prog.scores, 2)), name=name("cls", b))
+            with m.If(act.score_we):
+                m.d.sync += scores[act.score_idx].eq(act.score)
+                with m.If((act.score_idx == 0) | (act.score > best)):
+                    m.d.sync += [best.eq(act.score), cls.eq(act.score_idx)]
+            value = self.o.payload.value if B == 1 else self.o.payload.value[b]
+            m.d.comb += value.eq(Mux(out_beat == 0, cls, scores[out_beat - 1]))
+        m.d.comb += self.o.payload.last.eq(out_beat == OUTPUT_BEATS - 1)
         return m

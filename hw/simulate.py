@@ -14,15 +14,20 @@ from .accelerator import Accelerator
 
 
 def rtl_accelerator(spec, lanes: int, images: np.ndarray, vcd: str | None = None, max_cycles: int = 10_000_000,
-                    weights: str = "rom"):
+                    weights: str = "rom", batch: int = 1):
     """Stream each 28x28 uint8 image in; return (classes N, scores N x 10, cycles per image N).
 
     With ``weights="load"`` the weight memory starts empty and the weight image is streamed
-    through ``wl`` first, one byte per cycle."""
+    through ``wl`` first, one byte per cycle. With ``batch`` = B the images go in B at a time (the
+    last group padded with blank images, whose results are dropped); cycles are per group."""
     images = check_images(np.asarray(images))
     if images.shape[1] != 28:
         images = images[:, spec.input_pad:-spec.input_pad, spec.input_pad:-spec.input_pad]
-    dut = Accelerator(spec, lanes, weights=weights)
+    dut = Accelerator(spec, lanes, weights=weights, batch=batch)
+    n_images = len(images)
+    if batch > 1 and len(images) % batch:
+        images = np.concatenate([images, np.zeros((batch - len(images) % batch,) + images.shape[1:], images.dtype)])
+    groups = images.reshape(-1, batch, *images.shape[1:])
     classes, scores, cycles = [], [], []
 
     async def testbench(ctx):
@@ -35,8 +40,9 @@ def rtl_accelerator(spec, lanes: int, images: np.ndarray, vcd: str | None = None
                 ctx.set(dut.wl.payload, b)
                 await ctx.tick().until(dut.wl.ready)
             ctx.set(dut.wl.valid, 0)
-        for img in images:
-            pixels = [int(v) for v in img.reshape(-1)]
+        for group in groups:
+            flat = group.reshape(batch, -1).astype(np.int64)
+            pixels = [int(sum(int(flat[b, k]) << (8 * b) for b in range(batch))) for k in range(flat.shape[1])]
             beats, n, busy_cycles = [], 0, 0
             ctx.set(dut.i.valid, 1)
             ctx.set(dut.i.payload, pixels[0])
@@ -59,8 +65,12 @@ def rtl_accelerator(spec, lanes: int, images: np.ndarray, vcd: str | None = None
                     break
                 if busy_cycles > max_cycles:
                     raise RuntimeError("accelerator did not finish")
-            classes.append(beats[0])
-            scores.append(beats[1:])
+            if batch == 1:
+                classes.append(beats[0])
+                scores.append(beats[1:])
+            else:
+                classes.extend(beats[0])
+                scores.extend([beat[b] for beat in beats[1:]] for b in range(batch))
             cycles.append(busy_cycles)
 
     sim = Simulator(dut)
@@ -71,4 +81,4 @@ def rtl_accelerator(spec, lanes: int, images: np.ndarray, vcd: str | None = None
             sim.run()
     else:
         sim.run()
-    return np.array(classes), np.array(scores, dtype=np.int64), np.array(cycles)
+    return np.array(classes[:n_images]), np.array(scores[:n_images], dtype=np.int64), np.array(cycles)

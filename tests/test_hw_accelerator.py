@@ -33,13 +33,14 @@ def extreme_images() -> dict[str, np.ndarray]:
     }
 
 
-def check_accelerator(spec, lanes: int, images: np.ndarray) -> None:
+def check_accelerator(spec, lanes: int, images: np.ndarray, **kw) -> None:
     images = np.asarray(images, np.uint8)
-    classes, scores, cycles = rtl_accelerator(spec, lanes, images)
+    classes, scores, cycles = rtl_accelerator(spec, lanes, images, **kw)
     want = Emulator(spec).run(images)
     np.testing.assert_array_equal(scores, want.scores)
     np.testing.assert_array_equal(classes, want.predictions)
-    np.testing.assert_array_equal(cycles, [cycles_per_image(spec, lanes)] * len(images))
+    batch = kw.get("batch", 1)
+    np.testing.assert_array_equal(cycles, [cycles_per_image(spec, lanes)] * -(-len(images) // batch))
 
 
 def randomized_spec(spec, seed: int):
@@ -72,6 +73,26 @@ def mnist_two(quant_images):
 def test_accelerator_q8_mnist(q8_spec, mnist_two):
     """Two MNIST test images back to back (the second after ``done``): q8, 8 lanes."""
     check_accelerator(q8_spec, 8, mnist_two)
+
+
+def test_accelerator_batch(q8_spec, quant_images):
+    """Three images through a batch of two (the last group padded with a blank image): every
+    image's class and scores bit-exact, the cycles of one image per group."""
+    check_accelerator(q8_spec, 8, quant_images[0][2:5], batch=2)
+
+
+def test_accelerator_loaded_weights(q8_spec, mnist_two):
+    """weights="load": the weight memory starts empty; the image from weight_load_data() goes in
+    through ``wl`` (as the board's 'W' command sends it), then the images."""
+    check_accelerator(q8_spec, 8, mnist_two[:1], weights="load")
+
+
+@pytest.mark.parametrize("kw,msg", [({"weights": "flash"}, "weights must be"), ({"batch": 0}, "batch must be")])
+def test_accelerator_bad_options(q8_spec, kw, msg):
+    from hw.accelerator import Accelerator
+
+    with pytest.raises(ValueError, match=msg):
+        Accelerator(q8_spec, 8, **kw)
 
 
 @pytest.mark.slow

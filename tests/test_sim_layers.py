@@ -2,7 +2,9 @@
 """Layer-level cocotb testbenches (``sim.layers``, ``sim.tb_layers``): small Amaranth tops emitted to
 Verilog, run in Icarus (default) and Verilator (``slow``), bit-exact against golden vectors from
 the emulator's code; and a checker that does fail, naming vector, cycle, port, lane, expected and
-actual.
+actual. The datapath tops (window, conv_tile, subsample, dense) are also checked without a
+simulator: their read addresses are compile_spec's tap words, and replaying the window's contract
+over their stimulus gives their golden values.
 
 Costs: each Icarus run builds in about a second and simulates in 1-3 s; a Verilator build takes
 10-20 s per top, so the Verilator run is ``slow``.
@@ -22,7 +24,8 @@ from model.util import UserError
 from quantize.qformat import QFormat
 from sim import layers as L
 
-REGISTERED = ["requantize", "mac", "activation_lut"]
+REGISTERED = ["requantize", "mac", "activation_lut", "window", "conv_tile", "subsample", "dense"]
+DATAPATH = ["conv_tile", "subsample", "dense"]  # TileWindow -> MACLanes
 RESULT_KEYS = {"layer", "simulator", "vectors", "mismatches", "first_mismatch", "compared", "cycles"}
 
 
@@ -46,11 +49,12 @@ def _one_error_line(stderr: str) -> str:
 # --------------------------------------------------------------------------- registry and stimulus (no simulator)
 
 def test_registry_has_the_tops():
-    assert list(L.LAYERS)[:3] == REGISTERED
+    assert list(L.LAYERS)[:len(REGISTERED)] == REGISTERED
     for name in REGISTERED:
         assert L.get_layer(name).name == name
-    with pytest.raises(UserError, match=r"unknown layer top 'window' \(one of requantize, mac, activation_lut"):
-        L.get_layer("window")
+    with pytest.raises(UserError, match=r"unknown layer top 'pool' \(one of requantize, mac, activation_lut, window, "
+                                        r"conv_tile, subsample, dense"):
+        L.get_layer("pool")
 
 
 @pytest.mark.parametrize("name", REGISTERED)
@@ -179,8 +183,8 @@ def test_mutant_hardware_is_caught(layers_out, monkeypatch):
 # --------------------------------------------------------------------------- errors and the CLI
 
 def test_unknown_layer_and_simulator_errors(layers_out):
-    with pytest.raises(UserError, match="unknown layer top 'dense'"):
-        L.run_layer("dense", out=layers_out)
+    with pytest.raises(UserError, match="unknown layer top 'pool'"):
+        L.run_layer("pool", out=layers_out)
     with pytest.raises(UserError, match="unknown simulator 'ghdl'"):
         L.run_layer("mac", "ghdl", out=layers_out)
 
