@@ -4,13 +4,33 @@
 
 ``python -m sim.layers [--layer NAME ...] [--simulator icarus|verilator] [--json]``
 
-Each registered *layer top* is a small Amaranth component (a requantizer, the MAC lanes, an
-activation lookup, ...). :func:`run_layer` emits it with ``amaranth.back.verilog`` (deterministic:
-same parameters, same bytes), builds it with ``cocotb_tools.runner`` and runs the generic testbench
-:mod:`sim.tb_layers` on a cycle-by-cycle schedule of inputs. The expected outputs are computed here,
-in Python, by the emulator's code only (``quantize/ops.py``, ``quantize/qformat.py``), written with
-the inputs to ``golden.npz``; the testbench drives the inputs, samples the outputs and compares them
-by integer equality. It never computes an expected value itself.
+Each registered *layer top* is a small Amaranth component. :func:`run_layer` emits it with
+``amaranth.back.verilog`` (deterministic: same parameters, same bytes), builds it with
+``cocotb_tools.runner`` and runs the generic testbench :mod:`sim.tb_layers` on a cycle-by-cycle
+schedule of inputs. The expected outputs are computed here, in Python, by the emulator's code only
+(``quantize/ops.py``, ``quantize/qformat.py``), written with the inputs to ``golden.npz``; the
+testbench drives the inputs, samples the outputs and compares them by integer equality. It never
+computes an expected value itself.
+
+The tops (``python -m sim.layers --help`` lists them; one vector is what one expectation checks):
+
+- ``requantize``: ``hw.fixed.requantize``, 10 (source, target) format cases, combinational.
+- ``mac``: ``hw.mac.MACLanes``, dot products + bias vs int64 sums wrapped to the acc width.
+- ``activation_lut``: requantize to a LUT address + ROM vs ``ops.activation``.
+- ``window``: ``hw.window.TileWindow`` alone. A tensor is written through its write port as
+  ``hw.program.Layout`` places it; then every tap of every tile of a conv (the accelerator's read
+  addresses: tile offset + :func:`conv_tap`, ``compile_spec``'s tap word) and broadcast (dense)
+  reads; each lane's word vs the emulator's im2col (``ops._unfold_int``) / flattened input.
+- ``conv_tile``, ``subsample``, ``dense``: the window feeding the MAC lanes (:class:`WindowMAC`,
+  wired as in the accelerator): a conv layer with a connection table, a 2x2 subsampling (stride-2
+  layout, four taps carrying the map's coefficient) and a dense layer (broadcast reads, one
+  weight per lane); each (map, tile) or group's accumulators vs ``ops.conv2d`` /
+  ``ops.subsample`` / ``ops.dense`` with bias 0 (the accelerator adds it in the drain), wrapped
+  by the acc format's ``overflow_codes``. Extreme codes make some accumulators wrap.
+
+These four draw fresh tensors and weights round after round until they have ``n`` vectors. Lanes
+of a partial tile (outside the output map) and lanes past the last neuron are left out of the
+comparison (``care``); the others must match.
 
 Timing convention (the same as ``ctx.set``/``ctx.get``/``ctx.tick`` in an Amaranth testbench):
 cycle ``t``'s inputs are applied in the middle of cycle ``t`` and the outputs are sampled once they
@@ -19,22 +39,22 @@ L shows the result of cycle t's inputs in cycle ``t + L``; a combinational top (
 L = 0 and is stepped without a clock. Cycles start after two cycles of ``rst``; an input not given
 in a cycle is 0.
 
-Adding a top (window, subsample, dense, ...) takes ~20 lines::
+Adding a top takes ~20 lines: a builder, a vectors function and ``register`` (a sketch)::
 
-    def _build_window(p):
-        return Window(width=p["width"], kernel=p["kernel"], data_width=p["bits"])
+    def _build_pool(p):
+        return MaxPool(lanes=p["lanes"], data_width=p["bits"])
 
-    def _window_vectors(dut, p, rng, n):
+    def _pool_vectors(dut, p, rng, n):
         s = Schedule(dut)
-        x = extremes_and_random(rng, QFormat(p["bits"], 0), n)   # stimulus, min/max codes included
+        x = extremes_and_random(rng, QFormat(p["bits"], 0), n * 4).reshape(n, 4)  # min/max codes included
         golden = ...                                             # from quantize.ops only
-        for v, value in enumerate(x):
-            c = s.cycle({"i__valid": 1, "i__payload": value})
-            s.expect(c + LATENCY, v, {"o__payload": golden[v]})  # ports as named in the Verilog
-        return s
+        for v in range(n):
+            c = s.cycle({"i__valid": 1, "i__payload": x[v]})
+            s.expect(c + LATENCY, v, {"o__payload": golden[v]})  # ports as named in the Verilog;
+        return s                                                 # care=[0/1 per lane] to skip lanes
 
-    register(LayerTop("window", "line buffer + window", _build_window, _window_vectors,
-                      {"width": 8, "kernel": 5, "bits": 8}, n=64))
+    register(LayerTop("pool", "max pooling, latency 1", _build_pool, _pool_vectors,
+                      {"lanes": 4, "bits": 8}, n=64))
 
 Ports are the component's signature flattened as the Verilog names them (``i__payload``); an
 ``ArrayLayout`` port takes and returns one value per element (lane); any other layout is one
@@ -114,16 +134,20 @@ class Schedule:
     """Cycle-by-cycle inputs of a top and the golden outputs expected in given cycles.
 
     ``cycle({port: value})`` appends a cycle (a value per element for an array port; missing inputs
-    are 0) and returns its index; ``expect(cycle, vector, {port: value})`` records what an output
-    must hold in that cycle and which stimulus vector it belongs to (for the mismatch report).
-    Expectations past the last cycle add idle cycles.
+    are 0) and returns its index; ``expect(cycle, vector, {port: value}, care=None)`` records what
+    an output must hold in that cycle and which stimulus vector it belongs to (for the mismatch
+    report); ``care`` (one flag per element) leaves elements out of the comparison, e.g. the lanes
+    of a partial tile that lie outside the output map. Expectations past the last cycle add idle
+    cycles. ``notes`` is free for the vectors function (facts about the stimulus for the tests;
+    not written to the golden file).
     """
 
     def __init__(self, component: wiring.Component):
         self.ports = ports_of(component)
         self._port = {p.name: p for p in self.ports}
         self._inputs: list[dict[str, np.ndarray]] = []
-        self._expect: dict[tuple[int, str], tuple[np.ndarray, int]] = {}
+        self._expect: dict[tuple[int, str], tuple[np.ndarray, int, np.ndarray]] = {}
+        self.notes: dict = {}
 
     def _values(self, name: str, value, direction: str) -> np.ndarray:
         p = self._port.get(name)
@@ -149,9 +173,13 @@ class Schedule:
         for _ in range(cycles):
             self.cycle(values)
 
-    def expect(self, cycle: int, vector: int, values: dict) -> None:
+    def expect(self, cycle: int, vector: int, values: dict, care=None) -> None:
         for k, v in values.items():
-            self._expect[(cycle, k)] = (self._values(k, v, "out"), int(vector))
+            vals = self._values(k, v, "out")
+            mask = np.ones(vals.size, np.int64) if care is None else np.asarray(care, np.int64).reshape(-1)
+            if mask.size != vals.size or not mask.any():
+                raise ValueError(f"port {k}: care needs {vals.size} flags, at least one set")
+            self._expect[(cycle, k)] = (vals, int(vector), (mask != 0).astype(np.int64))
 
     @property
     def cycles(self) -> int:
@@ -159,11 +187,12 @@ class Schedule:
 
     @property
     def vectors(self) -> int:
-        return len({v for _, v in self._expect.values()})
+        return len({v for _, v, _ in self._expect.values()})
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The golden file's contents: ``in.P``/``out.P`` (cycles x elements), ``vec.P`` (vector
-        compared in each cycle, -1 for none) and ``meta`` (ports, clocking; JSON)."""
+        compared in each cycle, -1 for none), ``care.P`` (cycles x elements: 1 where an element is
+        compared) and ``meta`` (ports, clocking; JSON)."""
         C = self.cycles
         arrs = {}
         for p in self.ports:
@@ -174,11 +203,11 @@ class Schedule:
                         a[c] = vals[p.name]
                 arrs[f"in.{p.name}"] = a
             else:
-                vec = np.full(C, -1, np.int64)
-                for (c, name), (vals, v) in self._expect.items():
+                vec, care = np.full(C, -1, np.int64), np.zeros((C, p.elems), np.int64)
+                for (c, name), (vals, v, mask) in self._expect.items():
                     if name == p.name:
-                        a[c], vec[c] = vals, v
-                arrs[f"out.{p.name}"], arrs[f"vec.{p.name}"] = a, vec
+                        a[c], vec[c], care[c] = vals, v, mask
+                arrs[f"out.{p.name}"], arrs[f"vec.{p.name}"], arrs[f"care.{p.name}"] = a, vec, care
         return arrs
 
 
@@ -432,6 +461,382 @@ register(LayerTop(
     lambda p: ActivationLUT(p["acc"], p["index"], p["act"], _activation_lut(p)), _activation_vectors,
     {"acc": QFormat(20, 12, True, "TRN", "WRAP"), "index": QFormat(10, 7, True, "RND_CONV", "SAT"),
      "act": QFormat(8, 6, True, "RND_CONV", "SAT"), "lut": None}, n=200))
+
+
+# --------------------------------------------------------------------------- 4. tile window and the MAC lanes behind it
+#
+# The conv-mode datapath of the accelerator in pieces: the banked feature memory with its tile
+# crossbar (hw/window.py) alone, then feeding the MAC lanes (hw/mac.py) over conv, subsampling
+# and dense schedules. The input tensors go in through the write port, laid out by
+# hw.program.Layout; the read addresses are the accelerator's (tile offset + the tap word of
+# compile_spec); the golden values come from quantize.ops (the emulator's im2col, conv2d,
+# subsample and dense kernels), accumulators wrapped by the acc format as the emulator does.
+
+WINDOW_LATENCY = 2  # read inputs in cycle t -> x in cycle t + 2 (hw/window.py)
+WINDOW_MAC_LATENCY = WINDOW_LATENCY + MAC_LATENCY  # read in cycle t -> acc in cycle t + 4
+WINDOW_READ = ("base", "adj_row", "adj_col", "my", "mx", "dense", "bank")
+WINDOW_PORTS = WINDOW_READ + ("we", "waddr", "wdata")
+
+
+def conv_tap(layout, w: int, c: int, ky: int, kx: int) -> tuple[int, int, int, int]:
+    """The tap word (weight, word offset, my, mx) of tap (c, ky, kx) of a conv-mode layer reading
+    its input from ``layout`` (a :class:`hw.program.Layout`): ``compile_spec``'s arithmetic,
+    written out again so that a stimulus needs no QuantSpec (a test holds the two equal)."""
+    S, R, C = layout.s, layout.R, layout.C
+    k1y, k0y, k1x, k0x = ky // S, ky % S, kx // S, kx % S
+    qy, my, qx, mx = k1y // R, k1y % R, k1x // C, k1x % C
+    return int(w), c * layout.lhw + (qy * S + k0y) * layout.lw + qx * S + k0x, my, mx
+
+
+def tile_read(layout, ty: int, tx: int, tap: tuple[int, int, int, int]) -> dict:
+    """The window's read inputs for ``tap`` (a tap word) over tile (ty, tx), as the accelerator
+    presents them: ``base = layout.base + ty * s * lw + tx * s + off``, ``adj_row = s * lw``,
+    ``adj_col = s``, ``dense = 0``."""
+    _, off, my, mx = tap
+    S = layout.s
+    return {"base": layout.base + ty * S * layout.lw + tx * S + off, "adj_row": S * layout.lw, "adj_col": S,
+            "my": my, "mx": mx, "dense": 0}
+
+
+def _layout(p):
+    from hw.program import Layout, tile_shape
+
+    R, C = tile_shape(p["lanes"])
+    maps, h, w = p["shape"]
+    return Layout(maps, h, w, p.get("stride", 1), R, C, p.get("base", 0))
+
+
+def _window_words(p) -> int:
+    lay = _layout(p)
+    return lay.base + lay.words
+
+
+def _garbage_read(rng, win) -> dict:
+    """Read inputs of a cycle whose output nobody compares (writes, idle cycles)."""
+    return {"base": rng.integers(0, win.words), "adj_row": rng.integers(0, win.words), "adj_col": rng.integers(0, win.words),
+            "my": rng.integers(0, win.R), "mx": rng.integers(0, win.C), "dense": rng.integers(0, 2),
+            "bank": rng.integers(0, win.P)}
+
+
+def _feature_maps(rng, fmt: QFormat, shape, saturate: float = 0.0) -> np.ndarray:
+    """Codes of a maps x h x w tensor: every extreme somewhere, the rest uniform; ``saturate`` (a
+    fraction) sets that share of each map, a block, to ``code_min`` (where code_min weights make
+    the sums wrap)."""
+    x = extremes_and_random(rng, fmt, int(np.prod(shape)))
+    rng.shuffle(x)
+    x = x.reshape(shape)
+    if saturate:
+        _, h, w = shape
+        bh, bw = max(1, round(h * saturate ** 0.5)), max(1, round(w * saturate ** 0.5))
+        y0, x0 = int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1))
+        x[:, y0:y0 + bh, x0:x0 + bw] = fmt.code_min
+    return x
+
+
+def _write_maps(s: Schedule, layout, win, x: np.ndarray, rng, extra=None) -> None:
+    """``x`` into ``layout`` through the write port, one pixel per cycle in random order (the
+    drain's order is not the reader's); the read inputs meanwhile are garbage."""
+    for flat in rng.permutation(x.size):
+        c, y, xx = (int(i) for i in np.unravel_index(flat, x.shape))
+        bank, word = layout.locate(c, y, xx)
+        s.cycle({"we": 1, "waddr": (bank << win.addr_width) | word, "wdata": x[c, y, xx]}
+                | _garbage_read(rng, win) | (extra() if extra else {}))
+
+
+def _tiles(out_h: int, out_w: int, R: int, C: int):
+    """(ty, tx, care) of every tile, row-major; ``care`` flags the lanes inside the output."""
+    for ty in range(-(-out_h // R)):
+        for tx in range(-(-out_w // C)):
+            care = [int(ty * R + dy < out_h and tx * C + dx < out_w) for dy in range(R) for dx in range(C)]
+            yield ty, tx, care
+
+
+def _window_vectors(dut, p, rng, n):
+    """Rounds of: a fresh input tensor written through the write port (random order, garbage on
+    the read port), then, shuffled together, the reads of every tap (c, ky, kx) of every tile of
+    the conv output and ``dense_reads`` broadcast reads of random inputs (garbage on the unused
+    read inputs). One vector = one read.
+    Golden: a tile read gives lane (dy, dx) the column of the emulator's im2col
+    (``quantize.ops._unfold_int``) at tap (c, ky, kx) and output position (ty*R + dy, tx*C + dx),
+    compared for the lanes inside the output; a dense read gives every lane the input at that
+    index of the emulator's flattened dense input."""
+    import torch
+
+    from quantize import ops
+
+    s = Schedule(dut)
+    lay, K, fmt = _layout(p), p["kernel"], QFormat(p["bits"], 0)
+    R, C = lay.R, lay.C
+    oh, ow = lay.h - K + 1, lay.w - K + 1
+    v = 0
+    s.notes.update(tile_reads=0, dense_reads=0, partial_tiles=0)
+    while v < n:
+        x = _feature_maps(rng, fmt, (lay.maps, lay.h, lay.w))
+        cols = ops._unfold_int(torch.from_numpy(x)[None], K)[0].numpy()  # maps*K*K x oh*ow
+        flat = x.reshape(-1)  # the dense layers' input order (quantize/emulator.py)
+        _write_maps(s, lay, dut, x, rng)
+        reads = [("tile", ty, tx, tuple(care), c, ky, kx) for ty, tx, care in _tiles(oh, ow, R, C)
+                 for c in range(lay.maps) for ky in range(K) for kx in range(K)]
+        reads += [("dense", int(i)) for i in rng.integers(0, x.size, p["dense_reads"])]
+        for k in rng.permutation(len(reads)):
+            if v == n:
+                break
+            r = reads[k]
+            if r[0] == "tile":
+                _, ty, tx, care, c, ky, kx = r
+                inputs = tile_read(lay, ty, tx, conv_tap(lay, 0, c, ky, kx)) | {"bank": rng.integers(0, dut.P)}
+                tap = (c * K + ky) * K + kx
+                gold = [cols[tap, (ty * R + dy) * ow + tx * C + dx] if care[dy * C + dx] else 0
+                        for dy in range(R) for dx in range(C)]
+                s.notes["tile_reads"] += 1
+                s.notes["partial_tiles"] += not all(care)
+            else:
+                bank, word = lay.locate(*(int(i) for i in np.unravel_index(r[1], x.shape)))
+                inputs = _garbage_read(rng, dut) | {"base": word, "dense": 1, "bank": bank}
+                gold, care = [flat[r[1]]] * dut.P, None
+                s.notes["dense_reads"] += 1
+            c0 = s.cycle(inputs)
+            s.expect(c0 + WINDOW_LATENCY, v, {"x": gold}, care)
+            v += 1
+    return s
+
+
+def _build_window(p):
+    from hw.program import tile_shape
+    from hw.window import TileWindow
+
+    return TileWindow(*tile_shape(p["lanes"]), _window_words(p), p["bits"])
+
+
+register(LayerTop(
+    "window", "hw.window.TileWindow, 2x4 lanes: writes through the port, then every tap of every tile of a 5x5 conv "
+    "over 2 maps of 8x8 and broadcast reads, latency 2",
+    _build_window, _window_vectors, {"lanes": 8, "shape": (2, 8, 8), "kernel": 5, "stride": 1, "base": 3, "bits": 8,
+                                     "dense_reads": 28}, n=256))
+
+
+class WindowMAC(wiring.Component):
+    """:class:`hw.window.TileWindow` feeding :class:`hw.mac.MACLanes`, wired as in the accelerator:
+    lane q's pixel ``window.x[q]`` is ``mac.x[q]``; ``w``, ``valid`` and ``first`` are registered
+    twice (the window's latency) so that they meet the pixels read in their cycle; the bias is 0
+    (the accelerator adds it in the drain). The window's read and write ports are this top's.
+
+    Latency: a read presented in cycle t is in ``acc`` from cycle t + 4."""
+
+    def __init__(self, R: int, C: int, words: int, data_width: int, weight_width: int, acc_width: int):
+        from hw.mac import MACLanes
+        from hw.window import TileWindow
+
+        self.window = TileWindow(R, C, words, data_width)
+        self.mac = MACLanes(R * C, weight_width, data_width, acc_width)
+        self.R, self.C, self.P, self.words, self.addr_width = R, C, R * C, words, self.window.addr_width
+        members = {name: In(self.window.signature.members[name].shape) for name in WINDOW_PORTS}
+        members |= {"valid": In(1), "first": In(1), "w": In(ArrayLayout(signed(weight_width), R * C)),
+                    "acc": Out(ArrayLayout(signed(acc_width), R * C))}
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.window = win = self.window
+        m.submodules.mac = mac = self.mac
+        m.d.comb += [getattr(win, name).eq(getattr(self, name)) for name in WINDOW_PORTS]
+        w, valid, first = self.w, self.valid, self.first
+        for k in range(WINDOW_LATENCY):
+            w_k = Signal(ArrayLayout(signed(self.mac.weight_width), self.P), name=f"w_d{k + 1}")
+            valid_k, first_k = Signal(name=f"valid_d{k + 1}"), Signal(name=f"first_d{k + 1}")
+            m.d.sync += [w_k.eq(w), valid_k.eq(valid), first_k.eq(first)]
+            w, valid, first = w_k, valid_k, first_k
+        m.d.comb += [mac.x.eq(win.x), mac.w.eq(w), mac.valid.eq(valid), mac.first.eq(first),
+                     mac.bias.as_value().eq(0), self.acc.eq(mac.acc)]
+        return m
+
+
+def _build_window_mac(p):
+    from hw.program import tile_shape
+
+    return WindowMAC(*tile_shape(p["lanes"]), _window_words(p), p["bits"], p["weight_width"], p["acc_width"])
+
+
+def _formats(p) -> tuple[QFormat, QFormat, QFormat]:
+    """(data, weight, acc) formats; the accumulator wraps (two's complement), as in hw/mac.py."""
+    return QFormat(p["bits"], 0), QFormat(p["weight_width"], 0), QFormat(p["acc_width"], 0, True, "TRN", "WRAP")
+
+
+def _x_max_abs(fmt: QFormat) -> int:
+    return max(-fmt.code_min, fmt.code_max)
+
+
+def _idle(s: Schedule, dut, rng, wf: QFormat) -> None:
+    """Sometimes (one time in five) one or two cycles with ``valid`` low and garbage elsewhere."""
+    if rng.random() < 0.2:
+        for _ in range(int(rng.integers(1, 3))):
+            s.cycle(_garbage_read(rng, dut) | {"valid": 0, "first": rng.integers(0, 2),
+                                               "w": rng.integers(wf.code_min, wf.code_max, dut.P, endpoint=True)})
+
+
+def _run_tiles(s: Schedule, dut, rng, wf, lay, out_hw, maps_taps, exact, wrapped, v: int, n: int) -> int:
+    """Every tile of every output map: the map's taps back to back (``first`` on the first; one
+    weight broadcast to all lanes), the accumulators expected 4 cycles after the last tap, on the
+    lanes inside the output. Returns the next vector index."""
+    R, C = lay.R, lay.C
+    for o, taps in enumerate(maps_taps):
+        for ty, tx, care in _tiles(*out_hw, R, C):
+            if v == n:
+                return v
+            _idle(s, dut, rng, wf)
+            for t, (c, ky, kx, w) in enumerate(taps):
+                c0 = s.cycle(tile_read(lay, ty, tx, conv_tap(lay, w, c, ky, kx))
+                             | {"bank": rng.integers(0, dut.P), "valid": 1, "first": int(t == 0), "w": w})
+            lanes = [(ty * R + dy, tx * C + dx) for dy in range(R) for dx in range(C)]
+            gold = [wrapped[o, y, x] if k else 0 for (y, x), k in zip(lanes, care)]
+            s.expect(c0 + WINDOW_MAC_LATENCY, v, {"acc": gold}, care)
+            s.notes["wrapped"] += sum(int(exact[o, y, x] != wrapped[o, y, x]) for (y, x), k in zip(lanes, care) if k)
+            s.notes["partial_tiles"] += not all(care)
+            v += 1
+    return v
+
+
+def _conv_tile_vectors(dut, p, rng, n):
+    """Rounds of: a fresh input tensor written through the write port (every other round with a
+    saturated block at code_min), fresh weights (even maps: extremes and uniform codes; odd maps:
+    mostly code_min, so the sums over the saturated block wrap), then for each output map of
+    ``table`` (its input maps, as a LeNet connection table) and each tile, the map's taps back to
+    back as ``compile_spec`` orders them (c, ky, kx), with idle cycles now and then. One vector =
+    one (map, tile) accumulation.
+    Golden: ``quantize.ops.conv2d`` (bias 0; the accelerator adds it in the drain) wrapped by the
+    acc format's ``overflow_codes``, on the lanes inside the output."""
+    from quantize import ops
+
+    s = Schedule(dut)
+    lay, K, table = _layout(p), p["kernel"], p["table"]
+    df, wf, af = _formats(p)
+    out_hw = (lay.h - K + 1, lay.w - K + 1)
+    v, rnd = 0, 0
+    s.notes.update(wrapped=0, partial_tiles=0, weights=set(), data=set())
+    while v < n:
+        x = _feature_maps(rng, df, (lay.maps, lay.h, lay.w), saturate=0.3 if rnd % 2 else 0.0)
+        wt = np.zeros((len(table), lay.maps, K, K), np.int64)  # unconnected maps: weight 0, as in the spec
+        for o, conn in enumerate(table):
+            k = len(conn) * K * K
+            if o % 2 == 0:
+                vals = extremes_and_random(rng, wf, k)
+                rng.shuffle(vals)
+            else:
+                vals = np.where(rng.random(k) < 0.85, wf.code_min, rng.integers(wf.code_min, wf.code_max, k, endpoint=True))
+            wt[o, list(conn)] = vals.reshape(len(conn), K, K)
+        exact = ops.conv2d(x[None], wt, np.zeros(len(table), np.int64), _x_max_abs(df))[0].numpy().astype(np.int64)
+        wrapped, _ = af.overflow_codes(exact)
+        _write_maps(s, lay, dut, x, rng, lambda: {"valid": 0})
+        taps = [[(c, ky, kx, int(wt[o, c, ky, kx])) for c in conn for ky in range(K) for kx in range(K)]
+                for o, conn in enumerate(table)]
+        v = _run_tiles(s, dut, rng, wf, lay, out_hw, taps, exact, wrapped, v, n)
+        s.notes["weights"] |= set(np.unique(wt).tolist())
+        s.notes["data"] |= set(np.unique(x).tolist())
+        rnd += 1
+    return s
+
+
+register(LayerTop(
+    "conv_tile", "TileWindow -> MACLanes (2x4 lanes): 5x5 conv over 2 maps of 10x10 with a connection table, "
+    "partial tiles, 18-bit wrapping accumulators, latency 4",
+    _build_window_mac, _conv_tile_vectors,
+    {"lanes": 8, "shape": (2, 10, 10), "kernel": 5, "stride": 1, "base": 5, "table": ((0, 1), (1,)), "bits": 8,
+     "weight_width": 8, "acc_width": 18}, n=48))
+
+
+def _subsample_vectors(dut, p, rng, n):
+    """Rounds of: a fresh input tensor (every other round with a saturated block) written into a
+    stride-2 layout, per-map coefficients (uniform, one of them code_min or code_max in turn), then
+    for each output map (input map ``source[j]``) and tile the four taps of the 2x2 window, each
+    carrying the map's coefficient (as ``compile_spec`` compiles subsampling). One vector = one
+    (map, tile) accumulation.
+    Golden: ``quantize.ops.subsample`` (bias 0) wrapped by the acc format, lanes inside the output."""
+    from quantize import ops
+
+    s = Schedule(dut)
+    lay, source = _layout(p), p["source"]
+    df, wf, af = _formats(p)
+    O = len(source)
+    out_hw = (lay.h // 2, lay.w // 2)
+    v, rnd = 0, 0
+    s.notes.update(wrapped=0, partial_tiles=0, weights=set(), data=set())
+    while v < n:
+        x = _feature_maps(rng, df, (lay.maps, lay.h, lay.w), saturate=0.3 if rnd % 2 else 0.0)
+        coef = rng.integers(wf.code_min, wf.code_max, O, endpoint=True)
+        coef[rnd % O] = (wf.code_min, wf.code_max)[(rnd // O) % 2]
+        exact = ops.subsample(x[None], coef, np.zeros(O, np.int64), _x_max_abs(df), source)[0].numpy().astype(np.int64)
+        wrapped, _ = af.overflow_codes(exact)
+        _write_maps(s, lay, dut, x, rng, lambda: {"valid": 0})
+        taps = [[(source[j], u, w_, int(coef[j])) for u in range(2) for w_ in range(2)] for j in range(O)]
+        v = _run_tiles(s, dut, rng, wf, lay, out_hw, taps, exact, wrapped, v, n)
+        s.notes["weights"] |= set(coef.tolist())
+        s.notes["data"] |= set(np.unique(x).tolist())
+        rnd += 1
+    return s
+
+
+register(LayerTop(
+    "subsample", "TileWindow (stride-2 layout) -> MACLanes (2x4 lanes): 2x2 subsampling of 2 maps of 12x12 "
+    "(source maps swapped), partial tiles, 16-bit wrapping accumulators, latency 4",
+    _build_window_mac, _subsample_vectors,
+    {"lanes": 8, "shape": (2, 12, 12), "stride": 2, "base": 0, "source": (1, 0), "bits": 8, "weight_width": 8,
+     "acc_width": 16}, n=36))
+
+
+def _dense_vectors(dut, p, rng, n):
+    """Rounds of: a fresh input tensor (``shape``, flattened in the emulator's order; every other
+    round three quarters of it at code_min) written through the write port, a fresh ``outputs`` x
+    inputs weight matrix (extremes and uniform codes; every third row all code_min, whose sums wrap
+    on the saturated rounds), padded with zero rows to whole groups as ``compile_spec`` does; then
+    for each group of ``lanes`` neurons the inputs one per cycle, read in dense mode (every lane
+    gets the same input) with one weight per lane. One vector = one group.
+    Golden: ``quantize.ops.dense`` (bias 0) wrapped by the acc format, the lanes holding a neuron."""
+    from quantize import ops
+
+    s = Schedule(dut)
+    lay, O = _layout(p), p["outputs"]
+    df, wf, af = _formats(p)
+    P = dut.P
+    I = lay.maps * lay.h * lay.w
+    groups = -(-O // P)
+    v, rnd = 0, 0
+    s.notes.update(wrapped=0, partial_groups=0, weights=set(), data=set())
+    while v < n:
+        x = _feature_maps(rng, df, (lay.maps, lay.h, lay.w))
+        flat = x.reshape(-1)  # a view: the saturation below lands in x too
+        if rnd % 2:
+            flat[rng.permutation(I)[: 3 * I // 4]] = df.code_min
+        w = np.zeros((groups * P, I), np.int64)
+        for o in range(O):
+            w[o] = wf.code_min if o % 3 == 2 else rng.permutation(extremes_and_random(rng, wf, I))
+        exact = ops.dense(flat[None], w[:O], np.zeros(O, np.int64), _x_max_abs(df))[0].numpy().astype(np.int64)
+        wrapped, _ = af.overflow_codes(exact)
+        _write_maps(s, lay, dut, x, rng, lambda: {"valid": 0})
+        for g in range(groups):
+            if v == n:
+                break
+            _idle(s, dut, rng, wf)
+            for i in range(I):
+                bank, word = lay.locate(*(int(k) for k in np.unravel_index(i, x.shape)))
+                c0 = s.cycle(_garbage_read(rng, dut) | {"base": word, "dense": 1, "bank": bank, "valid": 1,
+                                                        "first": int(i == 0), "w": w[g * P:(g + 1) * P, i]})
+            care = [int(g * P + q < O) for q in range(P)]
+            gold = [wrapped[g * P + q] if k else 0 for q, k in enumerate(care)]
+            s.expect(c0 + WINDOW_MAC_LATENCY, v, {"acc": gold}, care)
+            s.notes["wrapped"] += sum(int(exact[g * P + q] != wrapped[g * P + q]) for q, k in enumerate(care) if k)
+            s.notes["partial_groups"] += not all(care)
+            v += 1
+        s.notes["weights"] |= set(np.unique(w[:O]).tolist())
+        s.notes["data"] |= set(np.unique(x).tolist())
+        rnd += 1
+    return s
+
+
+register(LayerTop(
+    "dense", "TileWindow broadcast reads -> MACLanes (2x2 lanes): 14 neurons over 20 inputs (5 maps of 2x2) in "
+    "groups of 4, one weight per lane, 18-bit wrapping accumulators, latency 4",
+    _build_window_mac, _dense_vectors,
+    {"lanes": 4, "shape": (5, 2, 2), "base": 2, "outputs": 14, "bits": 8, "weight_width": 8, "acc_width": 18}, n=32))
 
 
 # --------------------------------------------------------------------------- build and run

@@ -3,8 +3,9 @@
 The golden file (.npz) is named by ``$LENET_LAYER_GOLDEN`` or the plusarg ``+golden=PATH``; the
 result (JSON) goes to ``$LENET_LAYER_RESULT`` (default: ``result.json`` beside the golden file).
 The file holds, per input port, the value of every cycle (``in.P``); per output port, the expected
-value (``out.P``) and the stimulus vector it belongs to, or -1 where nothing is compared
-(``vec.P``); and ``meta`` (ports, clocking). Everything expected comes from that file, computed by
+value (``out.P``), the stimulus vector it belongs to, or -1 where nothing is compared (``vec.P``),
+and which elements are compared (``care.P``, 1/0 per element; every element when absent); and
+``meta`` (ports, clocking). Everything expected comes from that file, computed by
 the emulator's code; this module only drives, samples and compares integers.
 
 Cycle t: the driver applies cycle t's inputs at the falling clock edge, the monitor samples the
@@ -49,7 +50,8 @@ class Driver:
 
 
 class Monitor:
-    """Samples every ``Out`` port and unpacks it into elements (None for an X/Z bit)."""
+    """Samples every ``Out`` port and unpacks it into elements (None for an element with an X/Z
+    bit: an element nobody compares, e.g. a lane reading past a memory, may be X)."""
 
     def __init__(self, dut, ports: list[dict]):
         self.ports = ports
@@ -58,14 +60,16 @@ class Monitor:
     def sample(self) -> dict[str, list]:
         out = {}
         for p, h in zip(self.ports, self.handles):
-            bits = str(h.value)  # a LogicArray, or a Logic for a 1-bit port
-            if bits.strip("01"):
-                out[p["name"]] = [None] * p["elems"]
-                continue
-            raw, w = int(bits, 2), p["elem_width"]
-            vals = [(raw >> (k * w)) & ((1 << w) - 1) for k in range(p["elems"])]
+            bits = str(h.value)  # a LogicArray, or a Logic for a 1-bit port; most significant bit first
+            w, n = p["elem_width"], p["elems"]
+            if not bits.strip("01"):
+                raw = int(bits, 2)
+                vals = [(raw >> (k * w)) & ((1 << w) - 1) for k in range(n)]
+            else:
+                elems = [bits[len(bits) - (k + 1) * w:len(bits) - k * w] for k in range(n)]
+                vals = [None if e.strip("01") else int(e, 2) for e in elems]
             if p["signed"]:
-                vals = [x - (1 << w) if x >> (w - 1) else x for x in vals]
+                vals = [x - (1 << w) if x is not None and x >> (w - 1) else x for x in vals]
             out[p["name"]] = vals
         return out
 
@@ -77,6 +81,9 @@ class Scoreboard:
         self.ports = ports
         self.expected = {p["name"]: golden[f"out.{p['name']}"].tolist() for p in ports}
         self.vector = {p["name"]: golden[f"vec.{p['name']}"].tolist() for p in ports}
+        # golden files written before ``care`` existed compare every element
+        self.care = {p["name"]: golden[f"care.{p['name']}"].tolist() if f"care.{p['name']}" in golden.files else None
+                     for p in ports}
         self.compared = 0
         self.mismatches = 0
         self.bad_vectors: set[int] = set()
@@ -90,7 +97,10 @@ class Scoreboard:
                 continue
             exp = self.expected[name][cycle]
             got = sample[name]
-            for lane, (e, a) in enumerate(zip(exp, got)):
+            care = self.care[name][cycle] if self.care[name] is not None else [1] * len(exp)
+            for lane, (e, a, k) in enumerate(zip(exp, got, care)):
+                if not k:
+                    continue
                 self.compared += 1
                 if a is None or a != e:
                     self.mismatches += 1

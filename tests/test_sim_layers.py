@@ -110,6 +110,130 @@ def test_mac_stimulus_wraps_and_uses_extremes():
     assert wrapped >= 5
 
 
+# --------------------------------------------------------------------------- datapath tops: addresses and stimulus (no simulator)
+
+def _schedule(name, n=None, seed=0, params=None):
+    top = L.get_layer(name)
+    p = {**top.defaults, **(params or {})}
+    dut = top.build(p)
+    return p, dut, top.vectors(dut, p, np.random.default_rng(seed), n or top.n)
+
+
+@pytest.mark.parametrize("lanes", [1, 4, 8, 32])
+def test_conv_tap_is_compile_specs_tap_word(q8_spec, lanes):
+    """``sim.layers.conv_tap`` (the stimulus' tap words) equals ``compile_spec``'s tap words, tap
+    by tap, over every conv-mode layer of the q8 spec (C1, C3: stride 1; S2, S4: stride 2)."""
+    from hw.program import compile_spec
+
+    prog = compile_spec(q8_spec, lanes)
+    seen = []
+    for lp in prog.layers:
+        if lp.mode != "conv":
+            continue
+        l, lin, K = lp.spec, lp.in_layout, lp.spec.kernel
+        words = iter(prog.tap_words[lp.tap_base:lp.tap_base + sum(lp.taps)])
+        for o in range(l.out_maps):
+            if l.kind == "subsample":
+                c = l.source[o] if l.source is not None else o
+                taps = [(l.weight[o], c, u, v) for u in range(K) for v in range(K)]
+            else:
+                taps = [(l.weight[o, c, u, v], c, u, v) for c in l.connections()[o] for u in range(K) for v in range(K)]
+            for w, c, u, v in taps:
+                assert L.conv_tap(lin, w, c, u, v) == next(words), (l.name, o, c, u, v)
+        assert next(words, None) is None
+        seen.append(l.name)
+    assert {"C1", "C3"} <= set(seen) and any(lp.stride == 2 for lp in prog.layers if lp.mode == "conv")
+
+
+def _replay_window(arrs, R, C, aw, port="x", extra_latency=0):
+    """hw/window.py's documented contract replayed over a schedule's inputs: per cycle, the word
+    every lane receives 2 cycles later (None where a bank was never written at that address).
+    Writes land at the end of their cycle."""
+    mem = {}
+    lanes = {}
+    for t in range(len(arrs["in.we"])):
+        g = {k: int(arrs[f"in.{k}"][t, 0]) for k in ("base", "adj_row", "adj_col", "my", "mx", "dense", "bank")}
+        if g["dense"]:
+            row = [mem.get((g["bank"], g["base"]))] * (R * C)
+        else:
+            row = []
+            for dy in range(R):
+                for dx in range(C):
+                    r, c = (dy + g["my"]) % R, (dx + g["mx"]) % C
+                    addr = g["base"] + (g["adj_row"] if r < g["my"] else 0) + (g["adj_col"] if c < g["mx"] else 0)
+                    row.append(mem.get((r * C + c, addr)))
+        lanes[t + 2 + extra_latency] = row
+        if arrs["in.we"][t, 0]:
+            mem[divmod(int(arrs["in.waddr"][t, 0]), 1 << aw)] = int(arrs["in.wdata"][t, 0])
+    return lanes
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8), (2, 11, 11)])
+def test_window_golden_is_the_window_contract(shape):
+    """Replaying TileWindow's contract over the window top's writes and reads yields its golden
+    words (from the emulator's im2col) on every compared lane: the layout, the tap words and the
+    tile offsets put each output position's pixel on its lane. At 11x11 (7x7 output) the tiles
+    at the bottom and right edges are partial and their outer lanes are not compared."""
+    p, dut, s = _schedule("window", params={"shape": shape})
+    g = s.arrays()
+    lanes = _replay_window(g, dut.R, dut.C, dut.addr_width)
+    rows = np.flatnonzero(g["vec.x"] >= 0)
+    assert len(rows) == L.get_layer("window").n
+    for c in rows:
+        care = g["care.x"][c].astype(bool)
+        got = np.array([v if k else 0 for v, k in zip(lanes[c], care)])
+        assert None not in [v for v, k in zip(lanes[c], care) if k]
+        assert np.array_equal(got[care], g["out.x"][c][care]), c
+    assert s.notes["tile_reads"] > 0 and s.notes["dense_reads"] > 0
+    partial = shape[1] == 11
+    assert (s.notes["partial_tiles"] > 0) == partial and (g["care.x"][rows] == 0).any() == partial
+    x = g["in.wdata"][g["in.we"][:, 0] == 1]
+    assert x.min() == -128 and x.max() == 127
+
+
+@pytest.mark.parametrize("name", DATAPATH)
+def test_datapath_stimulus_wraps_and_uses_extremes(name):
+    """The conv/subsample/dense tops drive the extreme weight and data codes, some compared
+    accumulators wrap (the exact sum leaves the acc range), and some tiles (groups) are partial:
+    some lanes are not compared, every expectation compares at least one."""
+    p, dut, s = _schedule(name)
+    g = s.arrays()
+    lo, hi = -(1 << (p["weight_width"] - 1)), (1 << (p["weight_width"] - 1)) - 1
+    assert {lo, hi} <= s.notes["weights"] and {-(1 << (p["bits"] - 1)), (1 << (p["bits"] - 1)) - 1} <= s.notes["data"]
+    assert s.notes["wrapped"] >= 3
+    assert s.notes.get("partial_tiles", s.notes.get("partial_groups")) > 0
+    rows = np.flatnonzero(g["vec.acc"] >= 0)
+    assert len(rows) == L.get_layer(name).n and (g["care.acc"][rows] == 0).any() and g["care.acc"][rows].any(1).all()
+    acc_max = (1 << (p["acc_width"] - 1)) - 1
+    assert g["out.acc"].max() <= acc_max and g["out.acc"].min() >= -acc_max - 1
+
+
+@pytest.mark.parametrize("name", DATAPATH)
+def test_datapath_golden_is_the_window_and_mac_contract(name):
+    """Replay the window's contract over the top's schedule, multiply each valid cycle's lane
+    words by its weights and accumulate from ``first``, wrapped to the acc width: the golden
+    accumulators on every compared lane. (A cross-check of the stimulus; the golden file itself
+    comes from quantize.ops.)"""
+    from quantize.qformat import wrap
+
+    p, dut, s = _schedule(name)
+    g = s.arrays()
+    lanes = _replay_window(g, dut.R, dut.C, dut.addr_width)  # word at cycle t + 2 of a read in t
+    acc = [0] * dut.P  # None: the lane read a word never written since its ``first``
+    want = {}
+    for t in range(len(g["in.valid"])):
+        if g["in.valid"][t, 0]:
+            acc = [None if x is None or (a is None and not g["in.first"][t, 0])
+                   else (0 if g["in.first"][t, 0] else a) + int(w) * x
+                   for a, w, x in zip(acc, g["in.w"][t], lanes[t + 2])]
+        want[t + L.WINDOW_MAC_LATENCY] = list(acc)
+    for c in np.flatnonzero(g["vec.acc"] >= 0):
+        care = g["care.acc"][c].astype(bool)
+        exact = [a for a, k in zip(want[c], care) if k]
+        assert None not in exact, c
+        assert np.array_equal(wrap(np.array(exact, np.int64), p["acc_width"], True), g["out.acc"][c][care]), c
+
+
 # --------------------------------------------------------------------------- Icarus, bit-exact
 
 @pytest.mark.parametrize("name", REGISTERED)
@@ -134,6 +258,16 @@ def test_activation_lut_of_a_spec_layer(fixture, request, layers_out):
     assert r["vectors"] == 150 and r["mismatches"] == 0, r["first_mismatch"]
 
 
+def test_window_partial_tiles_icarus(layers_out):
+    """11x11 inputs (7x7 output): partial tiles at the bottom and right; only the lanes inside the
+    output are compared (``compared`` counts exactly the care flags)."""
+    r = L.run_layer("window", "icarus", n=200, seed=5, params={"shape": (2, 11, 11)}, out=layers_out)
+    _, _, s = _schedule("window", n=200, seed=5, params={"shape": (2, 11, 11)})
+    care = s.arrays()["care.x"]
+    assert r["mismatches"] == 0, r["first_mismatch"]
+    assert r["compared"] == int(care.sum()) < 200 * 8
+
+
 # --------------------------------------------------------------------------- the checker can fail
 
 def test_corrupted_golden_value_is_reported(layers_out):
@@ -153,6 +287,27 @@ def test_corrupted_golden_value_is_reported(layers_out):
     assert r["first_mismatch"] == {"vector": seen["vector"], "cycle": seen["cycle"], "port": "acc", "lane": 2,
                                    "expected": seen["bad"], "actual": seen["good"]}
     assert seen["vector"] == 7
+
+
+def test_corrupted_conv_tile_golden_is_reported(layers_out):
+    """conv_tile's golden file with one compared accumulator lane changed and one lane outside the
+    output (care 0) changed, in the same partial tile: exactly one mismatch, the compared lane."""
+    seen = {}
+
+    def tamper(arrs):
+        rows = [c for c in np.flatnonzero(arrs["vec.acc"] >= 0) if not arrs["care.acc"][c].all()]
+        c = int(rows[1])
+        care = arrs["care.acc"][c]
+        on, off = int(np.flatnonzero(care)[-1]), int(np.flatnonzero(care == 0)[0])
+        good = int(arrs["out.acc"][c, on])
+        arrs["out.acc"][c, on] = good + 1 if good < (1 << 17) - 1 else good - 1
+        arrs["out.acc"][c, off] = 12345  # not compared
+        seen.update(cycle=c, vector=int(arrs["vec.acc"][c]), lane=on, good=good, bad=int(arrs["out.acc"][c, on]))
+
+    r = L.run_layer("conv_tile", "icarus", out=layers_out, tamper=tamper)
+    assert r["mismatches"] == 1
+    assert r["first_mismatch"] == {"vector": seen["vector"], "cycle": seen["cycle"], "port": "acc", "lane": seen["lane"],
+                                   "expected": seen["bad"], "actual": seen["good"]}
 
 
 def test_mutant_hardware_is_caught(layers_out, monkeypatch):
