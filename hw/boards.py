@@ -344,6 +344,14 @@ def board_plan(board: str, spec, lanes: int = 8, baud: int = DEFAULT_BAUD, name:
         f_in = clk_hz / 1e6
         pll = (ice40_pll if BOARDS[board]["constraints"] == ".pcf" else ecp5_pll)(f_in, pll_mhz)
         clk_hz = int(round(pll["mhz"] * 1e6))
+    if accelerator is None and spec is not None and BOARDS[board]["constraints"] == ".pcf":
+        # iCE40 UP5K: LeNet-5's weights do not fit its block RAM; they live in SPRAM, loaded with 'W'
+        from .accelerator import Accelerator
+
+        try:
+            accelerator = Accelerator(spec, lanes, weights="load")
+        except (ValueError, TypeError) as e:
+            raise UserError(f"board {board}: {e}") from None
     try:
         top = BoardTop(spec, lanes, clk_hz, baud, accelerator=accelerator)
     except (ValueError, TypeError) as e:

@@ -147,21 +147,14 @@ def design_files(target: Target, spec, lanes: int, component: str | None, freq_m
             "weights": "loaded into SPRAM" if weights == "load" else "block RAM, initialised"}
     from . import boards
 
-    acc = None
-    if target.family == "ice40":  # the weights go to SPRAM, loaded over the UART ('W' command)
-        from .accelerator import Accelerator
-
-        try:
-            acc = Accelerator(spec, lanes, weights="load")
-        except ValueError as e:
-            raise UserError(str(e)) from None
-    plan, top = boards.board_plan(target.board, spec, lanes, pll_mhz=freq_mhz, accelerator=acc)
+    # on the iCEBreaker the board top's weights go to SPRAM, loaded over the UART ('W' command)
+    plan, top = boards.board_plan(target.board, spec, lanes, pll_mhz=freq_mhz)
     name = next(n[:-3] for n in plan.files if n.endswith(".il"))
     cons = ".pcf" if target.family == "ice40" else ".lpf"
     files = {f"{name}.il": plan.files[f"{name}.il"], f"{name}{cons}": plan.files[f"{name}{cons}"]}
     files = {k: v if isinstance(v, str) else v.decode() for k, v in files.items()}
     return name, files, {"board": target.board, "clk_mhz": top.clk_hz / 1e6, "baud": top.baud,
-                         "weights": "loaded into SPRAM over the UART" if acc is not None else "block RAM, initialised"}
+                         "weights": "loaded into SPRAM over the UART" if top.has_weight_port else "block RAM, initialised"}
 
 
 def make_component(name: str):
@@ -323,6 +316,8 @@ def synthesize(spec_dir: str | None, target_key: str, lanes: int = 8, component:
     if component is None:
         from .perf import cycles_per_image
 
+        result.update(preset=spec.provenance.get("preset"),
+                      spec_formats={l.name: {k: str(f) for k, f in l.formats.items()} for l in spec.layers})
         cyc = cycles_per_image(spec, lanes)  # per image, or per batch of images in lockstep
         result.update(cycles_per_image=round(cyc / batch, 1), cycles_per_batch=cyc if batch > 1 else None,
                       macs=lanes * batch, images_per_s=round(batch * clk * 1e6 / cyc, 1),

@@ -117,7 +117,32 @@ def summarize(rows, float_err: float) -> dict:
             "anna_qat_error": anna.get("qat", {}).get("error_rate")}
 
 
-def write_report(rows: list[dict], out: Path, float_err: float, checkpoint: str, seconds: float) -> dict:
+def attach_synthesis(rows: list[dict], synth_dir) -> list[dict]:
+    """Measured hardware for the points a synthesis was run on (``python -m hw.synth`` results under
+    ``synth_dir``, matched by every layer's formats): ``row["synthesis"]`` lists them, and the
+    ``luts``/``dsps``/``brams`` columns take the iCE40 build if there is one. Returns the results."""
+    results = []
+    if synth_dir is not None and Path(synth_dir).is_dir():
+        for path in sorted(Path(synth_dir).glob("*/*/result.json")):
+            try:
+                r = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if r.get("spec_formats"):
+                results.append(r)
+    for row in rows:
+        hits = [r for r in results if r["spec_formats"] == row.get("formats")]
+        if hits:
+            keep = ("target", "lanes", "batch", "luts", "ffs", "dsps", "brams", "sprams", "clock_mhz", "fmax_mhz",
+                    "images_per_s")
+            row["synthesis"] = [{k: h.get(k) for k in keep} for h in hits]
+            main = next((h for h in hits if h["target"].startswith("ice40")), hits[0])
+            row.update(luts=main["luts"], dsps=main["dsps"], brams=main["brams"])
+    return results
+
+
+def write_report(rows: list[dict], out: Path, float_err: float, checkpoint: str, seconds: float,
+                 synth_dir=None) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(rows, float_err)
@@ -173,8 +198,20 @@ def write_report(rows: list[dict], out: Path, float_err: float, checkpoint: str,
                  f"without QAT, **{_pct(summary['anna_qat_error'])} with QAT**" if summary["anna_qat_error"] is not None
                  else f"- ANNA point: {_pct(summary['anna_ptq_error'])} without QAT")
     flagged = [r for r in rows if r["acc_overflows"]]
+    synthesized = [r for r in rows if r.get("synthesis")]
     L += ["", "Hardware cost columns are **estimated from the spec** (`quantize/hwcost.py`: 8 lanes, "
-          "one DSP per lane, 4-kbit EBRs) until synthesis results are recorded.", ""]
+          "one DSP per lane, 4-kbit EBRs), except where a point was synthesized (`make synth`, results "
+          f"read from `{synth_dir}`): those are **measured** below.", ""]
+    if synthesized:
+        L += ["## Measured hardware (Yosys + nextpnr)", "",
+              "| point | error | target | lanes x batch | LUT4 | DSP | BRAM | SPRAM | Fmax MHz | images/s |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in synthesized:
+            for h in r["synthesis"]:
+                L.append(f"| {r['label']} | {_pct(r['error_rate'])} | {h['target']} | {h['lanes']} x {h.get('batch') or 1} "
+                         f"| {h['luts']:,} | {h['dsps']} | {h['brams']} | {h['sprams'] if h['sprams'] is not None else '-'} "
+                         f"| {h['fmax_mhz']} | {h['images_per_s']:,} |")
+        L.append("")
     if plots.get("heatmap"):
         L += ["## Error over (weight bits, state bits)", "", f"![heatmap]({plots['heatmap']})", ""]
         for rnd in sorted({r["rounding"] for r in grid}):

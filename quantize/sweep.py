@@ -230,15 +230,18 @@ def main(argv=None):
     p.add_argument("--out", default="build/reports/sweep")
     p.add_argument("--data", default=None, help="MNIST directory")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--synth", default="build/synth",
+                   help="python -m hw.synth results to take measured hardware columns from (if present)")
     args = p.parse_args(argv)
-    from .report import write_report
+    from .report import attach_synthesis, write_report
 
     out = Path(args.out)
     grid = load_grid(args.grid)
     t0 = time.perf_counter()
     rows = run_sweep(grid, args.checkpoint, out, args.jobs, args.qat, args.data, not args.no_progress)
     float_err = _float_error(args.checkpoint, int(grid.get("images", 10000)), args.data)
-    paths = write_report(rows, out, float_err, args.checkpoint, time.perf_counter() - t0)
+    attach_synthesis(rows, args.synth)
+    paths = write_report(rows, out, float_err, args.checkpoint, time.perf_counter() - t0, synth_dir=args.synth)
     print(f"sweep: {len(rows)} points in {time.perf_counter() - t0:.0f} s; report {paths['report']}")
     return 0
 

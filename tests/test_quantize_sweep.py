@@ -382,3 +382,27 @@ def test_summarize_nothing_within():
     assert s["smallest_within_0.2pt"] is None
     assert s["min_weight_bits_within_0.2pt"] is None and s["min_act_bits_within_0.2pt"] is None
     assert s["anna_ptq_error"] is None and s["anna_qat_error"] is None
+
+
+def test_report_takes_measured_hardware_from_synthesis(tmp_path):
+    """A synthesized spec (matched by every layer's formats) turns its point's cost columns into
+    measured figures; other points keep the estimates."""
+    import json
+
+    from quantize.report import attach_synthesis
+
+    fa = {"C1": {"weight": "Q0.7 (8b RND_CONV/SAT)"}}
+    fb = {"C1": {"weight": "Q0.5 (6b RND_CONV/SAT)"}}
+    rows = [{"label": "a", "formats": fa}, {"label": "b", "formats": fb}]
+    for target, luts in (("ecp5-85k", 9000), ("ice40-up5k", 2800)):
+        d = tmp_path / target / "x"
+        d.mkdir(parents=True)
+        (d / "result.json").write_text(json.dumps({
+            "target": target, "lanes": 8, "batch": 1, "luts": luts, "ffs": 1, "dsps": 8, "brams": 22, "sprams": 4,
+            "clock_mhz": 27, "fmax_mhz": 27.6, "images_per_s": 563.2, "spec_formats": fa}))
+    res = attach_synthesis(rows, tmp_path)
+    assert len(res) == 2
+    assert rows[0]["luts"] == 2800 and rows[0]["brams"] == 22  # the iCE40 build fills the columns
+    assert {h["target"] for h in rows[0]["synthesis"]} == {"ecp5-85k", "ice40-up5k"}
+    assert "luts" not in rows[1] and "synthesis" not in rows[1]
+    assert attach_synthesis([{"label": "c", "formats": fa}], tmp_path / "missing") == []
