@@ -79,9 +79,9 @@ def tool_argv(name: str) -> list[str]:
 
 
 def _env() -> dict:
-    env = dict(os.environ)
-    env.setdefault("YOWASP_CACHE_DIR", str(Path("build/.yowasp-cache").resolve()))
-    return env
+    # YoWASP compiles each tool once (about a minute) into its cache: $YOWASP_CACHE_DIR, else the
+    # user's cache directory, which outlives build/ and fresh clones
+    return dict(os.environ)
 
 
 def run_tool(name: str, args: list[str], cwd: Path, log: str) -> subprocess.CompletedProcess:
