@@ -111,15 +111,20 @@ endmodule
 
 
 def _spec_key(spec_dir: Path, lanes: int) -> str:
+    """What the emitted Verilog depends on: the spec, the lanes and the generator's own source."""
+    import hw
+
     h = hashlib.sha256()
     for f in ("spec.json", "weights.npz"):
         h.update((spec_dir / f).read_bytes())
     h.update(str(lanes).encode())
+    for src in sorted(Path(hw.__file__).parent.glob("*.py")):
+        h.update(src.name.encode() + src.read_bytes())
     return h.hexdigest()[:16]
 
 
 def prepare_verilog(spec, spec_dir: Path, lanes: int, out: Path) -> tuple[Path, dict]:
-    """Generate the Verilog into ``out`` unless the same spec and lanes are already there."""
+    """Generate the Verilog into ``out`` unless the same spec, lanes and generator made what is there."""
     from hw.generate import generate
 
     key = _spec_key(spec_dir, lanes)

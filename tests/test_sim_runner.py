@@ -251,3 +251,19 @@ def test_icarus_waves_written(run_module, q8_spec_dir, sim_out, sim_verilog):
         assert head.lstrip().startswith(b"$")  # VCD is text: $date / $version / $timescale ...
     else:
         assert not head.lstrip().startswith(b"$")  # FST is binary
+
+
+def test_verilog_cache_key_follows_the_generator(q8_spec_dir, tmp_path, monkeypatch):
+    """A reused simulation build must come from the same spec, lanes *and* generator source: a
+    changed hw/ file (a new engine) gives a new key, so stale Verilog is never simulated."""
+    import hw
+
+    fake = tmp_path / "hw"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("")
+    (fake / "accelerator.py").write_text("# engine v1\n")
+    monkeypatch.setattr(hw, "__file__", str(fake / "__init__.py"))
+    k1 = runner._spec_key(q8_spec_dir, 8)
+    assert runner._spec_key(q8_spec_dir, 8) == k1 and runner._spec_key(q8_spec_dir, 4) != k1
+    (fake / "accelerator.py").write_text("# engine v2\n")
+    assert runner._spec_key(q8_spec_dir, 8) != k1
