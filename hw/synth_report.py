@@ -31,6 +31,8 @@ def load_results(lines=None, results_dir=None) -> list[dict]:
 def _cell(v) -> str:
     if v is None:
         return "-"
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
     if isinstance(v, float):
         return f"{v:,.1f}" if v >= 100 else f"{v:g}"
     return f"{v:,}" if isinstance(v, int) else str(v)

@@ -105,3 +105,23 @@ def test_core_shim_drives_every_input_and_observes_every_output():
     assert (seen["valid"], seen["first"], seen["w"], seen["x"]) == (1, 1, 5, 3)
     assert seen["acc"] != 0  # the core computed from the shifted-in operands
     assert seen["sout"] == bin(seen["acc"] & 0xFF).count("1") % 2
+
+
+def test_synth_report_table(tmp_path, run_module):
+    """make synth's table: one row per build result, read from result.json files."""
+    from hw.synth_report import load_results, markdown
+
+    row = {"target": "ice40-up5k", "lanes": 8, "batch": 1, "luts": 2832, "ffs": 1978, "dsps": 8, "brams": 22,
+           "sprams": 4, "clock_mhz": 27.0, "fmax_mhz": 27.65, "cycles_per_image": 47941.0, "images_per_s": 563.2,
+           "board": "icebreaker"}
+    d = tmp_path / "ice40-up5k" / "x"
+    d.mkdir(parents=True)
+    (d / "result.json").write_text(json.dumps(row))
+    (tmp_path / "ice40-up5k" / "uart").mkdir()
+    (tmp_path / "ice40-up5k" / "uart" / "result.json").write_text(json.dumps({"target": "ice40-up5k"}))  # a component
+    rows = load_results(None, tmp_path)
+    assert rows == [row]
+    table = markdown(rows)
+    assert "| ice40-up5k | 8 | 1 | 2,832 | 1,978 | 8 | 22 | 4 | 27 | 27.65 | 47,941 | 563.2 | board top (UART) |" in table
+    r = run_module("hw.synth_report", "--results", tmp_path / "none", "--out", tmp_path / "s.md")
+    assert r.returncode != 0 and "no synthesis results" in r.stderr
