@@ -285,7 +285,8 @@ def synthesize(spec_dir: str | None, target_key: str, lanes: int = 8, component:
     if p.returncode != 0 or not report.is_file():
         fails = [l for l in log.splitlines() if "Max frequency" in l and "FAIL" in l]
         if fails:
-            raise UserError(f"timing not met at {clk:g} MHz: {fails[-1].split('Info: ')[-1].strip()} "
+            why = fails[-1].strip().removeprefix("ERROR:").removeprefix("Info:").strip()
+            raise UserError(f"timing not met at {clk:g} MHz: {why} "
                             f"(ask for a lower --freq; log: {work / 'nextpnr.log'})")
         raise UserError(f"nextpnr failed: {_last_error(log)} (log: {work / 'nextpnr.log'})")
     res = parse_report(json.loads(report.read_text()), target)

@@ -36,10 +36,11 @@ def test_component_to_bitstream(run_module, tmp_path, target, component, magic):
 
 def test_timing_failure_is_an_error(run_module, tmp_path):
     r = run_module("hw.synth", "--component", "uart", "--target", "ice40-up5k", "--freq", 900, "--out", tmp_path,
-                   timeout=600)
+                   "--json", timeout=600)
     lines = r.stderr.strip().splitlines()
     assert r.returncode != 0 and len(lines) == 1, r.stderr
-    assert lines[0].startswith("error: timing not met at 900 MHz") and "lower --freq" in lines[0]
+    assert lines[0].startswith("error: timing not met at 900 MHz: Max frequency for clock") and "lower --freq" in lines[0]
+    assert not list(tmp_path.rglob("*.bin"))  # no bitstream from a build that missed timing
 
 
 def test_unknown_target(run_module, tmp_path):

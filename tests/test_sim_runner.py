@@ -108,12 +108,20 @@ def test_cli_npy_padded_digit_same_class_as_emulator(run_module, q8_spec_dir, si
 _INIT = r"^(\s*{mem}\[{addr}\] = )(\d+)'([hbd])([0-9a-fA-F_]+);"
 
 
-def _read_init(text: str, mem: str, addr: int) -> tuple[re.Match, int]:
-    """The initialiser line ``mem[addr] = W'hXX;`` of a memory in the emitted Verilog and its value."""
-    ms = list(re.finditer(_INIT.format(mem=re.escape(mem), addr=addr), text, re.M))
-    assert len(ms) == 1, f"expected one initialiser of {mem}[{addr}] in the Verilog, found {len(ms)}"
-    m = ms[0]
+def _read_init(text: str, module: str, mem: str, addr: int) -> tuple[re.Match, int]:
+    """The initialiser line ``mem[addr] = W'hXX;`` of a memory of submodule ``module`` (``act``,
+    ``wmem``) in the emitted Verilog and its value."""
+    start = text.index(f"module \\{module_prefix(text)}.{module} (")
+    end = text.index("endmodule", start)
+    ms = list(re.finditer(_INIT.format(mem=re.escape(mem), addr=addr), text[start:end], re.M))
+    assert len(ms) == 1, f"expected one initialiser of {module}.{mem}[{addr}] in the Verilog, found {len(ms)}"
+    m = re.compile(_INIT.format(mem=re.escape(mem), addr=addr), re.M).search(text, start + ms[0].start(), end)
     return m, int(m.group(4).replace("_", ""), {"h": 16, "b": 2, "d": 10}[m.group(3)])
+
+
+def module_prefix(text: str) -> str:
+    """The top module's name (submodules are emitted as ``\\TOP.name``)."""
+    return re.search(r"^module (\w+)\(", text, re.M).group(1)
 
 
 def _write_init(text: str, m: re.Match, value: int) -> str:
@@ -169,9 +177,11 @@ def test_corrupted_c1_weight_is_caught_and_traced_to_c1(sim_spec, q8_spec_dir, s
     assert c1.name == "C1" and c1.kind == "conv"
     w0, off0, my0, mx0 = prog.tap_words[C1_TAP]
     assert (my0, mx0) == (0, 0)
+    waddr = len(prog.dense_words) + C1_TAP  # the weight memory: dense words, then the conv taps
     text = sim_verilog.read_text()
-    m, word = _read_init(text, "taps", C1_TAP)
-    assert word == (w0 & ((1 << ww) - 1)) | (off0 << ww), "taps[0] does not hold C1's first (weight, offset)"
+    m, word = _read_init(text, "wmem", "rom", waddr)
+    assert word == (w0 & ((1 << ww) - 1)) | (off0 << ww) == prog.weight_words()[waddr], \
+        "the first conv tap word does not hold C1's first (weight, offset)"
     assert (w0, off0) == (int(c1.weight[0, 0, 0, 0]), 0)
     bit = ww - 2  # a weight bit well inside the format: a large, in-range change
     bad_code = (word & ((1 << ww) - 1)) ^ (1 << bit)
@@ -208,10 +218,12 @@ def test_corrupted_activation_rounding_bit_is_caught(sim_spec, q8_spec_dir, sim_
     assert prog.lut_rom[addr] == int(c1.lut[entry])
 
     text = sim_verilog.read_text()
-    m, word = _read_init(text, "rom", addr)
+    m, word = _read_init(text, "act", "rom", addr)
     assert word == int(c1.lut[entry]) & ((1 << prog.fm_width) - 1)
     corrupted = copy.deepcopy(sim_spec)
-    corrupted.layers[0].lut[entry] = int(c1.lut[entry]) ^ 1
+    for l, lpi in zip(corrupted.layers, prog.layers):  # every layer that shares C1's table (stored once)
+        if l.lut is not None and lpi.lut_base == lp.lut_base:
+            l.lut[entry] = int(c1.lut[entry]) ^ 1
     trace, changed = _expected_trace(sim_spec, corrupted, image)
     assert trace is not None and trace["layer"] == "C1" and trace["index"] == 0
     assert abs(trace["actual"] - trace["expected"]) == 1
