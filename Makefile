@@ -94,7 +94,7 @@ SYNTH_BUILDS := \
   "--target ecp5-85k --lanes 8 --batch 12 --freq 50"
 synth: quantize
 	@mkdir -p build/reports
-	@for b in $(SYNTH_BUILDS); do $(PY) -m hw.synth --spec build/quant/lenet5-q8 $$b --json || exit 1; done \
+	@set -o pipefail; for b in $(SYNTH_BUILDS); do $(PY) -m hw.synth --spec build/quant/lenet5-q8 $$b --json || exit 1; done \
 	  | $(PY) -m hw.synth_report --out build/reports/synth.md
 
 sweep: $(STAMP)
