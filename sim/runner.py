@@ -26,7 +26,8 @@ from model.util import UserError, atomic_write_bytes, atomic_write_text
 
 SIMULATORS = ("icarus", "verilator")
 TIMESCALE = ("1ns", "1ps")
-VERILATOR_ARGS = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-CASEINCOMPLETE", "-Wno-CMPCONST", "-O2", "--timing"]
+VERILATOR_ARGS = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-CASEINCOMPLETE", "-Wno-CMPCONST", "-O3",
+                  "--x-assign", "fast", "-CFLAGS", "-O2", "--timing"]
 VERILATOR_TRACE_ARGS = ["--public-flat-rw"]  # the tracer reads the drain's write port inside the design
 
 
