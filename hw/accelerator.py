@@ -32,7 +32,7 @@ from .activation import Activation
 from .mac import MACLanes
 from .program import Program, addr_width, compile_spec
 from .weights import WeightMemory
-from .window import TileWindow
+from .window import TileWindow, _log2
 
 OUTPUT_BEATS = 11  # class + ten scores
 
@@ -43,9 +43,6 @@ def layer_gap(lanes: int) -> int:
     land before the next layer reads, and the last score before OUTPUT."""
     return lanes + 8
 
-
-def _log2(n: int) -> int:
-    return n.bit_length() - 1
 
 
 class Accelerator(wiring.Component):

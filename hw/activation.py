@@ -10,10 +10,8 @@ from amaranth.lib.wiring import In, Out
 
 from .fixed import requantize
 from .program import Program, addr_width
+from .window import _log2
 
-
-def _log2(n: int) -> int:
-    return n.bit_length() - 1
 
 
 class Activation(wiring.Component):
