@@ -9,12 +9,15 @@ EPOCHS ?=
 PYTEST_ARGS ?=
 JOBS ?= 2
 LANES ?= 8
+SIM ?= verilator
+# images for `make sim`: 1,000 in Verilator (about 40 s with the build), 100 in Icarus (about 4 min)
+IMAGES ?= $(if $(filter icarus,$(SIM)),100,1000)
 VERILATOR_WAIVERS := -Wno-WIDTHEXPAND -Wno-WIDTHTRUNC -Wno-CASEINCOMPLETE -Wno-CMPCONST
 
 .PHONY: all install train train-all evaluate quantize verilog lint sim sim-full sim-layers bench sweep test test-slow clean help
 
 help:
-	@echo "make all        main job: evaluate the committed LeNet-5, quantize it (q8, anna), report"
+	@echo "make all        main job: evaluate, quantize (q8, anna), verilog, sim; ends with a summary"
 	@echo "make install    .venv with torch 2.13.0 (CPU), the project and its dev tools, Icarus Verilog"
 	@echo "make test       the test suite (CI runs this)"
 	@echo "make test-slow  long regressions (marker 'slow')"
@@ -24,7 +27,7 @@ help:
 	@echo "make quantize   build/quant/lenet5-q8/ and build/quant/lenet5-anna/ QuantSpecs"
 	@echo "make verilog    build/verilog/lenet5_q8.v and lenet5_anna.v (+ JSON manifests), LANES=$(LANES)"
 	@echo "make lint       iverilog -g2012 and verilator --lint-only on the emitted Verilog"
-	@echo "make sim        RTL vs emulator: q8, first 100 MNIST test images, Icarus"
+	@echo "make sim        RTL vs emulator: q8, the first IMAGES=$(IMAGES) MNIST test images, SIM=$(SIM) (or icarus)"
 	@echo "make sim-full   RTL vs emulator: all 10,000 test images, q8 and anna, Verilator"
 	@echo "make sim-layers layer tops (requantize, MAC, activation LUT) vs emulator, Icarus (SIM=verilator)"
 	@echo "make bench      emulator vs torch float32 throughput; cycle model for lanes 1, 8, 32"
@@ -32,10 +35,18 @@ help:
 	@echo "make sweep      quantization sweep report in build/reports/sweep/ (JOBS=$(JOBS))"
 	@echo "make clean      remove build/"
 
-all: evaluate quantize verilog
-	$(PY) -m quantize.evaluate --spec build/quant/lenet5-q8
-	$(PY) -m quantize.evaluate --spec build/quant/lenet5-anna
-	$(MAKE) sim
+# the main job: every stage writes a JSON report into build/reports/, then one summary of them all
+all: $(STAMP)
+	@mkdir -p build/reports
+	$(MAKE) --no-print-directory -j$(JOBS) quantize verilog
+	@set -o pipefail; for a in lenet1 lenet4 lenet5; do $(PY) -m model.evaluate --arch $$a --json || exit 1; done \
+	  | tee build/reports/float.jsonl.tmp && mv build/reports/float.jsonl.tmp build/reports/float.jsonl
+	@set -o pipefail; for p in q8 anna; do $(PY) -m quantize.evaluate --spec build/quant/lenet5-$$p --json || exit 1; done \
+	  | tee build/reports/quant.jsonl.tmp && mv build/reports/quant.jsonl.tmp build/reports/quant.jsonl
+	@rm -f build/reports/sim.jsonl
+	-$(PY) -m sim --spec build/quant/lenet5-q8 --images $(IMAGES) --simulator $(SIM) --lanes $(LANES) --jobs $(JOBS) \
+	  --json --report build/reports/sim.jsonl
+	$(PY) -m sim.summary build/reports
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -77,11 +88,15 @@ lint: verilog
 	  echo "$$t: iverilog and verilator lint clean" || exit 1; done
 
 sim: quantize
-	$(PY) -m sim --spec build/quant/lenet5-q8 --images 100 --simulator icarus --lanes $(LANES) --jobs $(JOBS)
+	$(PY) -m sim --spec build/quant/lenet5-q8 --images $(IMAGES) --simulator $(SIM) --lanes $(LANES) --jobs $(JOBS)
 
 sim-full: quantize
-	$(PY) -m sim --spec build/quant/lenet5-q8 --images 10000 --simulator verilator --lanes $(LANES) --jobs $(JOBS)
-	$(PY) -m sim --spec build/quant/lenet5-anna --images 10000 --simulator verilator --lanes $(LANES) --jobs $(JOBS)
+	@mkdir -p build/reports
+	@rm -f build/reports/sim-full.jsonl
+	$(PY) -m sim --spec build/quant/lenet5-q8 --images 10000 --simulator verilator --lanes $(LANES) --jobs $(JOBS) \
+	  --report build/reports/sim-full.jsonl
+	$(PY) -m sim --spec build/quant/lenet5-anna --images 10000 --simulator verilator --lanes $(LANES) --jobs $(JOBS) \
+	  --report build/reports/sim-full.jsonl
 
 bench: quantize
 	$(PY) -m quantize.bench --spec build/quant/lenet5-q8

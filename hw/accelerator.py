@@ -21,7 +21,7 @@ equals :func:`hw.perf.cycles_per_image` when the streams never stall.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Array, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -117,7 +117,9 @@ class Accelerator(wiring.Component):
         m.submodules.inlut = inlut = Memory(shape=signed(dw), depth=256, init=prog.input_lut)
         in_rps = [inlut.read_port() for _ in range(B)]
 
-        macs, acts = [MACLanes(P, ww, dw, prog.acc_width) for _ in range(B)], [Activation(prog) for _ in range(B)]
+        # the bias is added in the drain: the lanes restart from 0
+        macs = [MACLanes(P, ww, dw, prog.acc_width, bias=False) for _ in range(B)]
+        acts = [Activation(prog) for _ in range(B)]
         for b in range(B):
             m.submodules[name("mac", b)], m.submodules[name("act", b)] = macs[b], acts[b]
         act = acts[0]
@@ -297,23 +299,28 @@ class Accelerator(wiring.Component):
                 m.next = "IDLE"
 
         # -- tap pipeline: c1 (weight word), c2 (window address), c4 (lanes' pixels), MAC, c6 (accumulators final)
+        # the fields are as narrow as the spec allows: a pipeline word of at most 64 bits is one machine
+        # word in a simulator (Icarus allocates wider vectors on the heap at every copy)
+        max_tiles = max([max(lp.tiles) for lp in layers] + [1])
+        max_n0 = max(lp.n_out for lp in layers) + P
         info = data.StructLayout({"valid": 1, "first": 1, "last": 1, "conv": 1, "layer": range(max(n_layers, 2)),
-                                  "ty": 8, "tx": 8, "map_off": AW, "n0": 16, "bias_addr": act.bias_addr.shape(),
-                                  "mask": P})
-        st = [Signal(info, name=f"s{j}") for j in range(7)]  # st[j]: the tap issued j cycles ago
-        mask_now = Signal(P)
-        for q in range(P):
-            dy, dx = divmod(q, C)
-            m.d.comb += mask_now[q].eq(Mux(k_conv, ((ty << lr) + dy < k["out_h"]) & ((tx << lc) + dx < k["out_w"]),
-                                           p0 + q < k["n_out"]))
-        m.d.comb += [st[0].valid.eq(issue), st[0].first.eq(t_cnt == 0), st[0].last.eq(issue & last_tap),
-                     st[0].conv.eq(k_conv), st[0].layer.eq(layer), st[0].ty.eq(ty), st[0].tx.eq(tx),
-                     st[0].map_off.eq(map_off), st[0].n0.eq(p0),
-                     st[0].bias_addr.eq(k["bias_base"] + Mux(k_conv, o_cnt, p0)), st[0].mask.eq(mask_now)]
-        m.d.sync += [st[j + 1].eq(st[j]) for j in range(6)]
-        s1_tile, s1_dense, s2_tile, s2_dense = Signal(AW), Signal(AW), Signal(AW), Signal(AW)
-        s1_bank, s2_bank = Signal(max(1, _log2(P))), Signal(max(1, _log2(P)))
-        s1_row_step, s1_col_step, s2_row_step, s2_col_step = Signal(AW), Signal(AW), Signal(AW), Signal(AW)
+                                  "ty": range(max_tiles), "tx": range(max_tiles), "map_off": AW,
+                                  "n0": range(max_n0), "bias_addr": act.bias_addr.shape(), "mask": P})
+        # st[j]: the tap issued j cycles ago (j >= 1, registers). The issue stage writes st[1] field by
+        # field in one registered assignment: no combinational struct assembled from parts (in Icarus a
+        # net driven by several parts re-sends its whole value to every reader at each part's change)
+        st = [None] + [Signal(info, name=f"s{j}") for j in range(1, 7)]
+        mask_now = Cat(*(Mux(k_conv, ((ty << lr) + q // C < k["out_h"]) & ((tx << lc) + q % C < k["out_w"]),
+                             p0 + q < k["n_out"]) for q in range(P)))
+        m.d.sync += [st[1].valid.eq(issue), st[1].first.eq(t_cnt == 0), st[1].last.eq(issue & last_tap),
+                     st[1].conv.eq(k_conv), st[1].layer.eq(layer), st[1].ty.eq(ty), st[1].tx.eq(tx),
+                     st[1].map_off.eq(map_off), st[1].n0.eq(p0),
+                     st[1].bias_addr.eq(k["bias_base"] + Mux(k_conv, o_cnt, p0)), st[1].mask.eq(mask_now)]
+        m.d.sync += [st[j + 1].eq(st[j]) for j in range(1, 6)]
+        # the datapath registers below carry no reset: they are qualified by the valid bits of ``st``
+        s1_tile, s1_dense, s2_tile, s2_dense = (Signal(AW, reset_less=True) for _ in range(4))
+        s1_bank, s2_bank = (Signal(max(1, _log2(P)), reset_less=True) for _ in range(2))
+        s1_row_step, s1_col_step, s2_row_step, s2_col_step = (Signal(AW, reset_less=True) for _ in range(4))
         dword = dc_off + ((dy_ >> lr) << in_llw) + (dx_ >> lc)
         dbank = (dy_[:lr] << lc if R > 1 else 0) | (dx_[:lc] if C > 1 else 0)
         m.d.sync += [s1_tile.eq(k["in_base"] + tile_off), s1_dense.eq(k["in_base"] + dword), s1_bank.eq(dbank),
@@ -322,7 +329,7 @@ class Accelerator(wiring.Component):
                      s2_row_step.eq(s1_row_step), s2_col_step.eq(s1_col_step)]
 
         # c1: the weight word leaves the memory and is registered as it is
-        wdata = Signal(prog.weight_word_width)
+        wdata = Signal(prog.weight_word_width, reset_less=True)
         m.d.sync += wdata.eq(wmem.rdata)
         tap_w = wdata[:ww].as_signed()
         tap_off = wdata[ww:ww + offw]
@@ -334,18 +341,17 @@ class Accelerator(wiring.Component):
                 m.d.comb += win.my.eq(wdata[ww + offw:ww + offw + myw])
             if mxw:
                 m.d.comb += win.mx.eq(wdata[ww + offw + myw:ww + offw + myw + mxw])
-        s3_w = [Signal(signed(ww), name=f"s3_w{q}") for q in range(P)]
-        s4_w = [Signal(signed(ww), name=f"s4_w{q}") for q in range(P)]
-        for q in range(P):
-            m.d.sync += [s3_w[q].eq(Mux(st[2].conv, tap_w, wdata[q * ww:(q + 1) * ww].as_signed())),
-                         s4_w[q].eq(s3_w[q])]
+        # the lanes' weights, delayed to meet their pixels: one register of P weights per stage (a
+        # register costs a simulator about as much per cycle whatever its width)
+        s3_w, s4_w = Signal(P * ww, name="s3_w", reset_less=True), Signal(P * ww, name="s4_w", reset_less=True)
+        m.d.sync += [s3_w.eq(Mux(st[2].conv, tap_w.as_unsigned().replicate(P), wdata[:P * ww])), s4_w.eq(s3_w)]
 
         # c4: the lanes' pixels and weights into the MACs
         for b in range(B):
             mac, act, win, in_rp = macs[b], acts[b], wins[b], in_rps[b]
             m.d.comb += [mac.valid.eq(st[4].valid), mac.first.eq(st[4].first)]
             for q in range(P):
-                m.d.comb += [mac.w[q].eq(s4_w[q]), mac.x[q].eq(win.x[q]), mac.bias[q].eq(0)]
+                m.d.comb += [mac.w[q].eq(s4_w[q * ww:(q + 1) * ww].as_signed()), mac.x[q].eq(win.x[q])]
 
             m.d.comb += [act.capture.eq(st[6].last), act.layer.eq(st[6].layer), act.ty.eq(st[6].ty),
                          act.tx.eq(st[6].tx), act.map_off.eq(st[6].map_off), act.n0.eq(st[6].n0),

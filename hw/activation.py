@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
-from amaranth.lib.data import ArrayLayout
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -42,7 +41,7 @@ class Activation(wiring.Component):
         bw = max(1, _log2(P))
         super().__init__({
             "capture": In(1),
-            "acc": In(ArrayLayout(signed(program.acc_width), P)),
+            "acc": In(signed(program.acc_width)).array(P),
             "layer": In(range(max(n, 2))),
             "ty": In(8),
             "tx": In(8),
@@ -64,7 +63,7 @@ class Activation(wiring.Component):
         prog, P = self.program, self.lanes
         R, C, aw = prog.R, prog.C, self.addr_width
         lr, lc = _log2(R), _log2(C)
-        accs = [Signal(signed(prog.acc_width), name=f"acc{q}") for q in range(P)]
+        accs = [Signal(signed(prog.acc_width), name=f"acc{q}", reset_less=True) for q in range(P)]  # data: no reset
         mask = Signal(P)
         layer = Signal.like(self.layer)
         ty, tx, map_off, n0 = Signal.like(self.ty), Signal.like(self.tx), Signal.like(self.map_off), Signal.like(self.n0)
@@ -74,12 +73,15 @@ class Activation(wiring.Component):
         m.d.comb += self.busy.eq(active)
 
         # d0: lane k's value is at the head of the shift register accs[0]
+        # the accumulators as expressions, not inside the If below: their inputs change every cycle,
+        # and an event-driven simulator re-runs an If's process at each change (see hw.window.select)
+        for q in range(P):
+            shifted = accs[q + 1] if q < P - 1 else accs[q]
+            m.d.sync += accs[q].eq(Mux(self.capture, self.acc[q], Mux(active, shifted, accs[q])))
         with m.If(self.capture):
-            m.d.sync += [accs[q].eq(self.acc[q]) for q in range(P)]
             m.d.sync += [mask.eq(self.mask), layer.eq(self.layer), ty.eq(self.ty), tx.eq(self.tx),
                          map_off.eq(self.map_off), n0.eq(self.n0), bias_addr.eq(self.bias_addr), k.eq(0), active.eq(1)]
         with m.Elif(active):
-            m.d.sync += [accs[q].eq(accs[q + 1]) for q in range(P - 1)]
             m.d.sync += [mask.eq(mask >> 1), k.eq(k + 1)]
             with m.If(k == P - 1):
                 m.d.sync += active.eq(0)
@@ -123,15 +125,16 @@ class Activation(wiring.Component):
         m.d.comb += brp.addr.eq(bias_addr + Mux(dense, k, 0))
 
         # d1: the bias arrives; the sum is registered (a block RAM's output is slow: no more logic after it)
-        acc1 = Signal(signed(prog.acc_width))
+        acc1 = Signal(signed(prog.acc_width), reset_less=True)
         v1 = Signal()
-        waddr1 = Signal.like(self.waddr)
-        idx1 = Signal.like(self.score_idx)
-        layer1 = Signal.like(layer)
+        waddr1 = Signal.like(self.waddr, reset_less=True)
+        idx1 = Signal.like(self.score_idx, reset_less=True)
+        layer1 = Signal.like(layer, reset_less=True)
         m.d.sync += [acc1.eq(accs[0]), v1.eq(active & mask[0]), layer1.eq(layer),
                      waddr1.eq(word if P == 1 else (bank << aw) | word), idx1.eq(n0 + k)]
-        total = Signal(signed(prog.acc_width))
-        v2, waddr2, idx2, layer2 = Signal(), Signal.like(self.waddr), Signal.like(self.score_idx), Signal.like(layer)
+        total = Signal(signed(prog.acc_width), reset_less=True)
+        v2 = Signal()
+        waddr2, idx2, layer2 = (Signal.like(s, reset_less=True) for s in (self.waddr, self.score_idx, layer))
         m.d.sync += [total.eq(acc1 + brp.data), v2.eq(v1), waddr2.eq(waddr1), idx2.eq(idx1), layer2.eq(layer1)]
         # d2: wrap, requantize, ROM address (or the score)
         has_act2 = Signal()
@@ -149,7 +152,7 @@ class Activation(wiring.Component):
         m.d.comb += [self.score_we.eq(v2 & ~has_act2), self.score_idx.eq(idx2)]
         # d3: the ROM's data arrives with the registered write address
         we3 = Signal()
-        waddr3 = Signal.like(self.waddr)
+        waddr3 = Signal.like(self.waddr, reset_less=True)
         m.d.sync += [we3.eq(v2 & has_act2), waddr3.eq(waddr2)]
         m.d.comb += [self.we.eq(we3), self.waddr.eq(waddr3), self.wdata.eq(rp.data)]
         return m

@@ -10,12 +10,11 @@ import json
 import re
 from pathlib import Path
 
-from amaranth.back import verilog
-
 from model.util import UserError, atomic_write_text, cli
 from quantize import spec as qspec
 
-from .accelerator import Accelerator
+from .accelerator import OUTPUT_BEATS, Accelerator
+from .emit import emit_verilog
 from .perf import schedule
 
 
@@ -42,16 +41,19 @@ def generate(spec, lanes: int, name: str | None = None) -> tuple[str, dict]:
     except (ValueError, TypeError) as e:
         raise UserError(str(e)) from None
     name = name or top_name(spec)
-    text = verilog.convert(dut, name=name, emit_src=False)
+    text = emit_verilog(dut, name)
     sched = schedule(spec, lanes)
     prog = dut.program
+    streamed = prog.input_size - 2 * prog.input_pad  # the loader writes the padding border itself
     manifest = {
         "top": name, "lanes": lanes, "network": spec.network, "preset": spec.provenance.get("preset"),
         "spec_sha256": spec.provenance.get("checkpoint_sha256"),
         "verilog_sha256": hashlib.sha256(text.encode()).hexdigest(),
         "ports": ports_of(text, name),
-        "streams": {"i": "uint8 pixels of a 28x28 image, raster order",
-                    "o": "11 beats: class, then scores 0..9 (o__payload: value = low bits, last = top bit)"},
+        "streams": {"i": f"uint8 pixels of a {streamed} x {streamed} image, raster order",
+                    "o": f"{OUTPUT_BEATS} beats: class, then scores 0..{prog.scores - 1} "
+                         "(o__payload: value = low bits, last = top bit)"},
+        "image_shape": [streamed, streamed], "output_beats": OUTPUT_BEATS,
         "cycles_per_image": sched["cycles_per_image"], "macs_per_image": sched["macs_per_image"],
         "utilisation_ratio": sched["utilisation_ratio"], "cycle_model": sched["layers"],
         "memories": {"feature_banks": lanes, "feature_words_per_bank": prog.fm_words, "feature_width": prog.fm_width,

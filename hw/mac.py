@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import wiring
-from amaranth.lib.data import ArrayLayout
 from amaranth.lib.wiring import In, Out
 
 
@@ -28,32 +27,46 @@ class MACLanes(wiring.Component):
     lanes : int
     weight_width, data_width, acc_width : int
         Signed operand and accumulator widths (from the QuantSpec).
+    bias : bool
+        With False there is no ``bias`` port: ``first`` restarts the accumulators from 0 (the
+        accelerator adds the bias in the drain), and no bias registers are built.
     """
 
-    def __init__(self, lanes: int, weight_width: int, data_width: int, acc_width: int):
+    def __init__(self, lanes: int, weight_width: int, data_width: int, acc_width: int, bias: bool = True):
         _check_int("lanes", lanes, 1, 256)
         _check_int("weight_width", weight_width, 2, 32)
         _check_int("data_width", data_width, 2, 32)
         _check_int("acc_width", acc_width, 2, 64)
         self.lanes, self.weight_width, self.data_width, self.acc_width = lanes, weight_width, data_width, acc_width
-        super().__init__({
+        self.has_bias = bias
+        ports = {
             "valid": In(1),
             "first": In(1),
-            "w": In(ArrayLayout(signed(weight_width), lanes)),
-            "x": In(ArrayLayout(signed(data_width), lanes)),
-            "bias": In(ArrayLayout(signed(acc_width), lanes)),
-            "acc": Out(ArrayLayout(signed(acc_width), lanes)),
-        })
+            "w": In(signed(weight_width)).array(lanes),
+            "x": In(signed(data_width)).array(lanes),
+            "acc": Out(signed(acc_width)).array(lanes),
+        }
+        if bias:
+            ports["bias"] = In(signed(acc_width)).array(lanes)
+        super().__init__(ports)
 
     def elaborate(self, platform):
         m = Module()
         valid = Signal()
         first = Signal()
         m.d.sync += [valid.eq(self.valid), first.eq(self.first)]
+        # data registers have no reset (only ``valid``/``first`` do): fewer gates on the FPGA, and in
+        # an event-driven simulator no reset multiplexer to re-evaluate whenever the data change
         for q in range(self.lanes):
-            prod = Signal(signed(self.weight_width + self.data_width), name=f"prod{q}")
-            bias = Signal(signed(self.acc_width), name=f"bias{q}")
-            m.d.sync += [prod.eq(self.w[q] * self.x[q]), bias.eq(self.bias[q])]
-            with m.If(valid):
-                m.d.sync += self.acc[q].eq(Mux(first, bias, self.acc[q]) + prod)
+            prod = Signal(signed(self.weight_width + self.data_width), name=f"prod{q}", reset_less=True)
+            acc = Signal(signed(self.acc_width), name=f"acc{q}", reset_less=True)
+            m.d.sync += prod.eq(self.w[q] * self.x[q])
+            bias = 0
+            if self.has_bias:
+                bias = Signal(signed(self.acc_width), name=f"bias{q}", reset_less=True)
+                m.d.sync += bias.eq(self.bias[q])
+            # one expression rather than an If: an event-driven simulator evaluates an expression as a
+            # net (cheap) and an If as a process woken at every change of its inputs (costly)
+            m.d.sync += acc.eq(Mux(valid, Mux(first, bias, acc) + prod, acc))
+            m.d.comb += self.acc[q].eq(acc)
         return m

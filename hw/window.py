@@ -11,9 +11,8 @@ every lane.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Array, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
-from amaranth.lib.data import ArrayLayout
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -23,6 +22,20 @@ from .mac import _check_int
 
 def _log2(n: int) -> int:
     return n.bit_length() - 1
+
+
+def select(values: list, index):
+    """``values[index]`` as a tree of 2:1 multiplexers on the index bits, least significant first.
+
+    The same logic as ``Array(values)[index]`` for a power-of-two number of values, written as
+    expressions: in an event-driven simulator (Icarus) they are nets, which cost far less than the
+    process an ``Array`` read becomes (woken at every change of any input).
+    """
+    level, bit = list(values), 0
+    while len(level) > 1:
+        level = [Mux(index[bit], level[k + 1], level[k]) for k in range(0, len(level), 2)]
+        bit += 1
+    return level[0]
 
 
 class TileWindow(wiring.Component):
@@ -67,7 +80,7 @@ class TileWindow(wiring.Component):
             "mx": In(range(C)),
             "dense": In(1),
             "bank": In(range(self.P)),
-            "x": Out(ArrayLayout(signed(width), self.P)),
+            "x": Out(signed(width)).array(self.P),
             "we": In(1),
             "waddr": In(unsigned(aw + bw)),
             "wdata": In(signed(width)),
@@ -95,11 +108,13 @@ class TileWindow(wiring.Component):
         # the rotation amounts of the word now leaving the banks
         my, mx, dense, bank = Signal.like(self.my), Signal.like(self.mx), Signal(), Signal.like(self.bank)
         m.d.sync += [my.eq(self.my), mx.eq(self.mx), dense.eq(self.dense), bank.eq(self.bank)]
-        bcast = Array(data)[bank] if P > 1 else data[0]
-        rows = [Array(data[r * C:(r + 1) * C]) for r in range(R)]
+        bcast = select(data, bank)
         for dy in range(R):
-            row = Array(rows)[(dy + my)[:lr]] if R > 1 else rows[0]
+            row_sel = (dy + my)[:lr] if R > 1 else None
             for dx in range(C):
-                v = row[(dx + mx)[:lc]] if C > 1 else row[0]
-                m.d.sync += self.x[dy * C + dx].eq(Mux(dense, bcast, v))
+                col_sel = (dx + mx)[:lc] if C > 1 else None
+                v = select([select(data[r * C:(r + 1) * C], col_sel) for r in range(R)], row_sel)
+                x = Signal(signed(self.width), name=f"x{dy * C + dx}", reset_less=True)  # data: no reset
+                m.d.sync += x.eq(Mux(dense, bcast, v))
+                m.d.comb += self.x[dy * C + dx].eq(x)
         return m

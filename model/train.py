@@ -13,8 +13,8 @@ import time
 
 import numpy as np
 import torch
+from model.progress import Progress
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from . import checkpoint, data
 from .evaluate import evaluate
@@ -66,7 +66,7 @@ def train(arch: str, epochs: int, seed: int, distort_on: bool, batch: int = 32, 
     steps_per_epoch = math.ceil(len(x_all) / batch)
     total = epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=0.15)
-    bar = tqdm(total=total, disable=not progress, unit="batch", dynamic_ncols=True, file=sys.stderr)
+    bar = Progress(total, "batch", f"epoch 1/{epochs}", enabled=progress)
     for epoch in range(epochs):
         model.train()
         order = torch.randperm(len(x_all), generator=gen)
@@ -89,11 +89,10 @@ def train(arch: str, epochs: int, seed: int, distort_on: bool, batch: int = 32, 
             seen += len(y)
             wrong += int((logits.argmax(1) != y).sum())
             loss_sum += float(loss.detach()) * len(y)
-            bar.update(1)
             if i % 50 == 0 or i == steps_per_epoch - 1:
-                bar.set_description(f"epoch {epoch + 1}/{epochs}")
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", err=f"{100 * wrong / seen:.2f}%",
-                                img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+                bar.describe(f"epoch {epoch + 1}/{epochs}", loss=f"{loss_sum / seen:.4f}", err=f"{100 * wrong / seen:.2f}%",
+                             img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+            bar.update(1)
     bar.close()
     model.eval()
     return model

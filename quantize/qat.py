@@ -8,15 +8,14 @@ value was clipped). Formats are taken from a calibrated spec and held fixed whil
 from __future__ import annotations
 
 import math
-import sys
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from model import data
+from model.progress import Progress
 from model.lenet import LeNet, A as TANH_A, S as TANH_S
 
 from .qformat import QFormat
@@ -82,8 +81,7 @@ def finetune(model: LeNet, spec: QuantSpec, epochs: int, lr: float = 3e-4, seed:
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     steps = math.ceil(len(imgs) / batch)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps)
-    bar = tqdm(total=epochs * steps, disable=not progress, unit="batch", file=sys.stderr, dynamic_ncols=True,
-               desc="QAT")
+    bar = Progress(epochs * steps, "batch", f"QAT epoch 1/{epochs}", enabled=progress)
     for epoch in range(epochs):
         model.train()
         order = torch.randperm(len(imgs), generator=gen)
@@ -99,10 +97,10 @@ def finetune(model: LeNet, spec: QuantSpec, epochs: int, lr: float = 3e-4, seed:
             sched.step()
             seen += len(idx)
             wrong += int((logits.detach().argmax(1) != labels[idx]).sum())
-            bar.update(1)
             if i % 100 == 0:
-                bar.set_description(f"QAT epoch {epoch + 1}/{epochs}")
-                bar.set_postfix(err=f"{100 * wrong / seen:.2f}%", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+                bar.describe(f"QAT epoch {epoch + 1}/{epochs}", err=f"{100 * wrong / seen:.2f}%",
+                             img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+            bar.update(1)
     bar.close()
     model.eval()
     return model

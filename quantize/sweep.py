@@ -19,8 +19,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
 
-from tqdm import tqdm
 
+from model.progress import Progress
 from model.util import UserError, load_json_object, atomic_write_text, cli, sha256_file
 
 from .calibrate import PRESETS, check_config
@@ -197,14 +197,13 @@ def run_sweep(grid: dict, ckpt: str, out: Path, jobs: int = 1, qat: bool = False
           file=sys.stderr)
     # slow (QAT) points first so the parallel tail stays short
     todo.sort(key=lambda kp: -kp[1]["config"].get("qat_epochs", 0))
-    bar = tqdm(total=len(todo), unit="point", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    bar = Progress(len(todo), "point", "sweep", enabled=progress)
 
     def finish(key, row):
         row["key"] = key
         atomic_write_text(cache / f"{key}.json", json.dumps(row, indent=1))
         results[key] = row
-        bar.set_postfix_str(f"{row['label']}: {100 * row['error_rate']:.2f}%")
-        bar.update(1)
+        bar.update(1, last=f"{row['label']}: {100 * row['error_rate']:.2f}%")
 
     if jobs == 1 or len(todo) <= 1:
         _init_worker(ckpt, images, data_dir, threads=2 if jobs == 1 else 1)

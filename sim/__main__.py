@@ -1,7 +1,9 @@
-"""``python -m sim --spec DIR [--images N | FILE.npy] [--simulator icarus|verilator] [--waves] [--json]``
+"""``python -m sim --spec DIR [--images N | FILE.npy] [--simulator verilator|icarus] [--jobs J] [--json]``
 
 Runs the emitted Verilog of a QuantSpec on MNIST test images (or any uint8 N x 28 x 28 / N x 32 x 32
-array) in a real simulator and compares class and scores with the emulator, bit for bit.
+array) in a real simulator and compares class and scores with the emulator, bit for bit. Progress
+(images done, images/s, mismatches so far) goes to stderr: a bar on a terminal, a plain line every
+10 s otherwise.
 """
 from __future__ import annotations
 
@@ -21,13 +23,18 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m sim", description=__doc__.split("\n\n")[1])
     p.add_argument("--spec", required=True, help="QuantSpec directory")
     p.add_argument("--images", default="100", help="N (the first N MNIST test images) or a .npy file")
-    p.add_argument("--simulator", default=os.environ.get("SIM", "icarus"), help="icarus (default) or verilator")
+    p.add_argument("--simulator", default=os.environ.get("SIM") or "verilator",
+                   help="verilator (default, or $SIM) or icarus")
     p.add_argument("--lanes", type=int, default=8)
-    p.add_argument("--jobs", type=int, default=1, help="simulator processes in parallel (images split between them)")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                   help="simulator processes in parallel (images split between them; default: up to 2)")
     p.add_argument("--waves", action="store_true", help="write a waveform (FST, with Icarus or Verilator)")
     p.add_argument("--data", default=None, help="MNIST directory")
     p.add_argument("--out", default="build/sim")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument("--report", default=None, metavar="FILE",
+                   help="append the result as one JSON line to FILE (read by python -m sim.summary)")
     args = p.parse_args(argv)
     if args.simulator not in SIMULATORS:
         raise UserError(f"unknown --simulator {args.simulator!r} (icarus or verilator)")
@@ -44,13 +51,19 @@ def main(argv=None):
         images = load_images(args.images)
     if args.jobs < 1:
         raise UserError("--jobs must be at least 1")
-    res = run(args.spec, images, args.simulator, args.lanes, args.waves, args.out, jobs=args.jobs)
+    res = run(args.spec, images, args.simulator, args.lanes, args.waves, args.out, jobs=args.jobs,
+              progress=not args.quiet)
+    if args.report:
+        os.makedirs(os.path.dirname(os.path.abspath(args.report)), exist_ok=True)
+        with open(args.report, "a") as f:
+            f.write(json.dumps(res) + "\n")
     if args.json:
         print(json.dumps(res))
     else:
         print(f"{res['simulator']}: {res['images'] - res['mismatches']}/{res['images']} images bit-exact, "
               f"{res['cycles_per_image']} cycles/image (model {res['cycles_per_image_model']}), "
-              f"{res['images_per_s']} images/s simulated")
+              f"{res['images_per_s']} images/s ({res['cycles_per_s']:,} cycles/s) with {res['jobs']} processes, "
+              f"{res['sim_seconds']} s + {res['build_seconds']} s build")
         if res["first_mismatch"]:
             print("first mismatch: " + json.dumps(res["first_mismatch"]))
     return 1 if res["mismatches"] or not res["cycles_match_model"] else 0

@@ -91,7 +91,7 @@ from amaranth.lib.wiring import In, Out
 from model.util import UserError, atomic_write_bytes, atomic_write_text, cli
 from quantize.qformat import QFormat
 
-from .runner import SIMULATORS, TIMESCALE, VERILATOR_ARGS, check_simulator, icarus_copy
+from .build import SIMULATORS, build, check_simulator, icarus_copy
 
 PERIOD_NS = 10
 RESET_CYCLES = 2
@@ -107,6 +107,7 @@ class Port:
     elem_width: int
     elems: int
     signed: bool
+    parts: tuple[str, ...] = ()  # an array of ports: the Verilog port of each element (name__0, ...)
 
     @property
     def width(self) -> int:
@@ -124,8 +125,12 @@ def ports_of(component: wiring.Component) -> list[Port]:
         elem_shape, elems = (shape.elem_shape, shape.length) if isinstance(shape, ArrayLayout) else (shape, 1)
         elem = Shape.cast(elem_shape)
         direction = "in" if member.flow == In else "out"
-        for idx in itertools.product(*(range(d) for d in member.dimensions)):
-            name = "__".join(str(p) for p in (*path, *idx))
+        name = "__".join(str(p) for p in path)
+        if member.dimensions:  # ``In(shape).array(n)``: one port per element, one logical port here
+            parts = tuple("__".join(str(p) for p in (*path, *idx))
+                          for idx in itertools.product(*(range(d) for d in member.dimensions)))
+            ports.append(Port(name, direction, elem.width, elems * len(parts), elem.signed, parts))
+        else:
             ports.append(Port(name, direction, elem.width, elems, elem.signed))
     return ports
 
@@ -646,8 +651,9 @@ class WindowMAC(wiring.Component):
             valid_k, first_k = Signal(name=f"valid_d{k + 1}"), Signal(name=f"first_d{k + 1}")
             m.d.sync += [w_k.eq(w), valid_k.eq(valid), first_k.eq(first)]
             w, valid, first = w_k, valid_k, first_k
-        m.d.comb += [mac.x.eq(win.x), mac.w.eq(w), mac.valid.eq(valid), mac.first.eq(first),
-                     mac.bias.as_value().eq(0), self.acc.eq(mac.acc)]
+        m.d.comb += [mac.valid.eq(valid), mac.first.eq(first)]
+        for q in range(self.P):
+            m.d.comb += [mac.x[q].eq(win.x[q]), mac.w[q].eq(w[q]), mac.bias[q].eq(0), self.acc[q].eq(mac.acc[q])]
         return m
 
 
@@ -863,8 +869,6 @@ def run_layer(name: str, simulator: str = "icarus", n: int | None = None, seed: 
     ``mismatches`` (compared values that differ), ``first_mismatch`` (vector, cycle, port, lane,
     expected, actual; None when bit-exact) and timings.
     """
-    from cocotb_tools.runner import get_runner
-
     top = get_layer(name)
     check_simulator(simulator)
     if n is not None and (not isinstance(n, int) or n < 1):
@@ -884,13 +888,10 @@ def run_layer(name: str, simulator: str = "icarus", n: int | None = None, seed: 
     if simulator == "icarus":
         vpath = icarus_copy(vpath)
     sim_dir = work / simulator
-    args = VERILATOR_ARGS + (["--trace-fst", "--trace-structs"] if waves else []) if simulator == "verilator" else []
-    key = hashlib.sha256(repr((args, waves, TIMESCALE)).encode()).hexdigest()[:8]
-    build_dir = sim_dir / f"build-{key}"
-    runner = get_runner(simulator)
     t0 = time.perf_counter()
-    runner.build(sources=[vpath], hdl_toplevel=f"layer_{name}", build_dir=build_dir, build_args=args, always=False,
-                 waves=waves, log_file=sim_dir / "build.log", timescale=TIMESCALE)
+    # the testbench drives and reads the layer top's ports: every signal visible (public)
+    tb = build(simulator, [vpath], f"layer_{name}", sim_dir, public=True, waves=waves)
+    build_dir = tb.directory
     build_s = time.perf_counter() - t0
 
     run_dir = sim_dir / "run"
@@ -907,13 +908,10 @@ def run_layer(name: str, simulator: str = "icarus", n: int | None = None, seed: 
     if result_path.exists():
         result_path.unlink()
     t1 = time.perf_counter()
-    try:
-        runner.test(test_module="sim.tb_layers", hdl_toplevel=f"layer_{name}", build_dir=build_dir, test_dir=run_dir,
-                    extra_env={"LENET_LAYER_GOLDEN": str(golden.resolve()), "LENET_LAYER_RESULT": str(result_path.resolve()),
-                               "COCOTB_LOG_LEVEL": "WARNING"},
-                    waves=waves, log_file=run_dir / "sim.log", results_xml=str((run_dir / "results.xml").resolve()))
-    except SystemExit as e:  # cocotb_tools exits when the simulator or the testbench itself fails
-        raise UserError(f"layer {name}: the {simulator} simulation failed (exit {e.code}); see {run_dir / 'sim.log'}") from None
+    err = tb.run_test("sim.tb_layers", run_dir, env={"LENET_LAYER_GOLDEN": str(golden.resolve()),
+                                                     "LENET_LAYER_RESULT": str(result_path.resolve())})
+    if err:
+        raise UserError(f"layer {name}: {err}; see {run_dir / 'sim.log'}")
     sim_s = time.perf_counter() - t1
     if not result_path.is_file():
         raise UserError(f"layer {name}: the simulation produced no result; see {run_dir / 'sim.log'}")

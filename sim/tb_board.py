@@ -152,16 +152,13 @@ def run(spec_dir, images: np.ndarray, simulator: str = "icarus", lanes: int = 8,
         out: str | os.PathLike = "build/sim-board", waves: bool = False) -> dict:
     """Send ``images`` (uint8 N x 28 x 28) to the simulated board over its UART pins; compare with the
     emulator. Returns the testbench's results (classes, scores, mismatches, first_mismatch, ...)."""
-    import copy
-
-    from cocotb_tools.runner import get_runner
 
     from hw.perf import cycles_per_image
     from model.data import check_images
     from model.util import UserError, atomic_write_bytes, atomic_write_text
     from quantize import spec as qspec
     from quantize.emulator import Emulator
-    from sim.runner import TIMESCALE, VERILATOR_ARGS, check_simulator, icarus_copy
+    from sim.build import build, check_simulator, icarus_copy
 
     check_simulator(simulator)
     spec_dir = Path(spec_dir)
@@ -181,12 +178,7 @@ def run(spec_dir, images: np.ndarray, simulator: str = "icarus", lanes: int = 8,
         atomic_write_text(hpath, htext)
 
     run_dir = work / simulator
-    args = VERILATOR_ARGS + (["--trace-fst", "--trace-structs"] if waves else []) if simulator == "verilator" else []
-    key = hashlib.sha256(vpath.read_bytes() + htext.encode() + repr((args, waves, TIMESCALE)).encode()).hexdigest()[:12]
-    build_dir = run_dir / "build" / key
-    runner = get_runner(simulator)
-    runner.build(sources=[hpath, vpath], hdl_toplevel=HARNESS, build_dir=build_dir, build_args=args, always=False,
-                 waves=waves, log_file=run_dir / "build.log", timescale=TIMESCALE)
+    tb = build(simulator, [hpath, vpath], HARNESS, run_dir, public=True, waves=waves)
 
     test_dir = run_dir / "test"
     test_dir.mkdir(parents=True, exist_ok=True)
@@ -204,12 +196,10 @@ def run(spec_dir, images: np.ndarray, simulator: str = "icarus", lanes: int = 8,
     if result_path.exists():
         result_path.unlink()
     t0 = time.perf_counter()
-    copy.copy(runner).test(test_module="sim.tb_board", hdl_toplevel=HARNESS, build_dir=build_dir, test_dir=test_dir,
-                           extra_env={CONFIG_ENV: str(cfg_path.resolve()), "COCOTB_LOG_LEVEL": "WARNING"},
-                           waves=waves, log_file=test_dir / "sim.log",
-                           results_xml=str((test_dir / "results.xml").resolve()))
+    err = tb.run_test("sim.tb_board", test_dir, env={CONFIG_ENV: str(cfg_path.resolve())})
     if not result_path.is_file():
-        raise UserError(f"the board simulation produced no result; see {test_dir / 'sim.log'}")
+        raise UserError(f"the board simulation produced no result ({err or 'the test did not finish'}); "
+                        f"see {test_dir / 'sim.log'}")
     res = json.loads(result_path.read_text())
     res.update({"simulator": simulator, "lanes": lanes, "images": len(images), "sim_seconds": round(time.perf_counter() - t0, 2),
                 "expected_lanes": lanes, "log": str(test_dir / "sim.log")})

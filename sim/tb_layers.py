@@ -32,13 +32,28 @@ def _pack(row: np.ndarray, elem_width: int) -> int:
     return raw
 
 
+def _handles(dut, p: dict) -> list:
+    """The Verilog ports of one logical port: itself, or one per element for an array of ports."""
+    return [getattr(dut, n) for n in (p.get("parts") or [p["name"]])]
+
+
 class Driver:
-    """Applies one cycle of inputs (every ``In`` port, elements packed little-endian)."""
+    """Applies one cycle of inputs (every ``In`` port, elements packed little-endian, or one element
+    per Verilog port for an array of ports)."""
 
     def __init__(self, dut, ports: list[dict], golden):
-        self.handles = [getattr(dut, p["name"]) for p in ports]
-        # packed once up front: the per-cycle work is one write per port
-        self.rows = [[_pack(row, p["elem_width"]) for row in golden[f"in.{p['name']}"]] for p in ports]
+        self.handles, self.rows = [], []
+        # packed once up front: the per-cycle work is one write per Verilog port
+        for p in ports:
+            hs = _handles(dut, p)
+            rows = golden[f"in.{p['name']}"]
+            if len(hs) == 1:
+                self.handles.append(hs[0])
+                self.rows.append([_pack(row, p["elem_width"]) for row in rows])
+            else:
+                for k, h in enumerate(hs):
+                    self.handles.append(h)
+                    self.rows.append([_pack(row[k:k + 1], p["elem_width"]) for row in rows])
 
     def idle(self) -> None:
         for h in self.handles:
@@ -55,12 +70,13 @@ class Monitor:
 
     def __init__(self, dut, ports: list[dict]):
         self.ports = ports
-        self.handles = [getattr(dut, p["name"]) for p in ports]
+        self.handles = [_handles(dut, p) for p in ports]
 
     def sample(self) -> dict[str, list]:
         out = {}
-        for p, h in zip(self.ports, self.handles):
-            bits = str(h.value)  # a LogicArray, or a Logic for a 1-bit port; most significant bit first
+        for p, hs in zip(self.ports, self.handles):
+            # a LogicArray, or a Logic for a 1-bit port; most significant bit (last element) first
+            bits = "".join(str(h.value) for h in reversed(hs))
             w, n = p["elem_width"], p["elems"]
             if not bits.strip("01"):
                 raw = int(bits, 2)

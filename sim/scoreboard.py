@@ -1,0 +1,114 @@
+"""The scoreboard: the accelerator's outputs against the emulator's golden vectors, image by image.
+
+The harness (:mod:`sim.harness`) writes one line per finished image; :class:`Scoreboard` parses
+those lines and compares each image's class and every score with the golden class and scores by
+integer equality, and its cycle count with the cycle model. Golden values come only from the
+emulator (``quantize.run`` / :class:`quantize.emulator.Emulator`); nothing here computes one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+def decode_beat(raw: int, value_width: int, payload_width: int) -> tuple[int, int]:
+    """(signed value, last flag) of one ``o__payload`` word: the value in the low ``value_width``
+    bits, ``last`` in the top bit."""
+    v = raw & ((1 << value_width) - 1)
+    if v >> (value_width - 1):
+        v -= 1 << value_width
+    return v, (raw >> (payload_width - 1)) & 1
+
+
+@dataclass
+class ImageResult:
+    image: int
+    cycles: int
+    cls: int
+    scores: list[int]
+    protocol_error: str | None = None
+
+
+def parse_line(line: str, beats: int, value_width: int, payload_width: int) -> ImageResult:
+    """One results line: ``image cycles beats_seen beat0 ... beat{B-1}`` (beats in hex)."""
+    parts = line.split()
+    if len(parts) != 3 + beats:
+        raise ValueError(f"malformed results line (expected {3 + beats} fields): {line!r}")
+    image, cycles, seen = int(parts[0]), int(parts[1]), int(parts[2])
+    decoded = [decode_beat(int(p, 16), value_width, payload_width) for p in parts[3:]]
+    values = [v for v, _ in decoded]
+    lasts = [l for _, l in decoded]
+    error = None
+    if seen != beats:
+        error = f"{seen} output beats, expected {beats}"
+    elif lasts != [0] * (beats - 1) + [1]:
+        error = f"'last' flags {lasts}, expected only on beat {beats - 1}"
+    return ImageResult(image, cycles, values[0], values[1:], error)
+
+
+@dataclass
+class Scoreboard:
+    """Compares results with ``golden_classes`` (N) and ``golden_scores`` (N x classes).
+
+    ``index`` (N) maps the results' local image numbers 0..N-1 to the batch's (for the report);
+    ``model_cycles`` is the cycle model's cycles per image (every image must take exactly that many).
+    """
+
+    golden_classes: np.ndarray
+    golden_scores: np.ndarray
+    model_cycles: int
+    index: np.ndarray | None = None
+    classes: list[int] = field(default_factory=list)
+    scores: list[list[int]] = field(default_factory=list)
+    cycles: list[int] = field(default_factory=list)
+    mismatches: int = 0
+    first_mismatch: dict | None = None
+
+    @property
+    def done(self) -> int:
+        return len(self.classes)
+
+    def add(self, r: ImageResult) -> bool:
+        """Score one image (they must come in order); True if it matches the emulator exactly."""
+        if r.image != self.done:
+            raise ValueError(f"results out of order: image {r.image} after {self.done} images")
+        n = int(self.index[r.image]) if self.index is not None else r.image
+        exp_cls = int(self.golden_classes[r.image])
+        exp_scores = [int(v) for v in self.golden_scores[r.image]]
+        self.classes.append(r.cls)
+        self.scores.append(r.scores)
+        self.cycles.append(r.cycles)
+        ok = r.protocol_error is None and r.cls == exp_cls and r.scores == exp_scores
+        if not ok:
+            self.mismatches += 1
+            if self.first_mismatch is None:
+                k = next((j for j in range(len(exp_scores)) if j >= len(r.scores) or r.scores[j] != exp_scores[j]),
+                         None)
+                self.first_mismatch = {
+                    "image": n, "class": {"expected": exp_cls, "actual": r.cls}, "score_index": k,
+                    "expected": exp_scores[k] if k is not None else None,
+                    "actual": r.scores[k] if k is not None and k < len(r.scores) else None}
+                if r.protocol_error:
+                    self.first_mismatch["protocol"] = r.protocol_error
+        return ok
+
+    def add_lines(self, lines: list[str], beats: int, value_width: int, payload_width: int) -> None:
+        for line in lines:
+            self.add(parse_line(line, beats, value_width, payload_width))
+
+    @property
+    def cycles_match_model(self) -> bool:
+        return all(c == self.model_cycles for c in self.cycles)
+
+
+def read_complete_lines(path, skip: int = 0) -> list[str]:
+    """The complete (newline-terminated) lines of a results file after the first ``skip``; a line
+    still being written by a running simulator is left for the next read."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return []
+    lines = text.split("\n")[:-1]  # the part after the last newline is incomplete (or empty)
+    return [l for l in lines[skip:] if l.strip()]
