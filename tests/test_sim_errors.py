@@ -4,6 +4,7 @@ None of these reaches a simulator: each fails before any build.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -89,3 +90,27 @@ def test_simulator_not_installed(monkeypatch, capsys, q8_spec_dir, mnist_dir, tm
     assert any(f"'{tool}'" in line for tool in missing)
     assert out == ""
     assert not (tmp_path / "out").exists()  # failed before generating or building anything
+
+
+def test_simulator_dying_midway_names_the_images_done_and_keeps_them(q8_spec_dir, sim_verilog, sim_out, mnist_dir,
+                                                                     tmp_path):
+    """A simulator that stops in the middle of the second of three images: one error naming the
+    images and how many finished; the first image's result is scored and kept in partial.json."""
+    from model import data
+    from model.util import UserError
+    from sim import runner
+
+    text = sim_verilog.read_text()
+    top = text.index("endmodule")  # the first module is the accelerator's top
+    cut = 700_000  # ns: after image 0 (about 480,000 ns with reset and loading), inside image 1
+    dying = tmp_path / sim_verilog.name
+    dying.write_text(text[:top] + f"  initial #{cut} $finish;\n" + text[top:])
+    images = data.load("test", data=mnist_dir).images[:3]
+    with pytest.raises(UserError) as e:
+        runner.run(q8_spec_dir, images, "icarus", out=sim_out, verilog=dying, jobs=1)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert "ended after 1 of 3 images" in msg and "images 0..2" in msg and "partial.json" in msg
+    partial = json.loads((sim_out / f"{q8_spec_dir.resolve().name}-L8" / "icarus" / "partial.json").read_text())
+    assert partial["images"] == 1 and partial["images_requested"] == 3 and partial["mismatches"] == 0
+    assert partial["classes"][0] >= 0 and partial["classes"][1:] == [-1, -1]
