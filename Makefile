@@ -76,7 +76,9 @@ build/quant/lenet5-%/spec.json: model/checkpoints/lenet5.pt $(STAMP)
 
 quantize: build/quant/lenet5-q8/spec.json build/quant/lenet5-anna/spec.json
 
-build/verilog/lenet5_%.v: build/quant/lenet5-%/spec.json
+# the Verilog is a function of the spec, the lanes and the generator's source
+HW_SOURCES := $(wildcard hw/*.py)
+build/verilog/lenet5_%.v: build/quant/lenet5-%/spec.json $(HW_SOURCES)
 	$(PY) -m hw.generate --spec $(<D) --lanes $(LANES) --out build/verilog
 
 verilog: build/verilog/lenet5_q8.v build/verilog/lenet5_anna.v
