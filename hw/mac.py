@@ -15,7 +15,8 @@ class MACLanes(wiring.Component):
     """``lanes`` parallel multiply-accumulate units.
 
     Each cycle with ``valid`` high, lane q computes ``w[q] * x[q]`` and adds it to its accumulator;
-    with ``first`` high the accumulator restarts from ``bias[q]`` instead of its old value, so
+    with ``first`` high the accumulator restarts from ``bias[q]`` (0 without a bias port) instead
+    of its old value, so
     back-to-back dot products need no idle cycle. The product is registered (a DSP block's
     multiplier output register: SB_MAC16 on iCE40, MULT18X18D on ECP5) before the adder.
 

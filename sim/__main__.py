@@ -28,6 +28,8 @@ def main(argv=None):
     p.add_argument("--lanes", type=int, default=8)
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                    help="simulator processes in parallel (images split between them; default: up to 2)")
+    p.add_argument("--duts", type=int, default=None,
+                   help="accelerator copies per simulator process (default: 4 or 8 in Verilator, 1 in Icarus)")
     p.add_argument("--waves", action="store_true", help="write a waveform (FST, with Icarus or Verilator)")
     p.add_argument("--data", default=None, help="MNIST directory")
     p.add_argument("--out", default="build/sim")
@@ -51,8 +53,10 @@ def main(argv=None):
         images = load_images(args.images)
     if args.jobs < 1:
         raise UserError("--jobs must be at least 1")
+    if args.duts is not None and not 1 <= args.duts <= 64:
+        raise UserError("--duts must be in 1..64")
     res = run(args.spec, images, args.simulator, args.lanes, args.waves, args.out, jobs=args.jobs,
-              progress=not args.quiet)
+              progress=not args.quiet, duts=args.duts)
     if args.report:
         os.makedirs(os.path.dirname(os.path.abspath(args.report)), exist_ok=True)
         with open(args.report, "a") as f:
