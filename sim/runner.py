@@ -210,6 +210,8 @@ def run(spec_dir, images: np.ndarray, simulator: str = "icarus", lanes: int = 8,
     try:
         with ThreadPoolExecutor(max_workers=jobs) as ex:
             errors = list(ex.map(lambda s: simulate(s.sel, s.directory, duts, tb), shards))
+    except KeyboardInterrupt:  # Ctrl-C reaches the simulators too: score what they finished, keep it
+        errors = ["interrupted"] * len(shards)
     finally:
         stop.set()
         watcher.join()
