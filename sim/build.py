@@ -7,8 +7,8 @@ a cocotb test module against that build.
 Two things make the simulators fast on the emitted designs:
 
 - Verilator is built **without** ``--public-flat-rw`` (cocotb's runner always adds it): making every
-  signal of the design visible to VPI stops Verilator from optimising it (7 to 15 x slower in a test), in
-  speed. The harness marks the few signals cocotb touches ``public_flat_rw`` itself; a build that
+  signal of the design visible to VPI stops Verilator from optimising it (8 to 15 x slower in a
+  standalone test build). The harness marks the few signals cocotb touches ``public_flat_rw`` itself; a build that
   must see inside the design (the tracer) asks for ``public=True``.
 - Icarus gets a copy of the Verilog that settles at time 0 (:func:`icarus_copy`).
 """
