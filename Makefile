@@ -14,7 +14,7 @@ SIM ?= verilator
 IMAGES ?= $(if $(filter icarus,$(SIM)),100,1000)
 VERILATOR_WAIVERS := -Wno-WIDTHEXPAND -Wno-WIDTHTRUNC -Wno-CASEINCOMPLETE -Wno-CMPCONST
 
-.PHONY: all install train train-all evaluate quantize verilog lint sim sim-full sim-layers bench sweep test test-slow clean help
+.PHONY: all install train train-all evaluate quantize verilog lint sim sim-full sim-layers bench bench-sim sweep test test-slow clean help
 
 help:
 	@echo "make all        main job: evaluate, quantize (q8, anna), verilog, sim; ends with a summary"
@@ -31,6 +31,7 @@ help:
 	@echo "make sim-full   RTL vs emulator: all 10,000 test images, q8 and anna, Verilator"
 	@echo "make sim-layers layer tops (requantize, MAC, activation LUT) vs emulator, Icarus (SIM=verilator)"
 	@echo "make bench      emulator vs torch float32 throughput; cycle model for lanes 1, 8, 32"
+	@echo "make bench-sim  simulator speed: Icarus (10 images, 1 process) and Verilator (1,000 images, JOBS), cycles/s"
 	@echo "make synth      bitstreams + resources/Fmax/images/s: iCE40 UP5K, ECP5-25F, ECP5-85F (build/reports/synth.md)"
 	@echo "make sweep      quantization sweep report in build/reports/sweep/ (JOBS=$(JOBS))"
 	@echo "make clean      remove build/"
@@ -103,6 +104,11 @@ sim-full: quantize
 bench: quantize
 	$(PY) -m quantize.bench --spec build/quant/lenet5-q8
 	$(PY) -m hw.perf --spec build/quant/lenet5-q8 --lanes 1 8 32 --json
+
+# simulator speed (README, RTL vs emulator): one Icarus process, then Verilator with JOBS processes
+bench-sim: quantize
+	@$(PY) -m sim --spec build/quant/lenet5-q8 --images 10 --simulator icarus --jobs 1 --quiet
+	@$(PY) -m sim --spec build/quant/lenet5-q8 --images 1000 --simulator verilator --jobs $(JOBS) --quiet
 
 # the shipped builds (README table): the clock each asks for is met, no --timing-allow-fail
 SYNTH_BUILDS := \

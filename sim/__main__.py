@@ -66,7 +66,7 @@ def main(argv=None):
     else:
         print(f"{res['simulator']}: {res['images'] - res['mismatches']}/{res['images']} images bit-exact, "
               f"{res['cycles_per_image']} cycles/image (model {res['cycles_per_image_model']}), "
-              f"{res['images_per_s']} images/s ({res['cycles_per_s']:,} cycles/s) with {res['jobs']} processes, "
+              f"{res['images_per_s']} images/s ({res['cycles_per_s']:,} cycles/s) with {res['jobs']} process{'es' if res['jobs'] != 1 else ''}, "
               f"{res['sim_seconds']} s + {res['build_seconds']} s build")
         if res["first_mismatch"]:
             print("first mismatch: " + json.dumps(res["first_mismatch"]))
