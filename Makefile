@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 JOBS ?= 2
 LANES ?= 8
 SIM ?= verilator
-# images for `make sim`: 1,000 in Verilator (about 40 s with the build), 100 in Icarus (about 4 min)
+# images for `make sim`: 1,000 in Verilator (about 40 s with the build), 100 in Icarus (about 2 min)
 IMAGES ?= $(if $(filter icarus,$(SIM)),100,1000)
 VERILATOR_WAIVERS := -Wno-WIDTHEXPAND -Wno-WIDTHTRUNC -Wno-CASEINCOMPLETE -Wno-CMPCONST
 

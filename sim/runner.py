@@ -27,7 +27,7 @@ from model.util import UserError, atomic_write_bytes, atomic_write_text
 
 from .build import SIMULATORS, build, check_simulator, icarus_copy  # noqa: F401  (SIMULATORS: the CLI's list)
 from .harness import HARNESS, harness_verilog
-from .scoreboard import Scoreboard, read_complete_lines
+from .scoreboard import combine, split_streams
 
 POLL_SECONDS = 0.5
 
@@ -90,26 +90,13 @@ def _streamed_images(spec, images: np.ndarray, shape: list[int]) -> np.ndarray:
     return images
 
 
-class _Stream:
-    """The images one accelerator copy of one simulator process runs (``sel``: batch indices, in
-    order), the results file its monitor writes, and their scoreboard."""
-
-    def __init__(self, sel: np.ndarray, results: Path, golden, model_cycles: int):
-        self.sel, self.results = sel, results
-        self.board = Scoreboard(golden.predictions[sel], golden.scores[sel], model_cycles, index=sel)
-
-    def poll(self, beats: int, score_width: int, payload_width: int) -> None:
-        """Score the lines the harness has written since the last poll."""
-        self.board.add_lines(read_complete_lines(self.results, self.board.done), beats, score_width, payload_width)
-
-
 class _Shard:
     """Images ``sel`` of the batch in one simulator process of ``duts`` accelerator copies."""
 
     def __init__(self, k: int, sel: np.ndarray, directory: Path, duts: int, golden, model_cycles: int):
         self.k, self.sel, self.directory = k, sel, directory
-        self.streams = [_Stream(sel[d::duts], directory / f"results.txt.{d}", golden, model_cycles)
-                        for d in range(min(duts, len(sel)))]
+        self.streams = split_streams(sel, directory / "results.txt", duts, golden.predictions, golden.scores,
+                                     model_cycles)
         self.error: str | None = None
 
     @property
@@ -156,8 +143,10 @@ def run(spec_dir, images: np.ndarray, simulator: str = "icarus", lanes: int = 8,
     beats, sw = manifest["output_beats"], manifest["widths"]["score"]
     widths = (beats, sw, pw)
     jobs = max(1, min(jobs, len(images)))
-    duts = max(1, min(duts or default_duts(simulator, -(-len(images) // jobs)), -(-len(images) // jobs)))
-    golden = Emulator(spec).run(images)
+    per_process = -(-len(images) // jobs)
+    duts = max(1, min(duts or default_duts(simulator, per_process), per_process))
+    emulator = Emulator(spec)
+    golden = emulator.run(images, keep=False)  # classes and scores; the layers' tensors only for a trace
     model = cycles_per_image(spec, lanes)
 
     def harness(n_duts: int) -> Path:
@@ -178,7 +167,7 @@ def run(spec_dir, images: np.ndarray, simulator: str = "icarus", lanes: int = 8,
             stale.unlink(missing_ok=True)
         atomic_write_bytes(test_dir / "images.bin", np.ascontiguousarray(images[sel], dtype=np.uint8).tobytes())
         buf = io.BytesIO()
-        tensors = {k: v[sel] for k, v in golden.tensors.items()} if trace else {}
+        tensors = emulator.run(images[sel]).tensors if trace else {}
         np.savez(buf, **tensors, scores=golden.scores[sel], predictions=golden.predictions[sel])
         atomic_write_bytes(test_dir / "golden.npz", buf.getvalue())
         cfg = {"count": len(sel), "duts": n_duts, "results": str((test_dir / "results.txt").resolve()),
@@ -222,16 +211,10 @@ def run(spec_dir, images: np.ndarray, simulator: str = "icarus", lanes: int = 8,
     bar.set(sum(s.done for s in shards), mismatches=sum(st.board.mismatches for st in streams))
     bar.close()
 
-    boards = [st.board for st in streams]
-    done = sum(b.done for b in boards)
-    classes = np.full(len(images), -1, np.int64)
-    for st in streams:
-        classes[st.sel[:st.board.done]] = st.board.classes
-    cycles = [c for b in boards for c in b.cycles]
-    firsts = [b.first_mismatch for b in boards if b.first_mismatch is not None]
-    first = min(firsts, key=lambda f: f["image"]) if firsts else None
+    scored = combine(streams, len(images))
+    done, cycles, first, classes = scored["images"], scored["cycles"], scored["first_mismatch"], scored["classes"]
     result = {"spec": str(spec_dir), "simulator": simulator, "lanes": lanes, "images": done,
-              "mismatches": sum(b.mismatches for b in boards), "first_mismatch": first,
+              "mismatches": scored["mismatches"], "first_mismatch": first,
               "cycles_per_image": int(cycles[0]) if cycles and len(set(cycles)) == 1 else cycles,
               "cycles_per_image_model": model, "cycles_match_model": bool(cycles) and all(c == model for c in cycles),
               "sim_seconds": round(sim_s, 2), "build_seconds": round(build_s, 2),
@@ -242,7 +225,7 @@ def run(spec_dir, images: np.ndarray, simulator: str = "icarus", lanes: int = 8,
     if failed:
         partial = run_dir / "partial.json"
         atomic_write_text(partial, json.dumps({**result, "images_requested": len(images),
-                                               "classes": classes.tolist()}))
+                                               "classes": classes}))
         s = failed[0]
         raise UserError(f"{s.error}: images {int(s.sel[0])}..{int(s.sel[-1])} (process {s.k}) stopped after "
                         f"{s.done}; the {done} of {len(images)} images scored so far "
@@ -258,5 +241,5 @@ def run(spec_dir, images: np.ndarray, simulator: str = "icarus", lanes: int = 8,
     if waves:
         cand = sorted(run_dir.rglob("*.fst")) + sorted(run_dir.rglob("*.vcd"))
         result["waves"] = str(cand[0]) if cand else None
-    atomic_write_text(run_dir / "result.json", json.dumps({**result, "classes": classes.tolist()}))
+    atomic_write_text(run_dir / "result.json", json.dumps({**result, "classes": classes}))
     return result

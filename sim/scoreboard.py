@@ -112,3 +112,37 @@ def read_complete_lines(path, skip: int = 0) -> list[str]:
         return []
     lines = text.split("\n")[:-1]  # the part after the last newline is incomplete (or empty)
     return [l for l in lines[skip:] if l.strip()]
+
+
+class ResultsStream:
+    """One accelerator copy's results file and the scoreboard of its images: ``sel`` (batch indices,
+    in the order the copy ran them) against the golden ``classes``/``scores`` of the whole batch."""
+
+    def __init__(self, sel: np.ndarray, path, classes: np.ndarray, scores: np.ndarray, model_cycles: int):
+        self.sel, self.path = sel, path
+        self.board = Scoreboard(classes[sel], scores[sel], model_cycles, index=sel)
+
+    def poll(self, beats: int, value_width: int, payload_width: int) -> None:
+        """Score the lines written since the last poll (a line still being written waits)."""
+        self.board.add_lines(read_complete_lines(self.path, self.board.done), beats, value_width, payload_width)
+
+
+def split_streams(sel: np.ndarray, results_base, duts: int, classes: np.ndarray, scores: np.ndarray,
+                  model_cycles: int) -> list[ResultsStream]:
+    """The streams of one simulator process that ran images ``sel`` on ``duts`` copies: copy d ran
+    ``sel[d::duts]`` and wrote ``<results_base>.d`` (see :mod:`sim.harness`)."""
+    return [ResultsStream(sel[d::duts], f"{results_base}.{d}", classes, scores, model_cycles)
+            for d in range(min(duts, len(sel)))]
+
+
+def combine(streams: list[ResultsStream], n: int) -> dict:
+    """Images scored, per-image classes (-1 where none), cycles, mismatches and the first mismatch
+    (lowest batch index) of all ``streams`` over a batch of ``n`` images."""
+    classes = np.full(n, -1, np.int64)
+    for s in streams:
+        classes[s.sel[:s.board.done]] = s.board.classes
+    firsts = [s.board.first_mismatch for s in streams if s.board.first_mismatch is not None]
+    return {"images": sum(s.board.done for s in streams), "classes": classes.tolist(),
+            "cycles": [c for s in streams for c in s.board.cycles],
+            "mismatches": sum(s.board.mismatches for s in streams),
+            "first_mismatch": min(firsts, key=lambda f: f["image"]) if firsts else None}

@@ -20,7 +20,7 @@ import cocotb
 import numpy as np
 from cocotb.triggers import FallingEdge, RisingEdge, Timer
 
-from sim.scoreboard import Scoreboard, read_complete_lines
+from sim.scoreboard import combine, split_streams
 
 POLL_NS = 100_000  # 10,000 cycles of the harness' 10 ns clock
 
@@ -92,22 +92,12 @@ async def accelerator_matches_emulator(dut):
         trace_task.cancel()
 
     # copy d of the accelerator ran images d, d + duts, ...; its lines are in results.d
-    n, duts = cfg["count"], cfg["duts"]
-    boards = []
-    for d in range(min(duts, n)):
-        sel = np.arange(d, n, duts)
-        board = Scoreboard(golden["predictions"][sel], golden["scores"][sel], cfg["model_cycles"], index=sel)
-        board.add_lines(read_complete_lines(f"{cfg['results']}.{d}"), cfg["beats"], cfg["score_width"],
-                        cfg["payload_width"])
-        boards.append(board)
-    classes = [None] * n
-    for d, b in enumerate(boards):
-        for j, c in enumerate(b.classes):
-            classes[d + j * duts] = c
-    firsts = [b.first_mismatch for b in boards if b.first_mismatch is not None]
-    results = {"images": sum(b.done for b in boards), "classes": classes,
-               "cycles": [c for b in boards for c in b.cycles], "mismatches": sum(b.mismatches for b in boards),
-               "first_mismatch": min(firsts, key=lambda f: f["image"]) if firsts else None}
+    n = cfg["count"]
+    streams = split_streams(np.arange(n), cfg["results"], cfg["duts"], golden["predictions"], golden["scores"],
+                            cfg["model_cycles"])
+    for s in streams:
+        s.poll(cfg["beats"], cfg["score_width"], cfg["payload_width"])
+    results = combine(streams, n)
     if tracer:
         traced = tracer.tensors()
         results["trace"] = first_divergence(traced, {name: golden[name][0].reshape(-1) for name in traced})

@@ -152,7 +152,6 @@ def run(spec_dir, images: np.ndarray, simulator: str = "icarus", lanes: int = 8,
         out: str | os.PathLike = "build/sim-board", waves: bool = False) -> dict:
     """Send ``images`` (uint8 N x 28 x 28) to the simulated board over its UART pins; compare with the
     emulator. Returns the testbench's results (classes, scores, mismatches, first_mismatch, ...)."""
-
     from hw.perf import cycles_per_image
     from model.data import check_images
     from model.util import UserError, atomic_write_bytes, atomic_write_text
