@@ -24,11 +24,11 @@ help:
 	@echo "make train      train ARCH=$(ARCH) (SEED, EPOCHS) into build/checkpoints/"
 	@echo "make train-all  train LeNet-1, LeNet-4 and LeNet-5 with the README's commands"
 	@echo "make evaluate   test error of every committed checkpoint"
-	@echo "make quantize   build/quant/lenet5-q8/ and build/quant/lenet5-anna/ QuantSpecs"
-	@echo "make verilog    build/verilog/lenet5_q8.v and lenet5_anna.v (+ JSON manifests), LANES=$(LANES)"
+	@echo "make quantize   build/quant/ARCH-q8/ and build/quant/ARCH-anna/ QuantSpecs (ARCH=lenet1|lenet4|lenet5)"
+	@echo "make verilog    build/verilog/ARCH_q8.v and ARCH_anna.v (+ JSON manifests), LANES=$(LANES)"
 	@echo "make lint       iverilog -g2012 and verilator --lint-only on the emitted Verilog"
-	@echo "make sim        RTL vs emulator: q8, the first IMAGES=$(IMAGES) MNIST test images, SIM=$(SIM) (or icarus)"
-	@echo "make sim-full   RTL vs emulator: all 10,000 test images, q8 and anna, Verilator"
+	@echo "make sim        RTL vs emulator: ARCH q8, the first IMAGES=$(IMAGES) MNIST test images, SIM=$(SIM) (or icarus)"
+	@echo "make sim-full   RTL vs emulator: all 10,000 test images of ARCH, PRESETS (q8 anna), Verilator"
 	@echo "make sim-layers layer tops (requantize, MAC, activation LUT) vs emulator, Icarus (SIM=verilator)"
 	@echo "make bench      emulator vs torch float32 throughput; cycle model for lanes 1, 8, 32"
 	@echo "make bench-sim  simulator speed: Icarus (10 images, 1 process) and Verilator (1,000 images, JOBS), cycles/s"
@@ -42,10 +42,10 @@ all: $(STAMP)
 	$(MAKE) --no-print-directory -j$(JOBS) quantize verilog
 	@set -o pipefail; for a in lenet1 lenet4 lenet5; do $(PY) -m model.evaluate --arch $$a --json || exit 1; done \
 	  | tee build/reports/float.jsonl.tmp && mv build/reports/float.jsonl.tmp build/reports/float.jsonl
-	@set -o pipefail; for p in q8 anna; do $(PY) -m quantize.evaluate --spec build/quant/lenet5-$$p --json || exit 1; done \
+	@set -o pipefail; for p in q8 anna; do $(PY) -m quantize.evaluate --spec build/quant/$(ARCH)-$$p --json || exit 1; done \
 	  | tee build/reports/quant.jsonl.tmp && mv build/reports/quant.jsonl.tmp build/reports/quant.jsonl
 	@rm -f build/reports/sim.jsonl
-	-$(PY) -m sim --spec build/quant/lenet5-q8 --images $(IMAGES) --simulator $(SIM) --lanes $(LANES) --jobs $(JOBS) \
+	-$(PY) -m sim --spec build/quant/$(ARCH)-q8 --images $(IMAGES) --simulator $(SIM) --lanes $(LANES) --jobs $(JOBS) \
 	  --json --report build/reports/sim.jsonl
 	$(PY) -m sim.summary build/reports
 
@@ -72,41 +72,44 @@ train-all: $(STAMP)
 evaluate: $(STAMP)
 	@for a in lenet1 lenet4 lenet5; do $(PY) -m model.evaluate --arch $$a || exit 1; done
 
-build/quant/lenet5-%/spec.json: model/checkpoints/lenet5.pt $(STAMP)
-	$(PY) -m quantize --checkpoint $< --preset $* --out $(@D)
+# a spec per network and preset: build/quant/ARCH-PRESET from model/checkpoints/ARCH.pt
+CHECKPOINTS := $(wildcard model/checkpoints/*.pt)
+build/quant/%/spec.json: $(CHECKPOINTS) $(STAMP)
+	$(PY) -m quantize --checkpoint model/checkpoints/$(firstword $(subst -, ,$*)).pt \
+	  --preset $(lastword $(subst -, ,$*)) --out $(@D)
 
-quantize: build/quant/lenet5-q8/spec.json build/quant/lenet5-anna/spec.json
+quantize: build/quant/$(ARCH)-q8/spec.json build/quant/$(ARCH)-anna/spec.json
 
 # the Verilog is a function of the spec, the lanes and the generator's source
 HW_SOURCES := $(wildcard hw/*.py)
-build/verilog/lenet5_%.v: build/quant/lenet5-%/spec.json $(HW_SOURCES)
+build/verilog/$(ARCH)_%.v: build/quant/$(ARCH)-%/spec.json $(HW_SOURCES)
 	$(PY) -m hw.generate --spec $(<D) --lanes $(LANES) --out build/verilog
 
-verilog: build/verilog/lenet5_q8.v build/verilog/lenet5_anna.v
+verilog: build/verilog/$(ARCH)_q8.v build/verilog/$(ARCH)_anna.v
 
 lint: verilog
-	@for t in lenet5_q8 lenet5_anna; do \
+	@for t in $(ARCH)_q8 $(ARCH)_anna; do \
 	  iverilog -g2012 -o build/verilog/$$t.vvp build/verilog/$$t.v && \
 	  PATH=$(VENV)/bin:$$PATH verilator --lint-only $(VERILATOR_WAIVERS) --top-module $$t build/verilog/$$t.v && \
 	  echo "$$t: iverilog and verilator lint clean" || exit 1; done
 
-sim: quantize
-	$(PY) -m sim --spec build/quant/lenet5-q8 --images $(IMAGES) --simulator $(SIM) --lanes $(LANES) --jobs $(JOBS)
+sim: build/quant/$(ARCH)-q8/spec.json
+	$(PY) -m sim --spec build/quant/$(ARCH)-q8 --images $(IMAGES) --simulator $(SIM) --lanes $(LANES) --jobs $(JOBS)
 
-sim-full: quantize
+# PRESETS: which specs of ARCH to run on all 10,000 test images (default q8 and anna)
+PRESETS ?= q8 anna
+sim-full: $(foreach p,$(PRESETS),build/quant/$(ARCH)-$(p)/spec.json)
 	@mkdir -p build/reports
-	@rm -f build/reports/sim-full.jsonl
-	$(PY) -m sim --spec build/quant/lenet5-q8 --images 10000 --simulator verilator --lanes $(LANES) --jobs $(JOBS) \
-	  --report build/reports/sim-full.jsonl
-	$(PY) -m sim --spec build/quant/lenet5-anna --images 10000 --simulator verilator --lanes $(LANES) --jobs $(JOBS) \
-	  --report build/reports/sim-full.jsonl
+	@rm -f build/reports/sim-full-$(ARCH).jsonl
+	@for p in $(PRESETS); do $(PY) -m sim --spec build/quant/$(ARCH)-$$p --images 10000 --simulator verilator \
+	  --lanes $(LANES) --jobs $(JOBS) --report build/reports/sim-full-$(ARCH).jsonl || exit 1; done
 
-bench: quantize
+bench: build/quant/lenet5-q8/spec.json
 	$(PY) -m quantize.bench --spec build/quant/lenet5-q8
 	$(PY) -m hw.perf --spec build/quant/lenet5-q8 --lanes 1 8 32 --json
 
 # simulator speed (README, RTL vs emulator): one Icarus process, then Verilator with JOBS processes
-bench-sim: quantize
+bench-sim: build/quant/lenet5-q8/spec.json
 	@$(PY) -m sim --spec build/quant/lenet5-q8 --images 10 --simulator icarus --jobs 1 --quiet
 	@$(PY) -m sim --spec build/quant/lenet5-q8 --images 1000 --simulator verilator --jobs $(JOBS) --quiet
 
@@ -115,7 +118,7 @@ SYNTH_BUILDS := \
   "--target ice40-up5k --lanes 8 --freq 27" \
   "--target ecp5-25k --lanes 8 --freq 75" \
   "--target ecp5-85k --lanes 8 --batch 12 --freq 50"
-synth: quantize
+synth: build/quant/lenet5-q8/spec.json
 	@mkdir -p build/reports
 	@set -o pipefail; for b in $(SYNTH_BUILDS); do $(PY) -m hw.synth --spec build/quant/lenet5-q8 $$b --json || exit 1; done \
 	  | $(PY) -m hw.synth_report --out build/reports/synth.md

@@ -1,5 +1,5 @@
-"""Activation drain: add the bias, requantize each lane's accumulator, look the squash up in ROM,
-write the state into the next layer's layout in the banked feature memory."""
+"""The drain: add the bias, requantize each lane's accumulator, apply the activation (a table in
+ROM, ReLU, or none) and write the state into the next layer's layout in the banked feature memory."""
 from __future__ import annotations
 
 from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
@@ -8,9 +8,8 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .fixed import requantize
+from .layout import address, log2
 from .program import Program, addr_width
-from .window import _log2
-
 
 
 class Activation(wiring.Component):
@@ -18,13 +17,15 @@ class Activation(wiring.Component):
 
     On ``capture`` it takes a copy of every lane's accumulator and of the group's coordinates (so
     the MAC lanes can start the next group at once), then for lane k = 0..lanes-1, one per cycle:
-    adds the bias (bias ROM entry ``bias_addr``, plus k for a dense layer), wraps the sum to the
-    layer's accumulator width, requantizes it to the layer's LUT address format (``hw/fixed.py``:
-    the format's rounding and saturation), reads the activation ROM (every layer's table from the
-    spec, concatenated) and, if ``mask[k]``, writes the state where the next layer reads it: output
-    (map, y, x) of a conv tile (``ty``, ``tx``; ``map_off`` = the map's first word) or neuron
-    ``n0 + k`` of a dense group, placed by the next layer's :class:`~hw.program.Layout`. For the
-    last layer (no activation) it writes ``score[n0 + k]`` instead.
+    adds the bias (bias ROM entry ``bias_addr``, plus k where the layer has one bias per lane),
+    wraps the sum to the layer's accumulator width and computes the output as the layer says
+    (``LayerProgram.out_fn``): ``lut`` requantizes to the table's address format (``hw/fixed.py``)
+    and reads the activation ROM (every table of the spec, concatenated); ``relu`` requantizes
+    ``max(acc, 0)`` to the state format; ``linear`` requantizes. If ``mask[k]`` it writes the state
+    where the next layer reads it: output (map, y, x) of a conv tile (``ty``, ``tx``; ``map_off`` =
+    the map's first word), shifted by the next layer's padding, or neuron ``n0 + k`` of a dense
+    group, placed by the next layer's :class:`~hw.layout.Layout`. For the last layer (``score``)
+    it presents ``score[n0 + k]`` instead.
 
     Latency: lane k's turn is cycle ``capture + 1 + k``; its score is presented two cycles later and
     its feature write three cycles later, so a group's last write is presented ``lanes + 3`` cycles
@@ -38,7 +39,7 @@ class Activation(wiring.Component):
         self.lanes = P
         n = len(program.layers)
         self.addr_width = aw = addr_width(program)
-        bw = max(1, _log2(P))
+        bw = max(1, log2(P))
         super().__init__({
             "capture": In(1),
             "acc": In(signed(program.acc_width)).array(P),
@@ -53,7 +54,7 @@ class Activation(wiring.Component):
             "waddr": Out(unsigned(aw + bw)),
             "wdata": Out(signed(program.fm_width)),
             "score_we": Out(1),
-            "score_idx": Out(range(max(program.scores, 2))),
+            "score_idx": Out(range(max(program.classes, 2))),
             "score": Out(signed(program.score_width)),
             "busy": Out(1),
         })
@@ -62,7 +63,7 @@ class Activation(wiring.Component):
         m = Module()
         prog, P = self.program, self.lanes
         R, C, aw = prog.R, prog.C, self.addr_width
-        lr, lc = _log2(R), _log2(C)
+        lr, lc = log2(R), log2(C)
         accs = [Signal(signed(prog.acc_width), name=f"acc{q}", reset_less=True) for q in range(P)]  # data: no reset
         mask = Signal(P)
         layer = Signal.like(self.layer)
@@ -86,43 +87,34 @@ class Activation(wiring.Component):
             with m.If(k == P - 1):
                 m.d.sync += active.eq(0)
 
-        m.submodules.bias = bias_mem = Memory(shape=signed(prog.acc_width), depth=max(len(prog.bias_words), 1),
+        m.submodules.bias = bias_mem = Memory(shape=signed(prog.acc_width), depth=max(len(prog.bias_words), 2),
                                               init=prog.bias_words or [0])
         brp = bias_mem.read_port()
-        m.submodules.rom = rom = Memory(shape=signed(prog.fm_width), depth=max(len(prog.lut_rom), 1),
+        m.submodules.rom = rom = Memory(shape=signed(prog.fm_width), depth=max(len(prog.lut_rom), 2),
                                         init=prog.lut_rom or [0])
         rp = rom.read_port()
 
         # lane k's output coordinates and write address in the next layer's layout
-        kk = k[:max(1, _log2(P))] if P > 1 else Const(0, 1)
+        kk = k[:max(1, log2(P))] if P > 1 else Const(0, 1)
         dy, dx = (kk >> lc) if R > 1 else Const(0, 1), (kk[:lc] if C > 1 else Const(0, 1))
-        y = Signal(16)
-        x = Signal(16)
+        y, x = Signal(8), Signal(8)
         m.d.comb += [y.eq((ty << lr) | dy), x.eq((tx << lc) | dx)]
-        bank = Signal(max(1, _log2(P)))
+        bank = Signal(max(1, log2(P)))
         word = Signal(aw)
-        dense = Signal()
+        per_lane = Signal()
         with m.Switch(layer):
             for i, lp in enumerate(prog.layers):
                 with m.Case(i):
-                    m.d.comb += dense.eq(lp.mode == "dense")
+                    m.d.comb += per_lane.eq(lp.bias_per_lane)
                     lay = lp.out_layout
                     if lay is None:
                         continue
                     if lp.mode == "dense":  # neuron n0 + k is map n0 + k of 1 x 1: bank 0
                         m.d.comb += [bank.eq(0), word.eq(lay.base + n0 + k)]
                         continue
-                    s, llw = lay.s - 1, _log2(lay.lw)  # s: 0 or 1
-                    Y, X = y >> s, x >> s
-                    lrow = ((Y >> lr) << s) | (y[0] if s else 0)
-                    lcol = ((X >> lc) << s) | (x[0] if s else 0)
-                    b = 0
-                    if R > 1:
-                        b = Y[:lr] << lc
-                    if C > 1:
-                        b = b | X[:lc]
-                    m.d.comb += [bank.eq(b), word.eq(lay.base + map_off + (lrow << llw) + lcol)]
-        m.d.comb += brp.addr.eq(bias_addr + Mux(dense, k, 0))
+                    b, w = address(lay, y + lay.pad, x + lay.pad, 256 + 2 * lay.pad)
+                    m.d.comb += [bank.eq(b), word.eq(lay.base + map_off + w)]
+        m.d.comb += brp.addr.eq(bias_addr + Mux(per_lane, k, 0))
 
         # d1: the bias arrives; the sum is registered (a block RAM's output is slow: no more logic after it)
         acc1 = Signal(signed(prog.acc_width), reset_less=True)
@@ -136,23 +128,28 @@ class Activation(wiring.Component):
         v2 = Signal()
         waddr2, idx2, layer2 = (Signal.like(s, reset_less=True) for s in (self.waddr, self.score_idx, layer))
         m.d.sync += [total.eq(acc1 + brp.data), v2.eq(v1), waddr2.eq(waddr1), idx2.eq(idx1), layer2.eq(layer1)]
-        # d2: wrap, requantize, ROM address (or the score)
-        has_act2 = Signal()
+        # d2: wrap, then the ROM address, the computed state, or the score
+        is_score2, from_rom2 = Signal(), Signal()
+        state2 = Signal(signed(prog.fm_width))
         with m.Switch(layer2):
             for i, lp in enumerate(prog.layers):
                 with m.Case(i):
-                    f = lp.spec.formats
-                    wrapped = total[:f["acc"].width].as_signed()
-                    if lp.has_activation:
-                        idx, _ = requantize(wrapped, f["acc"].frac, f["index"])
-                        m.d.comb += [has_act2.eq(1),
-                                     rp.addr.eq(lp.lut_base + (idx - f["index"].code_min).as_unsigned())]
+                    f, acc_fmt = lp.spec.formats, lp.acc_format
+                    wrapped = total[:acc_fmt.width].as_signed()
+                    if lp.out_fn == "score":
+                        m.d.comb += [is_score2.eq(1), self.score.eq(wrapped)]
+                    elif lp.out_fn == "lut":
+                        idx, _ = requantize(wrapped, acc_fmt.frac, f["index"])
+                        m.d.comb += [from_rom2.eq(1), rp.addr.eq(lp.lut_base + (idx - f["index"].code_min).as_unsigned())]
                     else:
-                        m.d.comb += self.score.eq(wrapped)
-        m.d.comb += [self.score_we.eq(v2 & ~has_act2), self.score_idx.eq(idx2)]
-        # d3: the ROM's data arrives with the registered write address
-        we3 = Signal()
+                        src = Mux(wrapped < 0, 0, wrapped) if lp.out_fn == "relu" else wrapped
+                        v, _ = requantize(src, acc_fmt.frac, lp.spec.out_format)
+                        m.d.comb += state2.eq(v)
+        m.d.comb += [self.score_we.eq(v2 & is_score2), self.score_idx.eq(idx2)]
+        # d3: the ROM's data (or the registered state) arrives with the registered write address
+        we3, from_rom3 = Signal(), Signal()
         waddr3 = Signal.like(self.waddr, reset_less=True)
-        m.d.sync += [we3.eq(v2 & has_act2), waddr3.eq(waddr2)]
-        m.d.comb += [self.we.eq(we3), self.waddr.eq(waddr3), self.wdata.eq(rp.data)]
+        state3 = Signal.like(state2, reset_less=True)
+        m.d.sync += [we3.eq(v2 & ~is_score2), waddr3.eq(waddr2), from_rom3.eq(from_rom2), state3.eq(state2)]
+        m.d.comb += [self.we.eq(we3), self.waddr.eq(waddr3), self.wdata.eq(Mux(from_rom3, rp.data, state3))]
         return m

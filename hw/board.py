@@ -2,9 +2,10 @@
 # (the host builds an Accelerator only to read its ports and weight bytes, never to elaborate it)
 """``python -m hw.board --port DEV [--baud B] --spec DIR [--images N | FILE.npy] [--weights] [--json]``
 
-The host side of the board protocol (:mod:`hw.boards`, docs/board-protocol.md): sends images to a
-board over a serial port, reads back the class and the ten scores, and compares them with the
-emulator of the same QuantSpec, bit for bit.
+The host side of the board protocol (:mod:`hw.boards`, docs/board-protocol.md): asks the board
+what it takes (``?``: protocol version, lanes, image shape, classes) and checks that against the
+QuantSpec, sends images to it over a serial port, reads back the class and the scores, and
+compares them with the emulator of the same QuantSpec, bit for bit.
 """
 from __future__ import annotations
 
@@ -16,11 +17,9 @@ import numpy as np
 
 from model.util import UserError, cli
 
-from .boards import (CMD_IMAGE, CMD_QUERY, CMD_WEIGHTS, DEFAULT_BAUD, DEFAULT_TIMEOUT_S, N_SCORES,
-                     PROTOCOL_VERSION, REPLY_ERROR, REPLY_OK, REPLY_RESULT, REPLY_VERSION, SCORE_BYTES)
+from .boards import (CMD_IMAGE, CMD_QUERY, CMD_WEIGHTS, DEFAULT_BAUD, DEFAULT_TIMEOUT_S, PROTOCOL_VERSION,
+                     REPLY_ERROR, REPLY_OK, REPLY_RESULT, REPLY_VERSION, SCORE_BYTES, VERSION_BYTES, result_bytes)
 
-RESULT_BYTES = 2 + N_SCORES * SCORE_BYTES  # 'R', class, ten 4-byte scores
-VERSION_BYTES = 4  # 'V', version, lanes, scores
 MAX_WEIGHT_BYTES = (1 << 32) - 1
 
 
@@ -32,12 +31,20 @@ def _name(code: int) -> str:
     return f"0x{code:02X}" + (f" ({chr(code)!r})" if 0x20 <= code < 0x7F else "")
 
 
+def _shape_text(shape) -> str:
+    return " x ".join(str(int(v)) for v in shape)
+
+
 # --------------------------------------------------------------------------- encode / decode (pure)
-def encode_image(image) -> bytes:
-    """``I`` and the 784 pixels of a uint8 28 x 28 image, raster order."""
+def encode_image(image, shape) -> bytes:
+    """``I`` and the C * H * W pixels of a uint8 image of ``shape`` = (C, H, W), channel by channel in
+    raster order (an H x W image passes for C = 1)."""
+    shape = tuple(int(v) for v in shape)
     image = np.asarray(image)
-    if image.dtype != np.uint8 or image.shape != (28, 28):
-        raise UserError(f"an image must be uint8 28 x 28, got {image.dtype} {image.shape}")
+    if image.ndim == 2 and shape[0] == 1:
+        image = image[None]
+    if image.dtype != np.uint8 or image.shape != shape:
+        raise UserError(f"an image must be uint8 {_shape_text(shape)}, got {image.dtype} {_shape_text(image.shape)}")
     return bytes([CMD_IMAGE]) + np.ascontiguousarray(image).tobytes()
 
 
@@ -53,41 +60,52 @@ def encode_query() -> bytes:
     return bytes([CMD_QUERY])
 
 
-def decode_result(reply: bytes) -> tuple[int, list[int]]:
-    """``R``, class, ten 4-byte little-endian two's complement scores -> (class, scores)."""
+def decode_result(reply: bytes, classes: int) -> tuple[int, list[int]]:
+    """``R``, class, ``classes`` 4-byte little-endian two's complement scores -> (class, scores)."""
     reply = bytes(reply)
     if not reply or reply[0] != REPLY_RESULT:
         got = _name(reply[0]) if reply else "nothing"
         hint = " (the board did not take the image: a byte was lost, or it timed out)" if reply[:1] == bytes([REPLY_ERROR]) else ""
         raise ProtocolError(f"bad reply to an image: {got}, expected {_name(REPLY_RESULT)}{hint}")
-    if len(reply) != RESULT_BYTES:
-        raise ProtocolError(f"bad reply to an image: {len(reply)} bytes, expected {RESULT_BYTES}")
+    if len(reply) != result_bytes(classes):
+        raise ProtocolError(f"bad reply to an image: {len(reply)} bytes, expected {result_bytes(classes)}")
     scores = [int.from_bytes(reply[2 + SCORE_BYTES * k:2 + SCORE_BYTES * (k + 1)], "little", signed=True)
-              for k in range(N_SCORES)]
+              for k in range(classes)]
     return reply[1], scores
 
 
 def encode_result(cls: int, scores) -> bytes:
     """The board's reply for (class, scores): the inverse of :func:`decode_result`."""
     scores = [int(s) for s in scores]
-    if len(scores) != N_SCORES:
-        raise ValueError(f"{len(scores)} scores, expected {N_SCORES}")
     return bytes([REPLY_RESULT, int(cls) & 0xFF]) + b"".join(s.to_bytes(SCORE_BYTES, "little", signed=True) for s in scores)
 
 
 def decode_version(reply: bytes) -> dict:
-    """``V``, version, lanes, scores -> ``{"version", "lanes", "scores"}`` (version and scores checked)."""
+    """``V``, version, lanes, channels, height, width, classes -> ``{"version", "lanes", "image_shape",
+    "classes"}`` (``image_shape`` = [C, H, W]). A board of another protocol version is an error
+    that says so, whatever the length of its reply."""
     reply = bytes(reply)
-    if len(reply) != VERSION_BYTES or reply[0] != REPLY_VERSION:
+    if len(reply) < 2 or reply[0] != REPLY_VERSION:
         got = _name(reply[0]) if reply else "nothing"
         raise ProtocolError(f"bad reply to '?': {got} ({len(reply)} bytes), expected {_name(REPLY_VERSION)} "
                             f"and {VERSION_BYTES - 1} bytes: is this a lenet-hw board at the right baud rate?")
-    info = {"version": reply[1], "lanes": reply[2], "scores": reply[3]}
-    if info["version"] != PROTOCOL_VERSION:
-        raise ProtocolError(f"the board speaks protocol version {info['version']}, this host {PROTOCOL_VERSION}")
-    if info["scores"] != N_SCORES:
-        raise ProtocolError(f"the board sends {info['scores']} scores, expected {N_SCORES}")
-    return info
+    if reply[1] != PROTOCOL_VERSION:
+        raise ProtocolError(f"the board speaks protocol version {reply[1]}, this host {PROTOCOL_VERSION} "
+                            "(rebuild the board top with this hw/)")
+    if len(reply) != VERSION_BYTES:
+        raise ProtocolError(f"bad reply to '?': {len(reply)} bytes, expected {VERSION_BYTES}")
+    return {"version": reply[1], "lanes": reply[2], "image_shape": list(reply[3:6]), "classes": reply[6]}
+
+
+def check_board(info: dict, spec) -> None:
+    """The board's announcement (:func:`decode_version`) against the spec: the same image shape and
+    number of classes, or a one-line error."""
+    want = {"image_shape": [int(v) for v in spec.input_shape], "classes": int(spec.classes)}
+    have = {k: info[k] for k in want}
+    if have != want:
+        raise ProtocolError(f"the board takes {_shape_text(have['image_shape'])} images and gives {have['classes']} "
+                            f"scores, the spec {_shape_text(want['image_shape'])} and {want['classes']}: "
+                            "a board built from another spec?")
 
 
 def decode_ack(reply: bytes) -> None:
@@ -108,6 +126,7 @@ class Board:
 
     def __init__(self, port, timeout: float = 2.0):
         self.port, self.timeout = port, timeout
+        self.info: dict | None = None  # the board's answer to '?'
 
     def read(self, n: int, what: str) -> bytes:
         buf = b""
@@ -127,18 +146,27 @@ class Board:
         self.port.reset_input_buffer()
 
     def query(self) -> dict:
+        """``?``: the board's announcement; later images are sized by it."""
         self.port.write(encode_query())
-        first = self.read(1, "the reply to '?'")
-        if first[0] != REPLY_VERSION:
-            return decode_version(first)  # raises, naming the byte
-        return decode_version(first + self.read(VERSION_BYTES - 1, "the reply to '?'"))
+        head = self.read(1, "the reply to '?'")
+        if head[0] == REPLY_VERSION:
+            head += self.read(1, "the reply to '?'")
+            if head[1] == PROTOCOL_VERSION:
+                head += self.read(VERSION_BYTES - 2, "the reply to '?'")
+        self.info = decode_version(head)  # raises on anything else, naming the byte or the version
+        return self.info
 
     def classify(self, image) -> tuple[int, list[int]]:
-        self.port.write(encode_image(image))
+        """``I``: one image of the announced shape; (class, scores)."""
+        info = self.info
+        if info is None:
+            raise ProtocolError("classify before query: the board's image shape is not known")
+        self.port.write(encode_image(image, info["image_shape"]))
         first = self.read(1, "the reply to an image")
         if first[0] != REPLY_RESULT:
-            return decode_result(first)  # raises
-        return decode_result(first + self.read(RESULT_BYTES - 1, "the reply to an image"))
+            return decode_result(first, info["classes"])  # raises
+        return decode_result(first + self.read(result_bytes(info["classes"]) - 1, "the reply to an image"),
+                             info["classes"])
 
     def load_weights(self, data: bytes) -> None:
         self.port.write(encode_weights(data))
@@ -158,19 +186,6 @@ def open_port(port: str, baud: int, timeout: float):
 
 
 # --------------------------------------------------------------------------- images, weights, comparison
-def crop28(images: np.ndarray, pad: int = 2) -> np.ndarray:
-    """N x 28 x 28 passes; N x 32 x 32 gives its centre, if its border is grey level 0 (as the
-    accelerator pads the 28 x 28 centre itself)."""
-    if images.shape[1] == 28:
-        return images
-    border = np.ones(images.shape[1:], bool)
-    border[pad:-pad, pad:-pad] = False
-    if images[:, border].any():
-        raise UserError(f"a 32 x 32 image must have a {pad}-pixel border of grey level 0 (the board takes the "
-                        "28 x 28 centre); pass 28 x 28 images or clear the border")
-    return images[:, pad:-pad, pad:-pad]
-
-
 def weight_bytes(spec, lanes: int) -> bytes:
     """The byte stream for the accelerator's weight port (``acc.weight_load_data()``)."""
     from .accelerator import Accelerator
@@ -185,7 +200,9 @@ def weight_bytes(spec, lanes: int) -> bytes:
 
 def compare(classes, scores, expected_classes, expected_scores, labels=None) -> dict:
     """Board results against the emulator's (integer equality) and against the labels."""
-    classes, scores = np.asarray(classes, np.int64), np.asarray(scores, np.int64).reshape(len(classes), N_SCORES)
+    expected_scores = np.asarray(expected_scores, np.int64)
+    classes = np.asarray(classes, np.int64)
+    scores = np.asarray(scores, np.int64).reshape(len(classes), expected_scores.shape[1])
     bad = np.flatnonzero((classes != expected_classes) | (scores != expected_scores).any(axis=1))
     first = None
     if len(bad):
@@ -200,14 +217,18 @@ def compare(classes, scores, expected_classes, expected_scores, labels=None) -> 
 
 
 def run(board: Board, spec, images: np.ndarray, labels=None, weights: bool = False, resync: bool = True) -> dict:
-    """Query the board, load the weights if asked, classify ``images``; compare with the emulator."""
+    """Query the board and check what it takes against ``spec``, load the weights if asked,
+    classify ``images`` (uint8, the spec's input shape or what :func:`model.data.fit_images`
+    adapts to it); compare with the emulator."""
+    from model.data import fit_images
     from quantize.emulator import Emulator
 
-    images = crop28(images, spec.input_pad)
+    images = fit_images(np.asarray(images), spec.input_shape)
     ref = Emulator(spec).run(images, keep=False)
     if resync:
         board.resync()
     info = board.query()
+    check_board(info, spec)
     if weights:
         board.load_weights(weight_bytes(spec, info["lanes"]))
     classes, scores = [], []
@@ -219,7 +240,7 @@ def run(board: Board, spec, images: np.ndarray, labels=None, weights: bool = Fal
     dt = time.perf_counter() - t0
     res = compare(classes, scores, ref.predictions, ref.scores, labels)
     res["images_per_s"] = round(len(images) / dt, 2) if dt > 0 else None
-    res["lanes"] = info["lanes"]
+    res.update(lanes=info["lanes"], image_shape=info["image_shape"], classes=info["classes"])
     return res
 
 
@@ -229,7 +250,8 @@ def main(argv=None):
     p.add_argument("--port", required=True, help="serial device (/dev/ttyUSB1, COM3) or pyserial URL")
     p.add_argument("--baud", type=int, default=DEFAULT_BAUD, help=f"baud rate the board was built for (default {DEFAULT_BAUD})")
     p.add_argument("--spec", required=True, help="QuantSpec directory the board was built from")
-    p.add_argument("--images", default="100", help="N (the first N MNIST test images) or a uint8 N x 28 x 28 .npy")
+    p.add_argument("--images", default="100",
+                   help="N (the first N MNIST test images, fitted to the spec's input) or a uint8 N x C x H x W .npy")
     p.add_argument("--data", default=None, help="MNIST directory")
     p.add_argument("--weights", action="store_true", help="load the weights over the UART first (boards with a weight port)")
     p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for a reply (default 2)")
@@ -238,6 +260,7 @@ def main(argv=None):
     from pathlib import Path
 
     from model import data
+    from model.data import fit_images
     from quantize import spec as qspec
 
     if args.baud <= 0:
@@ -257,8 +280,9 @@ def main(argv=None):
     else:
         from quantize.run import load_images
 
-        images = load_images(args.images)
-    images = crop28(images, spec.input_pad)  # every input checked before the port is opened
+        images = load_images(args.images, spec.input_shape)
+    # every input checked before the port is opened: an image the spec cannot take writes nothing
+    images = fit_images(images, spec.input_shape, "MNIST test images" if labels is not None else f"--images {args.images}")
     port = open_port(args.port, args.baud, args.timeout)
     try:
         res = run(Board(port, args.timeout), spec, images, labels, args.weights)

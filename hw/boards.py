@@ -4,17 +4,20 @@
 the board top's Verilog, the platform top (pins, clock and reset glue) as RTLIL and Verilog, the
 pin constraints (.pcf / .lpf) and a JSON manifest; building the bitstream is :mod:`hw.synth`'s job.
 
-Protocol (version 1, see ``docs/board-protocol.md``), 8N1 at ``baud`` (115200 by default), one
-command at a time: the host waits for each reply before sending the next command.
+Protocol (version 2, see ``docs/board-protocol.md``), 8N1 at ``baud`` (115200 by default), one
+command at a time: the host waits for each reply before sending the next command. The image and
+the reply are sized by the spec: C x H x W pixels in, ``classes`` scores out (LeNet-5: 1 x 28 x 28
+and 10).
 
 ========================================  ===============================================================
 host sends                                board answers
 ========================================  ===============================================================
-``I`` (0x49), 784 bytes: a 28x28 uint8    ``R`` (0x52), the class (1 byte), the ten scores, each 4 bytes
-image in raster order                     little-endian two's complement (sign-extended score)
+``I`` (0x49), C * H * W bytes: a uint8    ``R`` (0x52), the class (1 byte), one score per class, each 4
+image, channel by channel, raster order   bytes little-endian two's complement (sign-extended score)
 ``W`` (0x57), length N (4 bytes little-   ``K`` (0x4B) once the N bytes went to the accelerator's weight
 endian), N bytes                          port; ``E`` (0x45) after discarding them if it has none
-``?`` (0x3F)                              ``V`` (0x56), protocol version (1), lanes, number of scores (10)
+``?`` (0x3F)                              ``V`` (0x56), protocol version (2), lanes, C, H, W, classes
+                                          (one byte each: 7 bytes)
 any other byte                            ``E`` (0x45)
 ========================================  ===============================================================
 
@@ -37,14 +40,29 @@ from model.util import UserError, atomic_write_text, cli
 
 from .uart import UARTReceiver, UARTTransmitter, divisor_for
 
-PROTOCOL_VERSION = 1
-IMAGE_BYTES = 28 * 28
-N_SCORES = 10
+PROTOCOL_VERSION = 2
 SCORE_BYTES = 4
+VERSION_BYTES = 7  # 'V', version, lanes, channels, height, width, classes
 CMD_IMAGE, CMD_WEIGHTS, CMD_QUERY = 0x49, 0x57, 0x3F  # 'I', 'W', '?'
 REPLY_RESULT, REPLY_OK, REPLY_ERROR, REPLY_VERSION = 0x52, 0x4B, 0x45, 0x56  # 'R', 'K', 'E', 'V'
 DEFAULT_BAUD = 115200
 DEFAULT_TIMEOUT_S = 0.1
+
+
+def result_bytes(classes: int) -> int:
+    """Bytes of the reply to an image: ``R``, the class, ``classes`` 4-byte scores."""
+    return 2 + SCORE_BYTES * classes
+
+
+def frames_per_image(image_shape, classes: int) -> tuple[int, int]:
+    """UART frames (bytes) of one image: (in: ``I`` and the C * H * W pixels, out: the reply)."""
+    c, h, w = image_shape
+    return 1 + c * h * w, result_bytes(classes)
+
+
+def version_reply(lanes: int, image_shape, classes: int) -> bytes:
+    """The board's answer to ``?``: ``V``, version, lanes, channels, height, width, classes."""
+    return bytes([REPLY_VERSION, PROTOCOL_VERSION, lanes, *image_shape, classes])
 
 
 class BoardTop(wiring.Component):
@@ -64,18 +82,23 @@ class BoardTop(wiring.Component):
     accelerator : wiring.Component, optional
         Any component with the accelerator's ports (``i``, ``o``, optional ``wl``); by default
         ``Accelerator(spec, lanes)``.
+    image_shape, classes : optional
+        The (C, H, W) of an image and the number of scores, announced by ``?`` and sizing the
+        ``I`` command; by default the accelerator's ``program.image_shape`` and
+        ``program.classes`` (give them for an accelerator without a program, e.g. a stub).
 
     Ports: ``rx`` (from the host), ``tx`` (to the host), ``led`` (high while an image is being
     received, computed or answered).
 
     Latency: an image's reply starts as soon as the accelerator's first output beat is ready, i.e.
     :func:`hw.perf.cycles_per_image` cycles after the image's last byte (less the load cycles that
-    overlapped the reception); the reply takes ``42 * 10 * divisor`` cycles. Throughput: one image
-    per ``(785 + 42) * 10 * divisor`` cycles plus the compute, about 13 images/s at 115200 baud.
+    overlapped the reception); the reply takes ``result_bytes(classes) * 10 * divisor`` cycles.
+    Throughput: one image per ``sum(frames_per_image(...)) * 10 * divisor`` cycles plus the
+    compute (LeNet-5: (785 + 42) frames, about 13 images/s at 115200 baud).
     """
 
     def __init__(self, spec=None, lanes: int = 8, clk_hz: int = 12_000_000, baud: int = DEFAULT_BAUD,
-                 timeout_s: float = DEFAULT_TIMEOUT_S, accelerator=None):
+                 timeout_s: float = DEFAULT_TIMEOUT_S, accelerator=None, image_shape=None, classes=None):
         if isinstance(lanes, bool) or not isinstance(lanes, int) or not 1 <= lanes <= 255:
             raise ValueError(f"lanes must be an integer from 1 to 255 (one byte in the '?' reply), got {lanes!r}")
         self.divisor = divisor_for(clk_hz, baud)
@@ -92,7 +115,21 @@ class BoardTop(wiring.Component):
         for name in ("i", "o"):
             if name not in members:
                 raise TypeError(f"the accelerator has no '{name}' port")
+        prog = getattr(accelerator, "program", None)
+        if image_shape is None and prog is not None:
+            image_shape = prog.image_shape
+        if classes is None and prog is not None:
+            classes = prog.classes
+        if image_shape is None or classes is None:
+            raise TypeError("the accelerator has no program: give image_shape and classes")
+        image_shape = tuple(image_shape)
+        if len(image_shape) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 255
+                                            for v in (*image_shape, classes)):
+            raise ValueError(f"image_shape (C, H, W) and classes must be integers from 1 to 255 (one byte each in "
+                             f"the '?' reply), got {image_shape!r} and {classes!r}")
         self.acc = accelerator
+        self.image_shape, self.classes = image_shape, classes
+        self.image_bytes = image_shape[0] * image_shape[1] * image_shape[2]
         self.has_weight_port = "wl" in members
         self.score_width = len(accelerator.o.payload.value)
         if self.score_width > 8 * SCORE_BYTES:
@@ -108,14 +145,14 @@ class BoardTop(wiring.Component):
         m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(utx.tx)]
         acc, rx = self.acc, urx.o
 
-        # reply buffer: up to 4 bytes, sent LSB first
-        txbuf = Signal(32)
-        txn = Signal(range(5))
+        # reply buffer: up to VERSION_BYTES bytes, sent LSB first
+        txbuf = Signal(8 * VERSION_BYTES)
+        txn = Signal(range(VERSION_BYTES + 1))
         m.d.comb += [utx.i.valid.eq(txn != 0), utx.i.payload.eq(txbuf[:8])]
         with m.If(utx.i.valid & utx.i.ready):
             m.d.sync += [txbuf.eq(txbuf >> 8), txn.eq(txn - 1)]
 
-        count = Signal(range(IMAGE_BYTES))
+        count = Signal(range(self.image_bytes))
         length = Signal(32)
         first = Signal()
         idle = Signal(range(self.timeout_cycles + 1))  # cycles without a byte inside a command
@@ -137,8 +174,8 @@ class BoardTop(wiring.Component):
                                 m.d.sync += count.eq(0)
                                 m.next = "LENGTH"
                             with m.Case(CMD_QUERY):
-                                m.d.sync += [txbuf.eq(REPLY_VERSION | PROTOCOL_VERSION << 8 | self.lanes << 16
-                                                      | N_SCORES << 24), txn.eq(4)]
+                                reply = version_reply(self.lanes, self.image_shape, self.classes)
+                                m.d.sync += [txbuf.eq(int.from_bytes(reply, "little")), txn.eq(len(reply))]
                             with m.Default():
                                 m.d.sync += [txbuf.eq(REPLY_ERROR), txn.eq(1)]
             with m.State("IMAGE"):
@@ -147,7 +184,7 @@ class BoardTop(wiring.Component):
                 m.d.comb += [acc.i.valid.eq(rx.valid), acc.i.payload.eq(rx.payload), rx.ready.eq(acc.i.ready)]
                 with m.If(byte_in):
                     m.d.sync += count.eq(count + 1)
-                    with m.If(count == IMAGE_BYTES - 1):
+                    with m.If(count == self.image_bytes - 1):
                         m.d.sync += first.eq(1)
                         m.next = "RESULT"
             with m.State("RESULT"):
@@ -387,7 +424,9 @@ def board_design(board: str, spec, lanes: int = 8, baud: int = DEFAULT_BAUD, nam
         "actual_baud": round(top.clk_hz / top.divisor, 1), "lanes": lanes, "network": getattr(spec, "network", None),
         "preset": spec.provenance.get("preset") if spec is not None else None,
         "weight_port": top.has_weight_port, "score_width": top.score_width,
-        "protocol_version": PROTOCOL_VERSION, "top": name, "board_top": f"{name}_top",
+        "protocol_version": PROTOCOL_VERSION, "image_shape": list(top.image_shape), "classes": top.classes,
+        "bytes_per_image": dict(zip(("in", "out"), frames_per_image(top.image_shape, top.classes))),
+        "top": name, "board_top": f"{name}_top",
         "files": {"rtlil": f"{name}.il", "verilog": f"{name}.v", "constraints": name + cons,
                   "board_top_verilog": f"{name}_top.v"},
     }

@@ -13,9 +13,10 @@ from pathlib import Path
 from model.util import UserError, atomic_write_text, cli
 from quantize import spec as qspec
 
-from .accelerator import OUTPUT_BEATS, Accelerator
+from .accelerator import Accelerator
 from .emit import emit_verilog
 from .perf import schedule
+from .program import Program, compile_spec
 
 
 def top_name(spec) -> str:
@@ -34,26 +35,29 @@ def ports_of(verilog_text: str, name: str) -> list[dict]:
     return ports
 
 
-def generate(spec, lanes: int, name: str | None = None) -> tuple[str, dict]:
-    """Return (verilog, manifest) for ``spec`` with ``lanes`` MAC lanes."""
+def generate(spec, lanes: int, name: str | None = None, program: Program | None = None) -> tuple[str, dict]:
+    """Return (verilog, manifest) for ``spec`` with ``lanes`` MAC lanes. ``program`` (the spec
+    compiled for ``lanes``) is used instead of compiling the spec again."""
     try:
-        dut = Accelerator(spec, lanes)
+        prog = program if program is not None else compile_spec(spec, lanes)
+        dut = Accelerator(spec, lanes, program=prog)
     except (ValueError, TypeError) as e:
         raise UserError(str(e)) from None
     name = name or top_name(spec)
     text = emit_verilog(dut, name)
-    sched = schedule(spec, lanes)
-    prog = dut.program
-    streamed = prog.input_size - 2 * prog.input_pad  # the loader writes the padding border itself
+    sched = schedule(spec, lanes, program=prog)
+    c, h, w = prog.image_shape
     manifest = {
         "top": name, "lanes": lanes, "network": spec.network, "preset": spec.provenance.get("preset"),
         "spec_sha256": spec.provenance.get("checkpoint_sha256"),
         "verilog_sha256": hashlib.sha256(text.encode()).hexdigest(),
         "ports": ports_of(text, name),
-        "streams": {"i": f"uint8 pixels of a {streamed} x {streamed} image, raster order",
-                    "o": f"{OUTPUT_BEATS} beats: class, then scores 0..{prog.scores - 1} "
+        "streams": {"i": f"{prog.image_bytes} uint8 pixels of a {c} x {h} x {w} image, channel by channel, "
+                         "each in raster order",
+                    "o": f"{prog.output_beats} beats: class, then scores 0..{prog.classes - 1} "
                          "(o__payload: value = low bits, last = top bit)"},
-        "image_shape": [streamed, streamed], "output_beats": OUTPUT_BEATS,
+        "image_shape": [c, h, w], "image_bytes": prog.image_bytes, "classes": prog.classes,
+        "output_beats": prog.output_beats,
         "cycles_per_image": sched["cycles_per_image"], "macs_per_image": sched["macs_per_image"],
         "utilisation_ratio": sched["utilisation_ratio"], "cycle_model": sched["layers"],
         "memories": {"feature_banks": lanes, "feature_words_per_bank": prog.fm_words, "feature_width": prog.fm_width,

@@ -1,31 +1,31 @@
-"""Cycle model of the accelerator, derived from its schedule (``hw/accelerator.py``).
+"""Cycle model of the accelerator, derived from the compiled program alone (``hw/program.py``).
 
 One image, streams never stalling::
 
-    LOAD      size**2  one feature-memory write per cycle over the padded input (32x32: 1024)
+    LOAD      C * Hp * Wp  one feature-memory write per cycle over the padded input
     per layer:
       INIT             1  layer registers
+      FILL      border    the padding of the layer's input (none for the first layer: LOAD writes it)
       ISSUE          sum of taps over the layer's groups (one tap per cycle, all lanes at once)
       WAIT           sum over groups after the first of max(0, lanes - taps): a group of fewer taps
                            than lanes waits for the drain (one accumulator per cycle) to keep up
       GAP      lanes + 7  the last group's drain lands before the next layer reads
     FINISH             1
-    OUTPUT            11  class + ten scores
+    OUTPUT   1 + classes  the class, then one score per class
     DONE               1
 
 A group is an R x C tile of output positions of one map (conv mode; ceil(h/R) * ceil(w/C) tiles
-per map) or ``lanes`` neurons (dense mode);
-its taps are the map's weights (conv: table inputs x K x K; subsampling: 4) or the layer's inputs.
+per map) or ``lanes`` neurons (dense mode); its taps are the map's weights (conv: table inputs x
+K x K; pools: k x k) or the layer's inputs.
 """
 from __future__ import annotations
 
 import argparse
 import json
 
-from model.util import cli
+from model.util import UserError, cli
 
-from .accelerator import OUTPUT_BEATS, layer_gap
-from .program import Program, compile_spec
+from .program import Program, compile_spec, layer_gap
 
 
 def layer_cycles(lp, lanes: int) -> dict:
@@ -33,24 +33,27 @@ def layer_cycles(lp, lanes: int) -> dict:
     issue = sum(group_taps)
     wait = sum(max(0, lanes - t) for t in group_taps[1:])
     return {"layer": lp.name, "mode": lp.mode, "groups": len(group_taps), "issue": issue, "wait": wait,
-            "overhead": layer_gap(lanes), "macs": lp.spec.macs(),  # INIT (1) + GAP (lanes + 7)
-            "cycles": issue + wait + layer_gap(lanes)}
+            "fill": lp.fill_count, "overhead": layer_gap(lanes), "macs": lp.spec.macs(),  # INIT (1) + GAP (lanes + 7)
+            "cycles": lp.fill_count + issue + wait + layer_gap(lanes)}
 
 
-def schedule(spec, lanes: int) -> dict:
-    prog: Program = compile_spec(spec, lanes)
+def program_schedule(prog: Program, macs: int) -> dict:
+    lanes = prog.lanes
     per_layer = [layer_cycles(lp, lanes) for lp in prog.layers]
-    total = prog.load_cycles + sum(l["cycles"] for l in per_layer) + 1 + OUTPUT_BEATS + 1
-    macs = spec.macs()
-    ideal = macs / lanes
+    total = prog.load_cycles + sum(l["cycles"] for l in per_layer) + 1 + prog.output_beats + 1
+    ideal = max(macs, 1) / lanes
     return {"lanes": lanes, "cycles_per_image": total, "macs_per_image": macs,
             "ideal_cycles": round(ideal, 1), "utilisation_ratio": round(total / ideal, 4),
             "mac_cycles": sum(l["issue"] for l in per_layer), "layers": per_layer}
 
 
-def cycles_per_image(spec, lanes: int) -> int:
+def schedule(spec, lanes: int, program: Program | None = None) -> dict:
+    return program_schedule(program if program is not None else compile_spec(spec, lanes), spec.macs())
+
+
+def cycles_per_image(spec, lanes: int, program: Program | None = None) -> int:
     """Cycles from the first loading cycle to ``done``, for one image, streams never stalling."""
-    return schedule(spec, lanes)["cycles_per_image"]
+    return schedule(spec, lanes, program)["cycles_per_image"]
 
 
 @cli
@@ -69,7 +72,6 @@ def main(argv=None):
         try:
             s = schedule(spec, n)
         except ValueError as e:
-            from model.util import UserError
             raise UserError(str(e)) from None
         if args.fmax:
             s["images_per_s"] = round(args.fmax * 1e6 / s["cycles_per_image"], 1)

@@ -3,22 +3,26 @@
 The accelerator is one MAC engine of ``lanes`` neurons reused layer after layer (ANNA's
 time-multiplexing). Each layer runs in one of two modes:
 
-- **conv mode** (convolutions with a spatial output, subsampling): the lanes compute an R x C
-  *tile* of output positions of one output map (``lanes = R * C``, both powers of two, C >= R);
-  every cycle one *tap* (weight, input offset) is broadcast to all lanes. Subsampling is a
-  2x2/stride-2 convolution whose four weights are the map's coefficient
-  (``c * (a + b + d + e) == c*a + c*b + c*d + c*e`` exactly).
-- **dense mode** (C5, F6, the RBF scores): the lanes compute ``lanes`` consecutive output neurons;
-  every cycle all lanes read the same input and a word of ``lanes`` weights.
+- **conv mode** (every layer with a spatial output: conv, local, the pools): the lanes compute an
+  R x C *tile* of output positions of one output map (``lanes = R * C``, both powers of two,
+  C >= R); every cycle one *tap* (weight, input offset) goes to all lanes. A shared-weight layer
+  (conv, pools) replays its map's taps for every tile; a locally connected layer has a tap list
+  per tile whose words carry one weight per lane. Pools are k x k / stride k convolutions: the
+  sum pools multiply by the map's coefficient (``c * (a + b) == c*a + c*b`` exactly), max-pool
+  taps have weight 1 and the lanes keep the maximum instead of the sum.
+- **dense mode** (dense, rbf, and a conv/local layer whose output is 1x1, like LeNet-5's C5): the
+  lanes compute ``lanes`` consecutive output neurons; every cycle all lanes read the same input
+  and a word of ``lanes`` weights.
 
-The feature memory is one copy split into ``lanes`` banks (see :class:`Layout`): every layer's
-input is stored so that the R x C pixels under any tap of any tile sit in R x C different banks,
-so all lanes read at once from one copy of the data; :mod:`hw.window` rotates the banks' outputs
-onto the lanes. Biases are added in the drain (two's-complement addition is associative, so
-``bias + sum`` wrapped equals the emulator's ``sum + bias`` wrapped).
+The feature memory is one copy split into ``lanes`` banks (:mod:`hw.layout`); each layer's input
+is laid out for its stride and padding. The loader writes the first layer's padding; the padding
+of a later layer's input is written from the *fill* list (border addresses) before the layer
+starts. Biases are added in the drain, one per map or, for a dense layer or untied biases, one
+per lane (two's-complement addition is associative, so ``bias + sum`` wrapped equals the
+emulator's ``sum + bias`` wrapped).
 
-Everything here is plain Python over the spec, shared by the generator (``hw/accelerator.py``)
-and the cycle model (``hw/perf.py``).
+Everything here is plain Python over the spec, shared by the generator (``hw/accelerator.py``),
+the cycle model (``hw/perf.py``) and the testbenches.
 """
 from __future__ import annotations
 
@@ -27,11 +31,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from quantize.qformat import QFormat
 from quantize.spec import LayerSpec, QuantSpec
 
 from .fixed import MAX_HW_WIDTH
+from .layout import Layout, cdiv, log2
 
 MAX_LANES = 256
+MAX_STRIDE = 3
 
 
 def tile_shape(lanes: int) -> tuple[int, int]:
@@ -40,52 +47,19 @@ def tile_shape(lanes: int) -> tuple[int, int]:
     return 1 << (lg // 2), 1 << (lg - lg // 2)
 
 
-def _pow2ceil(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
+def layer_gap(lanes: int) -> int:
+    """Idle cycles between a layer's last tap and the next layer's first (GAP + INIT): the drain of
+    the last group (capture 6 cycles after the tap, lanes turns, bias, sum and ROM stages) must
+    land before the next layer reads, and the last score before OUTPUT."""
+    return lanes + 8
 
 
-@dataclass(frozen=True)
-class Layout:
-    """Where a layer's input tensor (maps x h x w) lives in the banked feature memory.
-
-    The reader has stride ``s`` (1 or 2). Pixel (c, y, x) has *super* coordinates
-    (Y, X) = (y // s, x // s); its bank is ``(Y % R) * C + X % C`` and its word in that bank is
-    ``base + c * lh * lw + lrow * lw + lcol`` with ``lrow = (Y // R) * s + y % s`` and
-    ``lcol = (X // C) * s + x % s``. ``lw`` is a power of two, so every address is bit slicing.
-    For any tap (ky, kx) the R x C output positions of a tile read R x C distinct banks.
-    """
-
-    maps: int
-    h: int
-    w: int
-    s: int
-    R: int
-    C: int
-    base: int = 0
-
-    @property
-    def lh(self) -> int:
-        return -(-(-(-self.h // self.s)) // self.R) * self.s
-
-    @property
-    def lw(self) -> int:
-        return _pow2ceil(-(-(-(-self.w // self.s)) // self.C) * self.s)
-
-    @property
-    def lhw(self) -> int:
-        return self.lh * self.lw
-
-    @property
-    def words(self) -> int:
-        """Words per bank."""
-        return self.maps * self.lhw
-
-    def locate(self, c: int, y: int, x: int) -> tuple[int, int]:
-        """(bank, word) of pixel (c, y, x)."""
-        s, R, C = self.s, self.R, self.C
-        Y, X = y // s, x // s
-        lrow, lcol = (Y // R) * s + y % s, (X // C) * s + x % s
-        return (Y % R) * C + X % C, self.base + c * self.lhw + lrow * self.lw + lcol
+def is_dense_mode(l: LayerSpec) -> bool:
+    """Dense, rbf, and a conv/local layer that reads its whole unpadded input into a 1x1 output."""
+    if l.kind in ("dense", "rbf"):
+        return True
+    return (l.kind in ("conv", "local") and l.pad == 0 and l.out_h == l.out_w == 1
+            and l.in_h == l.in_w == l.kernel)
 
 
 @dataclass
@@ -95,22 +69,35 @@ class LayerProgram:
     spec: LayerSpec
     in_layout: Layout  # where the layer reads its input
     out_layout: Layout | None  # where it writes its output (the next layer's in_layout); None: scores
-    in_size: int  # spatial side of the input
-    out_size: int
-    stride: int
-    n_out: int  # conv: positions per map; dense: output neurons
+    out_h: int
+    out_w: int
     maps: int  # conv: output maps; dense: 1
     groups: int  # conv: tiles per map; dense: groups of lanes neurons
     tiles: tuple[int, int]  # conv: tiles down and across a map
     taps: list[int]  # taps per group, per map (conv) or [inputs] (dense)
-    tap_base: int = 0  # first word in the tap memory (conv) or dense memory (dense)
-    bias_base: int = 0  # first entry in the bias memory (one per output map (conv) or neuron (dense))
-    lut_base: int = 0  # first entry in the activation ROM
-    has_activation: bool = True
+    n_out: int  # conv: positions per map; dense: output neurons
+    op: str = "sum"  # "sum" (multiply-accumulate) or "max" (max-pool)
+    shared: bool = True  # conv mode: every tile replays the map's taps (False: local, a list per tile)
+    bias_per_lane: bool = False  # one bias per lane (dense, untied) instead of one per map
+    out_fn: str = "lut"  # "lut", "relu", "linear" (requantize only) or "score" (the last layer)
+    acc_format: QFormat | None = None
+    tap_base: int = 0  # first word in the weight memory
+    bias_base: int = 0
+    lut_base: int = 0
+    fill_base: int = 0  # first entry of this layer's input border in the fill list
+    fill_count: int = 0
+
+    @property
+    def stride(self) -> int:
+        return self.in_layout.s
 
     @property
     def group_count(self) -> int:
         return self.maps * self.groups
+
+    @property
+    def has_activation(self) -> bool:
+        return self.out_fn != "score"
 
 
 @dataclass
@@ -124,25 +111,39 @@ class Program:
     weight_width: int
     acc_width: int
     offset_width: int
-    tap_words: list[tuple[int, int, int, int]]  # conv taps: (weight code, word offset, my, mx)
+    tap_shift: int  # bit of a tap word where the tap fields (offset, my, mx) start
+    tap_words: list[tuple]  # conv mode: (weight code or lanes codes, word offset, my, mx)
     dense_words: list[list[int]]  # dense: lanes weight codes per word
-    bias_words: list[int]  # accumulator-lsb biases: per output map (conv) or neuron (dense)
+    bias_words: list[int]  # accumulator-lsb biases
     lut_rom: list[int]  # activation ROM (act codes): every distinct layer table once
-    input_lut: list[int]  # grey level -> input code
-    input_size: int
-    input_pad: int
-    scores: int  # outputs of the last layer
+    fill_words: list[int]  # feature-memory write addresses (bank << addr_width | word) of padding
+    input_lut: list[int]  # channel * 256 + grey level -> input code
+    image_shape: tuple[int, int, int]  # channels, height, width of the image streamed in
+    input_layout: Layout
+    input_pad_code: int
+    classes: int
     score_width: int
     info: dict = field(default_factory=dict)
 
     @property
+    def output_beats(self) -> int:
+        """Beats of the output stream: the class, then one score per class."""
+        return 1 + self.classes
+
+    @property
+    def image_bytes(self) -> int:
+        c, h, w = self.image_shape
+        return c * h * w
+
+    @property
     def load_cycles(self) -> int:
-        return self.input_size**2
+        lay = self.input_layout
+        return lay.maps * lay.h * lay.w
 
     @property
     def tap_bits(self) -> int:
-        """Bits of a conv tap word: weight, word offset, my, mx."""
-        return self.weight_width + self.offset_width + (self.R.bit_length() - 1) + (self.C.bit_length() - 1)
+        """Bits of a conv tap word: weight(s), word offset, my, mx."""
+        return self.tap_shift + self.offset_width + log2(self.R) + log2(self.C)
 
     @property
     def weight_word_width(self) -> int:
@@ -151,10 +152,14 @@ class Program:
 
     def weight_words(self) -> list[int]:
         """The weight memory's image: the dense words (address 0 on), then the conv taps."""
-        ww, offw, myw = self.weight_width, self.offset_width, self.R.bit_length() - 1
+        ww, offw, myw, sh = self.weight_width, self.offset_width, log2(self.R), self.tap_shift
         m = (1 << ww) - 1
-        dense = [sum((int(v) & m) << (q * ww) for q, v in enumerate(word)) for word in self.dense_words]
-        taps = [(w & m) | (off << ww) | (my << (ww + offw)) | (mx << (ww + offw + myw))
+
+        def pack(ws):
+            return sum((int(v) & m) << (q * ww) for q, v in enumerate(ws))
+
+        dense = [pack(word) for word in self.dense_words]
+        taps = [pack(w if isinstance(w, list) else [w]) | (off << sh) | (my << (sh + offw)) | (mx << (sh + offw + myw))
                 for w, off, my, mx in self.tap_words]
         return dense + taps
 
@@ -168,22 +173,51 @@ class Program:
 def _check_spec(spec: QuantSpec, lanes: int) -> None:
     if not isinstance(lanes, int) or isinstance(lanes, bool) or not 1 <= lanes <= MAX_LANES or lanes & (lanes - 1):
         raise ValueError(f"lanes must be a power of two in 1..{MAX_LANES}, got {lanes!r}")
+    dense_seen = None
     for l in spec.layers:
-        if l.kind not in ("conv", "subsample", "dense", "rbf"):
-            raise ValueError(f"layer {l.name}: the hardware does not know layer kind {l.kind!r}")
         for k, f in l.formats.items():
             if f.width > MAX_HW_WIDTH:
-                raise ValueError(f"layer {l.name}: {k} format is {f.width} bits; the generator supports at most {MAX_HW_WIDTH}")
-        if l.kind == "subsample" and l.kernel != 2:
-            raise ValueError(f"layer {l.name}: the hardware subsamples 2x2 only, got {l.kernel}x{l.kernel}")
-    if spec.layers[-1].has_activation:
-        raise ValueError("the last layer must produce scores (no activation)")
+                raise ValueError(f"layer {l.name}.formats.{k}: {f.width} bits; the generator supports at most {MAX_HW_WIDTH}")
+        if l.stride > MAX_STRIDE:
+            raise ValueError(f"layer {l.name}.stride: {l.stride}; the hardware reads at stride 1..{MAX_STRIDE}")
+        if dense_seen and not is_dense_mode(l):
+            raise ValueError(f"layer {l.name}: a spatial layer after the dense layer {dense_seen} (the hardware "
+                             "keeps dense outputs as a vector)")
+        if is_dense_mode(l):
+            dense_seen = l.name
+    last = spec.layers[-1]
+    if not is_dense_mode(last) and (last.out_h, last.out_w) != (1, 1):
+        raise ValueError(f"layer {last.name}: the last layer's output must be 1x1 per class (its outputs are the scores)")
     if spec.input_format.width > MAX_HW_WIDTH:
-        raise ValueError(f"input format is {spec.input_format.width} bits; at most {MAX_HW_WIDTH}")
+        raise ValueError(f"input.format: {spec.input_format.width} bits; at most {MAX_HW_WIDTH}")
 
 
-def _is_conv_mode(l: LayerSpec) -> bool:
-    return (l.kind == "conv" and l.out_size > 1) or l.kind == "subsample"
+def _out_fn(l: LayerSpec, last: bool) -> str:
+    if last:
+        return "score"
+    if l.has_lut:
+        return "lut"
+    return "relu" if l.activation == "relu" else "linear"
+
+
+def _acc_format(l: LayerSpec, weight_width: int) -> QFormat:
+    """The accumulator format; a max-pool's holds its input codes (times a weight of 1)."""
+    if l.kind == "maxpool":
+        f = l.formats["input"]
+        return QFormat(f.width + weight_width, f.frac, True, "TRN", "WRAP")
+    return l.formats["acc"]
+
+
+def _layouts(spec: QuantSpec, R: int, C: int) -> list[Layout]:
+    """Each layer's input layout (stride and padding of its reader); ping-pong buffers A (even
+    layers) from word 0 and B (odd layers) after A."""
+    L = spec.layers
+    shapes = [spec.input_shape] + [l.out_shape for l in L[:-1]]
+    raw = [Layout(m, h + 2 * l.pad, w + 2 * l.pad, 1 if is_dense_mode(l) else l.stride, R, C, 0, l.pad)
+           for (m, h, w), l in zip(shapes, L)]
+    size_a = max(lay.words for lay in raw[0::2])
+    return [Layout(lay.maps, lay.h, lay.w, lay.s, R, C, 0 if i % 2 == 0 else size_a, lay.pad)
+            for i, lay in enumerate(raw)]
 
 
 def compile_spec(spec: QuantSpec, lanes: int = 8) -> Program:
@@ -192,66 +226,32 @@ def compile_spec(spec: QuantSpec, lanes: int = 8) -> Program:
     P = lanes
     R, C = tile_shape(P)
     L = spec.layers
-    # each layer's input layout (stride of its reader); ping-pong buffers A (even layers) and B
-    shapes = [(1, spec.input_size)] + [(l.out_maps, l.out_size) for l in L[:-1]]
-    strides = [2 if l.kind == "subsample" else 1 for l in L]
-    raw = [Layout(m, n, n, s if _is_conv_mode(l) else 1, R, C) for (m, n), s, l in zip(shapes, strides, L)]
-    for i, l in enumerate(L[:-1]):
-        if not _is_conv_mode(l) and raw[i + 1].lhw != 1:
-            raise ValueError(f"layer {l.name}: a dense layer must feed 1x1 maps")
-    if _is_conv_mode(L[-1]):
-        raise ValueError(f"layer {L[-1].name}: the last layer must be dense (its outputs are the scores)")
-    size_a = max(lay.words for lay in raw[0::2])
-    size_b = max((lay.words for lay in raw[1::2]), default=0)
-    layouts = [Layout(lay.maps, lay.h, lay.w, lay.s, R, C, 0 if i % 2 == 0 else size_a) for i, lay in enumerate(raw)]
+    layouts = _layouts(spec, R, C)
+    fm_words = max(1, max(lay.base + lay.words for lay in layouts))
+    aw = max(1, (fm_words - 1).bit_length())
+    # weights are signed in the lanes: an unsigned weight format takes one more bit
+    weight_width = max([l.formats["weight"].width + (not l.formats["weight"].signed) for l in L
+                        if "weight" in l.formats] + [2])
+    tap_shift = P * weight_width if any(l.kind == "local" and not is_dense_mode(l) for l in L) else weight_width
     layers: list[LayerProgram] = []
-    tap_words, dense_words, bias_words, lut_rom = [], [], [], []
+    tap_words, dense_words, bias_words, lut_rom, fill_words = [], [], [], [], []
     lut_seen: dict[tuple, int] = {}
     for i, l in enumerate(L):
         last = i == len(L) - 1
         lin, lout = layouts[i], (None if last else layouts[i + 1])
-        conv_mode = _is_conv_mode(l)
-        b_acc = l.bias_acc().tolist() if l.bias is not None else [0] * l.out_maps
-        lp_kw = dict(name=l.name, spec=l, in_layout=lin, out_layout=lout, in_size=l.in_size,
-                     out_size=l.out_size, has_activation=l.has_activation,
-                     tap_base=len(tap_words) if conv_mode else len(dense_words),
-                     bias_base=len(bias_words), lut_base=len(lut_rom))
-        bias_words += [int(b) for b in b_acc]
-        if conv_mode:
-            S = lin.s
-            K = l.kernel
-
-            def tap(w, c, ky, kx):
-                k1y, k0y, k1x, k0x = ky // S, ky % S, kx // S, kx % S
-                qy, my, qx, mx = k1y // R, k1y % R, k1x // C, k1x % C
-                off = c * lin.lhw + (qy * S + k0y) * lin.lw + qx * S + k0x
-                return (int(w), off, my, mx)
-
-            taps = []
-            for o in range(l.out_maps):
-                if l.kind == "subsample":
-                    c = l.source[o] if l.source is not None else o
-                    words = [tap(l.weight[o], c, u, v) for u in range(K) for v in range(K)]
-                else:
-                    words = [tap(l.weight[o, c, u, v], c, u, v)
-                             for c in l.connections()[o] for u in range(K) for v in range(K)]
-                tap_words += words
-                taps.append(len(words))
-            ty, tx = -(-l.out_size // R), -(-l.out_size // C)
-            lp = LayerProgram(mode="conv", stride=S, n_out=l.out_size**2, maps=l.out_maps, groups=ty * tx,
-                              tiles=(ty, tx), taps=taps, **lp_kw)
+        dense = is_dense_mode(l)
+        kw = dict(name=l.name, spec=l, in_layout=lin, out_layout=lout, out_h=l.out_h, out_w=l.out_w,
+                  out_fn=_out_fn(l, last), acc_format=_acc_format(l, weight_width),
+                  tap_base=len(dense_words) if dense else len(tap_words), bias_base=len(bias_words))
+        if i > 0 and lin.pad:  # the loader pads the first layer's input; the fill list the others'
+            kw.update(fill_base=len(fill_words), fill_count=len(lin.border()))
+            for c, y, x in lin.border():
+                b, a = lin.locate(c, y, x)
+                fill_words.append((b << aw) | a)
+        if dense:
+            lp = _dense_layer(l, lin, P, dense_words, bias_words, kw)
         else:
-            w = l.weight.reshape(l.out_maps, -1)
-            n_in = w.shape[1]
-            if n_in != lin.maps * lin.h * lin.w:
-                raise ValueError(f"layer {l.name}: {n_in} inputs but its input holds {lin.maps * lin.h * lin.w}")
-            groups = math.ceil(l.out_maps / P)
-            wp = np.zeros((groups * P, n_in), np.int64)
-            wp[: l.out_maps] = w
-            for g in range(groups):
-                dense_words += wp[g * P:(g + 1) * P].T.tolist()
-            lp = LayerProgram(mode="dense", stride=1, n_out=l.out_maps, maps=1, groups=groups, tiles=(0, 0),
-                              taps=[n_in], **lp_kw)
+            lp = _conv_layer(l, lin, R, C, tap_words, bias_words, kw)
         if l.lut is not None:  # identical tables (the usual case: one squash) are stored once
             key = tuple(l.lut.tolist())
             if key not in lut_seen:
@@ -259,27 +259,102 @@ def compile_spec(spec: QuantSpec, lanes: int = 8) -> Program:
                 lut_rom += list(key)
             lp.lut_base = lut_seen[key]
         layers.append(lp)
-    weight_width = max(l.formats["weight"].width for l in L)
-    acc_width = max(l.formats["acc"].width for l in L)
-    fm_width = max([spec.input_format.width] + [l.out_format.width for l in L[:-1]])
+    acc_width = max(lp.acc_format.width for lp in layers)
+    # a bias wider than the accumulator is taken modulo 2**acc_width: the drain's sum wraps to the
+    # layer's accumulator width anyway, and (a + b) mod 2**n only depends on b mod 2**n
+    half = 1 << (acc_width - 1)
+    bias_words = [((b + half) % (2 * half)) - half for b in bias_words]
+    # the feature memory is signed: an unsigned state (ReLU) takes one more bit
+    fm_width = max(f.width + (not f.signed) for f in [spec.input_format] + [l.out_format for l in L[:-1]])
     max_off = max((t[1] for t in tap_words), default=0)
-    return Program(lanes=P, R=R, C=C, layers=layers, fm_words=max(1, size_a + size_b), fm_width=fm_width,
+    l0 = L[0]
+    return Program(lanes=P, R=R, C=C, layers=layers, fm_words=fm_words, fm_width=fm_width,
                    weight_width=weight_width, acc_width=acc_width, offset_width=max(1, max_off.bit_length()),
-                   tap_words=tap_words, dense_words=dense_words, bias_words=bias_words, lut_rom=lut_rom,
-                   input_lut=spec.input_lut.tolist(), input_size=spec.input_size, input_pad=spec.input_pad,
-                   scores=L[-1].out_maps, score_width=L[-1].formats["acc"].width,
-                   info={"fm_a": size_a, "fm_b": size_b})
+                   tap_shift=tap_shift, tap_words=tap_words, dense_words=dense_words, bias_words=bias_words,
+                   lut_rom=lut_rom, fill_words=fill_words, input_lut=spec.input_lut.reshape(-1).tolist(),
+                   image_shape=tuple(spec.input_shape), input_layout=layouts[0],
+                   input_pad_code=int(l0.pad_code) if l0.pad else 0, classes=spec.classes,
+                   score_width=L[-1].formats["acc"].width,
+                   info={"fm_a": layouts[1].base if len(layouts) > 1 else fm_words, "fm_b": fm_words - (layouts[1].base if len(layouts) > 1 else fm_words)})
+
+
+def _conv_layer(l: LayerSpec, lin: Layout, R: int, C: int, tap_words: list, bias_words: list, kw: dict) -> LayerProgram:
+    S, K, P = lin.s, l.kernel, R * C
+    oh, ow = l.out_h, l.out_w
+    ty_n, tx_n = cdiv(oh, R), cdiv(ow, C)
+
+    def tap(w, c, ky, kx):
+        k1y, k0y, k1x, k0x = ky // S, ky % S, kx // S, kx % S
+        qy, my, qx, mx = k1y // R, k1y % R, k1x // C, k1x % C
+        off = c * lin.lhw + (qy * S + k0y) * lin.lw + qx * S + k0x
+        return (w, off, my, mx)
+
+    def lane_positions(ty, tx):
+        return [(ty * R + q // C, tx * C + q % C) for q in range(P)]
+
+    taps = []
+    window = [(u, v) for u in range(K) for v in range(K)]
+    for o in range(l.out_maps):
+        if l.kind == "local":
+            n = 0
+            for ty in range(ty_n):
+                for tx in range(tx_n):
+                    pos = lane_positions(ty, tx)
+                    for c in range(l.in_maps):
+                        for u, v in window:
+                            ws = [int(l.weight[o, y, x, c, u, v]) if y < oh and x < ow else 0 for y, x in pos]
+                            tap_words.append(tap(ws, c, u, v))
+                            n += 1
+            taps.append(n // (ty_n * tx_n))
+            continue
+        if l.kind == "conv":
+            words = [tap(int(l.weight[o, c, u, v]), c, u, v) for c in l.connections()[o] for u, v in window]
+        else:  # pools read one input map; max-pool taps have weight 1
+            coef = 1 if l.kind == "maxpool" else int(l.weight[o])
+            words = [tap(coef, l.sources()[o], u, v) for u, v in window]
+        tap_words += words
+        taps.append(len(words))
+    if l.untied:  # one bias per lane of every tile, in issue order (0 for lanes outside the map)
+        b = l.bias_acc()
+        for o in range(l.out_maps):
+            for ty in range(ty_n):
+                for tx in range(tx_n):
+                    bias_words += [int(b[o, y, x]) if y < oh and x < ow else 0 for y, x in lane_positions(ty, tx)]
+    else:
+        bias_words += [int(v) for v in l.bias_acc()]
+    return LayerProgram(mode="conv", maps=l.out_maps, groups=ty_n * tx_n, tiles=(ty_n, tx_n), taps=taps,
+                        n_out=oh * ow, op="max" if l.kind == "maxpool" else "sum", shared=l.kind != "local",
+                        bias_per_lane=l.untied, **kw)
+
+
+def _dense_layer(l: LayerSpec, lin: Layout, P: int, dense_words: list, bias_words: list, kw: dict) -> LayerProgram:
+    if l.kind == "local":  # a 1x1 output: one weight set per map
+        w = l.weight.reshape(l.out_maps, -1)
+    else:
+        w = l.weight.reshape(l.out_maps, -1)
+    n_in = w.shape[1]
+    if n_in != lin.maps * lin.h * lin.w:
+        raise ValueError(f"layer {l.name}: {n_in} inputs but its input holds {lin.maps * lin.h * lin.w}")
+    groups = math.ceil(l.out_maps / P)
+    wp = np.zeros((groups * P, n_in), np.int64)
+    wp[: l.out_maps] = w
+    for g in range(groups):
+        dense_words += wp[g * P:(g + 1) * P].T.tolist()
+    b = l.bias_acc().reshape(-1)
+    bias_words += [int(v) for v in b] + [0] * (groups * P - len(b))
+    return LayerProgram(mode="dense", maps=1, groups=groups, tiles=(0, 0), taps=[n_in], n_out=l.out_maps,
+                        bias_per_lane=True, **kw)
 
 
 def output_addresses(lp: LayerProgram, program: Program) -> list[int] | None:
     """For each flat index of the layer's output tensor (emulator order), the drain's write address
     ``bank * 2**AW + word`` (``AW`` = :func:`addr_width`); None for the last layer (scores)."""
-    if lp.out_layout is None:
+    lay = lp.out_layout
+    if lay is None:
         return None
-    aw = addr_width(program)
-    n = lp.spec.out_size
-    return [(b << aw) | a for c in range(lp.spec.out_maps) for y in range(n) for x in range(n)
-            for b, a in [lp.out_layout.locate(c, y, x)]]
+    aw, p = addr_width(program), lay.pad
+    return [(b << aw) | a for c in range(lp.spec.out_maps) for y in range(lp.out_h) for x in range(lp.out_w)
+            for b, a in [lay.locate(c, y + p, x + p)]]
 
 
 def addr_width(program: Program) -> int:

@@ -8,21 +8,20 @@ from __future__ import annotations
 import numpy as np
 from amaranth.sim import Simulator
 
-from model.data import check_images
+from model.data import fit_images
 
 from .accelerator import Accelerator
 
 
 def rtl_accelerator(spec, lanes: int, images: np.ndarray, vcd: str | None = None, max_cycles: int = 10_000_000,
                     weights: str = "rom", batch: int = 1):
-    """Stream each 28x28 uint8 image in; return (classes N, scores N x 10, cycles per image N).
+    """Stream each image in (uint8, the spec's input shape, or MNIST digits that
+    :func:`model.data.fit_images` adapts); return (classes N, scores N x classes, cycles per image N).
 
     With ``weights="load"`` the weight memory starts empty and the weight image is streamed
     through ``wl`` first, one byte per cycle. With ``batch`` = B the images go in B at a time (the
     last group padded with blank images, whose results are dropped); cycles are per group."""
-    images = check_images(np.asarray(images))
-    if images.shape[1] != 28:
-        images = images[:, spec.input_pad:-spec.input_pad, spec.input_pad:-spec.input_pad]
+    images = fit_images(np.asarray(images), spec.input_shape)
     dut = Accelerator(spec, lanes, weights=weights, batch=batch)
     n_images = len(images)
     if batch > 1 and len(images) % batch:

@@ -17,11 +17,8 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .mac import _check_int
+from .layout import log2 as _log2
 
-
-
-def _log2(n: int) -> int:
-    return n.bit_length() - 1
 
 
 def select(values: list, index):

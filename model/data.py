@@ -1,5 +1,8 @@
 """MNIST: IDX reading with validation, checksums, locating or downloading the files, preprocessing.
 
+Images reach a network through :func:`fit_images` (the shape a spec's ``input_shape`` takes),
+which area-resamples digits for smaller inputs with the integer rule of :func:`resample`.
+
 Search order for the data directory: ``--data DIR``, ``$LENET_DATA``, ``./data/mnist``,
 ``../shared/data/mnist``; otherwise the files are downloaded from the public mirrors into
 ``./data/mnist`` and verified against the sha256 of the uncompressed payload.
@@ -195,6 +198,76 @@ def check_images(images: np.ndarray, what: str = "images") -> np.ndarray:
     if images.ndim != 3 or images.shape[1:] not in ((28, 28), (32, 32)):
         raise UserError(f"{what}: shape {images.shape}, expected N x 28 x 28 or N x 32 x 32")
     return images
+
+
+def resample(images_u8: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Integer area resampling of uint8 N x H0 x W0 (or H0 x W0) images to N x ``h`` x ``w``.
+
+    Output pixel (i, j) is the mean of the input pixels in rows ``floor(i H0 / h)`` ..
+    ``ceil((i + 1) H0 / h) - 1`` and the same columns for ``j`` (torch's ``adaptive_avg_pool2d``
+    windows), rounded half up in integers: ``(2 sum + count) // (2 count)``. Deterministic and
+    exact: the same bytes on every machine.
+    """
+    a = np.asarray(images_u8)
+    if a.dtype != np.uint8:
+        raise UserError(f"images: dtype {a.dtype}, expected uint8 (0..255 grey levels)")
+    single = a.ndim == 2
+    if single:
+        a = a[None]
+    if a.ndim != 3:
+        raise UserError(f"images: shape {a.shape}, expected N x H x W")
+    h0, w0 = a.shape[1:]
+    if h < 1 or w < 1 or h0 < 1 or w0 < 1:
+        raise UserError(f"images: cannot resample {h0} x {w0} to {h} x {w}")
+
+    def windows(n0: int, n: int) -> np.ndarray:  # n x n0 0/1 membership matrix
+        m = np.zeros((n, n0), np.float64)
+        for i in range(n):
+            m[i, (i * n0) // n: -((-(i + 1) * n0) // n)] = 1
+        return m
+
+    rows, cols = windows(h0, h), windows(w0, w)
+    # float64 sums of at most 255 * H0 * W0 are exact integers
+    sums = np.rint(np.einsum("ih,nhw,jw->nij", rows, a.astype(np.float64), cols, optimize=True)).astype(np.int64)
+    count = np.outer(rows.sum(1), cols.sum(1)).astype(np.int64)
+    out = ((2 * sums + count) // (2 * count)).astype(np.uint8)
+    return out[0] if single else out
+
+
+def fit_images(images, shape, what: str = "images") -> np.ndarray:
+    """Images as the uint8 N x C x H x W array a spec of ``input_shape`` ``shape`` = (C, H, W) takes.
+
+    Accepted: that exact shape (a single C x H x W image is promoted to N=1; N x H x W and H x W
+    when C == 1); MNIST digits N x 28 x 28 for a 1 x H x W spec with H, W <= 28, area-resampled
+    by :func:`resample`; N x 32 x 32 with a blank (0) 2-pixel border for a 1 x 28 x 28 spec,
+    cropped (the old padded LeNet-5 input). Anything else raises a one-line ``UserError``.
+    """
+    c, h, w = (int(v) for v in shape)
+    if not isinstance(images, np.ndarray):
+        raise UserError(f"{what}: expected a numpy array, got {type(images).__name__}")
+    if images.dtype != np.uint8:
+        raise UserError(f"{what}: dtype {images.dtype}, expected uint8 (0..255 grey levels)")
+    a = images
+    if a.ndim == 4 and a.shape[1:] == (c, h, w):
+        return np.ascontiguousarray(a)
+    if a.ndim == 3 and a.shape == (c, h, w) and c > 1:
+        return np.ascontiguousarray(a[None])
+    if c == 1:
+        if a.ndim == 4 and a.shape[1] == 1:
+            a = a[:, 0]
+        elif a.ndim == 2:
+            a = a[None]
+        if a.ndim == 3:
+            if a.shape[1:] == (h, w):
+                return np.ascontiguousarray(a[:, None])
+            if a.shape[1:] == (28, 28) and h <= 28 and w <= 28:
+                return resample(a, h, w)[:, None]
+            if a.shape[1:] == (32, 32) and (h, w) == (28, 28):
+                inner = a[:, 2:30, 2:30]
+                if int(a.astype(np.int64).sum()) == int(inner.astype(np.int64).sum()):
+                    return np.ascontiguousarray(inner[:, None])
+                raise UserError(f"{what}: shape {images.shape} with a non-blank 2-pixel border, the spec takes {c} x {h} x {w}")
+    raise UserError(f"{what}: shape {images.shape}, the spec takes {c} x {h} x {w}")
 
 
 def pad32(images: np.ndarray) -> np.ndarray:

@@ -297,22 +297,39 @@ class LeNet(nn.Module):
         return sum(d.params() for d in self.defs)
 
 
-def preprocess(images_u8, arch: str) -> torch.Tensor:
-    """uint8 N x 28 x 28 (or N x 32 x 32) -> float32 N x 1 x S x S in the paper's input range.
+#: side of the digit a network reads when it is not MNIST's 28: LeNet-1 (1989) takes 16x16 digits
+DIGIT_SIDE = {"lenet1": 16}
 
-    LeNet-4/5 take the 28x28 digit padded to 32x32; LeNet-1 takes it downsampled to 16x16 and
-    centred in a 28x28 field, as in the 1989 network.
+
+def input_geometry(config: "LeNetConfig | str") -> tuple[int, int]:
+    """``(side, pad)``: the network reads the digit as ``side`` x ``side`` grey levels (MNIST's 28x28
+    area-resampled by :func:`model.data.resample` when smaller), surrounded by ``pad`` rows and
+    columns of background to make its ``input_size`` field (LeNet-4/5: 28 + 2 * 2 = 32; LeNet-1:
+    16 + 2 * 6 = 28)."""
+    if isinstance(config, str):
+        config = LeNetConfig(config)
+    side = DIGIT_SIDE.get(config.arch, 28)
+    return side, (config.input_size - side) // 2
+
+
+def preprocess(images_u8, arch: str) -> torch.Tensor:
+    """uint8 N x 28 x 28 (or N x 32 x 32 with a blank border) -> float32 N x 1 x S x S in the
+    paper's input range.
+
+    The digit is brought to the network's side with :func:`model.data.fit_images` (LeNet-1: the
+    integer area resampling to 16x16, so the float model and the integer emulator read the same
+    grey levels), scaled, then padded with the background value to the input field (32x32 for
+    LeNet-4/5, 28x28 for LeNet-1, as in the 1989 network).
     """
-    from .data import BACKGROUND, check_images, pad32, scale
+    from .data import BACKGROUND, check_images, fit_images, scale
 
     images_u8 = check_images(np.asarray(images_u8))
-    if arch == "lenet1":
-        if images_u8.shape[1] == 32:
-            images_u8 = images_u8[:, 2:30, 2:30]
-        x = torch.from_numpy(scale(images_u8))[:, None]
-        x = F.adaptive_avg_pool2d(x, 16)
-        return F.pad(x, (6, 6, 6, 6), value=BACKGROUND)
-    return torch.from_numpy(scale(pad32(images_u8)))[:, None]
+    side, pad = input_geometry(arch)
+    if images_u8.shape[1] == 32:  # the old padded input: blank border required
+        images_u8 = fit_images(images_u8, (1, 28, 28))[:, 0]
+    digits = fit_images(images_u8, (1, side, side))
+    x = torch.from_numpy(scale(digits))
+    return F.pad(x, (pad, pad, pad, pad), value=BACKGROUND) if pad else x
 
 
 def summary(model: LeNet) -> str:

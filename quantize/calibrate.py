@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from model import data
-from model.lenet import LeNet, preprocess, rbf_centres, A as TANH_A, S as TANH_S
+from model.lenet import LeNet, input_geometry, preprocess, rbf_centres, A as TANH_A, S as TANH_S
 from model.util import UserError, load_json_object
 
 from .qformat import ROUNDING, QFormat, bits_for
@@ -142,28 +142,39 @@ def build_spec(model: LeNet, cfg: dict, images_u8: np.ndarray, provenance: dict 
                pre: list[np.ndarray] | None = None, formats_from: QuantSpec | None = None) -> QuantSpec:
     """Quantize ``model`` with the widths of ``cfg``, binary points calibrated on ``images_u8``.
 
+    Shapes come from the model's layer definitions and :func:`model.lenet.input_geometry`: the
+    spec takes the digit the network reads (1 x 28 x 28; LeNet-1: 1 x 16 x 16) and its first
+    layer pads it with the code of the background (grey level 0) to the model's input field.
+
     ``formats_from``: keep that spec's weight/bias/index/state formats (after QAT, which trained
     against them) and only re-derive the integer weights and accumulators.
     """
-    arch = model.config.arch
-    if arch == "lenet1":
-        raise UserError("quantization supports lenet4 and lenet5 (LeNet-1's 16x16 resampling has no integer form yet)")
     rnd = cfg["rounding"]
     if pre is None:
         pre = pre_activations(model, images_u8)
+    side, in_pad = input_geometry(model.config)
     in_fmt = QFormat(cfg["input_bits"], cfg["input_bits"] - 2, True, rnd, "SAT")
-    input_lut = in_fmt.from_float(data.scale(np.arange(256, dtype=np.uint8)))
+    input_lut = in_fmt.from_float(data.scale(np.arange(256, dtype=np.uint8)))[None]
+    background = int(input_lut[0, 0])
     prev = in_fmt
     layers = []
-    for d, m, a in zip(model.defs, model.layers, pre):
+    for i, (d, m, a) in enumerate(zip(model.defs, model.layers, pre)):
         lc = _layer_cfg(cfg, d.name)
         in_max = max(-prev.code_min, prev.code_max)
+        spatial = d.kind in ("conv", "subsample")
+        pad = in_pad if i == 0 else 0
+        if pad and d.kind != "conv":
+            raise UserError(f"{model.config.arch}: the input is padded but the first layer is a {d.kind}")
+        geometry = dict(name=d.name, kind=d.kind, in_maps=d.in_maps, out_maps=d.out_maps,
+                        in_h=d.in_size - 2 * pad if spatial else 1, in_w=d.in_size - 2 * pad if spatial else 1,
+                        kernel=d.kernel, stride=d.kernel if d.kind == "subsample" else 1,
+                        pad=pad, pad_code=background if pad else 0)
         if d.kind == "rbf":
             w = rbf_centres().astype(np.int64)
             wf = QFormat(2, 0, True, rnd, "SAT")
             af = acc_format(in_max * d.in_maps, prev.frac)
-            layers.append(LayerSpec(d.name, d.kind, d.in_maps, d.out_maps, d.in_size, d.kernel,
-                                    {"input": prev, "weight": wf, "acc": af}, w, None))
+            layers.append(LayerSpec(**geometry, formats={"input": prev, "weight": wf, "acc": af}, weight=w,
+                                    bias=None, activation=None))
             prev = af
             continue
         if d.kind == "conv":
@@ -183,7 +194,7 @@ def build_spec(model: LeNet, cfg: dict, images_u8: np.ndarray, provenance: dict 
         b = bf.from_float(bt)
         b_acc = b << (acc_frac - bf.frac)
         if d.kind == "subsample":
-            bound = int((np.abs(w) * 4 * in_max + np.abs(b_acc)).max())
+            bound = int((np.abs(w) * d.kernel**2 * in_max + np.abs(b_acc)).max())
         else:
             bound = int((np.abs(w).reshape(len(w), -1).sum(1) * in_max + np.abs(b_acc)).max())
         af = acc_format(bound, acc_frac, lc.get("acc_bits"))
@@ -203,11 +214,11 @@ def build_spec(model: LeNet, cfg: dict, images_u8: np.ndarray, provenance: dict 
         source = None
         if d.kind == "subsample" and d.out_maps != d.in_maps:
             source = [int(s) for s in m.source]
-        layers.append(LayerSpec(d.name, d.kind, d.in_maps, d.out_maps, d.in_size, d.kernel, formats,
-                                w, b, lut, table, source))
+        layers.append(LayerSpec(**geometry, formats=formats, weight=w, bias=b, lut=lut, table=table, source=source,
+                                activation="scaled_tanh" if d.squash else None))
         prev = formats["act"] if d.squash else af
-    spec = QuantSpec(network=arch, input_format=in_fmt, input_lut=input_lut,
-                     input_size=32, input_pad=2, layers=layers,
+    spec = QuantSpec(network=model.config.arch, input_format=in_fmt, input_lut=input_lut,
+                     input_shape=(1, side, side), layers=layers,
                      provenance={**(provenance or {}), "config": {k: v for k, v in cfg.items()}})
     validate(spec)
     return spec

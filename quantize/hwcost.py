@@ -15,13 +15,13 @@ DSP_WIDTH = 16
 
 
 def estimate(spec: QuantSpec, lanes: int = 8) -> dict:
-    w_bits = max(l.formats["weight"].width for l in spec.layers if l.kind != "rbf")
+    w_bits = max((l.formats["weight"].width for l in spec.layers if l.kind not in ("rbf", "maxpool")), default=1)
     a_bits = max(l.formats["input"].width for l in spec.layers)
-    acc_bits = max(l.formats["acc"].width for l in spec.layers)
+    acc_bits = max((l.formats["acc"].width for l in spec.layers if "acc" in l.formats), default=1)
     fits_dsp = w_bits <= DSP_WIDTH and a_bits <= DSP_WIDTH
     mult_luts = 0 if fits_dsp else w_bits * a_bits
     luts = 500 + lanes * (acc_bits + mult_luts + w_bits + a_bits)
-    fmap_bits = 2 * max(l.out_maps * l.out_size**2 * l.out_format.width for l in spec.layers)
+    fmap_bits = 2 * max(l.out_maps * l.out_h * l.out_w * l.out_format.width for l in spec.layers)
     lut_bits = sum(len(l.lut) * l.formats["act"].width for l in spec.layers if l.lut is not None)
     brams = math.ceil(spec.weight_bits() / EBR_BITS) + math.ceil(fmap_bits / EBR_BITS) + math.ceil(lut_bits / EBR_BITS)
     macs = spec.macs()

@@ -40,9 +40,9 @@ class QATForward(torch.nn.Module):
         self.register_buffer("input_values", torch.from_numpy(vals))
 
     def forward(self, images_u8: torch.Tensor) -> torch.Tensor:
-        p = self.spec.input_pad
-        x = self.input_values[images_u8.long()]
-        x = F.pad(x, (p, p, p, p), value=float(self.input_values[0]))[:, None]
+        """``images_u8``: uint8 N x C x H x W as the spec takes them (:func:`model.data.fit_images`)."""
+        c = self.input_values.shape[0]
+        x = self.input_values[torch.arange(c)[None, :, None, None], images_u8.long()]
         for d, m, l in zip(self.model.defs, self.model.layers, self.spec.layers):
             f = l.formats
             if d.kind in ("dense", "rbf") and x.ndim > 2:
@@ -51,11 +51,16 @@ class QATForward(torch.nn.Module):
                 x = m(x)
                 continue
             if d.kind == "conv":
-                a = F.conv2d(x, fake_quant(m.masked_weight(), f["weight"]), fake_quant(m.bias, f["bias"]))
+                if l.pad:
+                    value = float(f["input"].to_float(np.int64(l.pad_code)))
+                    x = F.pad(x, (l.pad,) * 4, value=value)
+                a = F.conv2d(x, fake_quant(m.masked_weight(), f["weight"]), fake_quant(m.bias, f["bias"]),
+                             stride=l.stride)
             elif d.kind == "subsample":
                 if m.expand:
                     x = x[:, m.source]
-                a = F.avg_pool2d(x, 2) * 4.0 * fake_quant(m.coef, f["weight"])[None, :, None, None] \
+                k = l.kernel
+                a = F.avg_pool2d(x, k) * float(k * k) * fake_quant(m.coef, f["weight"])[None, :, None, None] \
                     + fake_quant(m.bias, f["bias"])[None, :, None, None]
             else:
                 a = F.linear(x, fake_quant(m.weight, f["weight"]), fake_quant(m.bias, f["bias"]))
@@ -64,7 +69,7 @@ class QATForward(torch.nn.Module):
                 x = fake_quant(TANH_A * torch.tanh(TANH_S * a), f["act"])
             else:
                 x = a
-            if d.kind == "conv" and d.out_size == 1:
+            if l.spatial and (l.out_h, l.out_w) == (1, 1):
                 x = x.flatten(1)
         return -x if self.model.defs[-1].kind == "rbf" else x
 
@@ -75,7 +80,7 @@ def finetune(model: LeNet, spec: QuantSpec, epochs: int, lr: float = 3e-4, seed:
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     train = data.load("train", data_dir)
-    imgs = torch.from_numpy(train.images.copy())
+    imgs = torch.from_numpy(data.fit_images(train.images, spec.input_shape).copy())
     labels = torch.from_numpy(train.labels.astype(np.int64))
     net = QATForward(model, spec)
     opt = torch.optim.Adam(model.parameters(), lr=lr)

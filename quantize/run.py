@@ -9,14 +9,16 @@ import io
 
 import numpy as np
 
-from model.data import check_images
+from model.data import fit_images
 from model.util import UserError, atomic_write_bytes, cli
 
 from . import spec as qspec
 from .emulator import Emulator
 
 
-def load_images(path) -> np.ndarray:
+def load_images(path, shape) -> np.ndarray:
+    """A .npy of uint8 images, as a spec of ``input_shape`` ``shape`` takes them (see
+    :func:`model.data.fit_images`)."""
     try:
         arr = np.load(path, allow_pickle=False)
     except FileNotFoundError:
@@ -25,18 +27,18 @@ def load_images(path) -> np.ndarray:
         raise UserError(f"--images {path}: not a .npy array ({e})") from None
     if not isinstance(arr, np.ndarray):
         raise UserError(f"--images {path}: expected one array, found an archive")
-    return check_images(arr, f"--images {path}")
+    return fit_images(arr, shape, f"--images {path}")
 
 
 @cli
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m quantize.run", description="Run a QuantSpec on images; save every layer's integers.")
     p.add_argument("--spec", required=True)
-    p.add_argument("--images", required=True, help="uint8 N x 28 x 28 or N x 32 x 32 .npy")
+    p.add_argument("--images", required=True, help="uint8 .npy: N x C x H x W as the spec takes (N x H x W for one channel; MNIST N x 28 x 28 digits are resampled for smaller inputs)")
     p.add_argument("--out", required=True, help=".npz to write")
     args = p.parse_args(argv)
     spec = qspec.load(args.spec)
-    images = load_images(args.images)
+    images = load_images(args.images, spec.input_shape)
     r = Emulator(spec).run(images)
     buf = io.BytesIO()
     np.savez_compressed(buf, **r.tensors, scores=r.scores, predictions=r.predictions)

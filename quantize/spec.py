@@ -1,8 +1,10 @@
 """The QuantSpec: the one contract between the emulator and the hardware generator.
 
-On disk a spec is a directory with ``spec.json`` (schema version, network, per-layer formats,
-provenance) and ``weights.npz`` (integer weights, biases, lookup tables). See docs/quantspec.md.
-:func:`load` validates everything and names the first bad field.
+On disk a spec is a directory with ``spec.json`` (schema version, input, per-layer shapes, formats
+and activations, provenance) and ``weights.npz`` (integer weights, biases, lookup tables). See
+docs/quantspec.md. :func:`load` validates everything (``quantize/spec_check.py``) and names the
+first bad field. Schema 2 describes any feed-forward LeNet-style CNN; schema-1 files (LeNet-5's
+32x32 padded input) still load and are converted on reading.
 """
 from __future__ import annotations
 
@@ -16,52 +18,99 @@ from pathlib import Path
 
 import numpy as np
 
-from model.lenet import out_side
 from model.util import UserError
 
 from .qformat import QFormat
 
-SCHEMA = 1
-KINDS = ("conv", "subsample", "dense", "rbf")
-#: formats each layer kind must carry ("index"/"act" only when the layer has an activation)
+SCHEMA = 2
+KINDS = ("conv", "local", "subsample", "avgpool", "maxpool", "dense", "rbf")
+#: activations computed through a lookup table (the name records which function the table holds)
+LUT_FUNCTIONS = ("scaled_tanh", "tanh", "sigmoid", "hard_tanh")
+ACTIVATIONS = LUT_FUNCTIONS + ("relu",)
+SPATIAL = ("conv", "local", "subsample", "avgpool", "maxpool")
+POOLS = ("subsample", "avgpool", "maxpool")
+#: formats each layer kind carries besides those of its activation
 REQUIRED = {
     "conv": ("input", "weight", "bias", "acc"),
+    "local": ("input", "weight", "bias", "acc"),
     "dense": ("input", "weight", "bias", "acc"),
     "subsample": ("input", "weight", "bias", "acc"),
+    "avgpool": ("input", "weight", "acc"),
+    "maxpool": ("input",),
     "rbf": ("input", "weight", "acc"),
 }
-ACT_FORMATS = ("index", "act")
+
+
+def out_extent(n: int, kernel: int, stride: int, pad: int) -> int:
+    """Output positions along one axis: ``(n + 2 pad - kernel) // stride + 1`` (PyTorch's rule)."""
+    return (n + 2 * pad - kernel) // stride + 1
 
 
 @dataclass
 class LayerSpec:
+    """One layer. Spatial kinds read ``in_maps`` maps of ``in_h`` x ``in_w``; ``dense``/``rbf`` read
+    ``in_maps`` values (the previous output flattened in (map, row, column) order)."""
+
     name: str
     kind: str
     in_maps: int
     out_maps: int
-    in_size: int
+    in_h: int
+    in_w: int
     kernel: int
     formats: dict[str, QFormat]
-    weight: np.ndarray  # int64 codes; conv O x C x K x K (0 outside the table), dense/rbf O x I, subsample O
-    bias: np.ndarray | None  # int64 codes of the bias format, O
-    lut: np.ndarray | None = None  # int64 codes of the act format, 2**index.width entries
+    # int64 codes: conv O x C x K x K (0 outside the table); local O x OH x OW x C x K x K;
+    # subsample/avgpool O (one coefficient per map); dense/rbf O x I; maxpool: None
+    weight: np.ndarray | None
+    bias: np.ndarray | None  # bias codes: O, or O x OH x OW ("untied": one per unit); None: no bias
+    lut: np.ndarray | None = None  # act codes, 2**index.width entries (table activations)
     table: list[list[int]] | None = None  # conv: out map -> input maps
-    source: list[int] | None = None  # subsample: out map -> input map
+    source: list[int] | None = None  # pools: out map -> input map
+    stride: int = 1  # pools: always the kernel
+    pad: int = 0  # rows/columns of pad_code around the input (conv, local)
+    pad_code: int = 0  # a code of the input format
+    activation: str | None = None  # one of LUT_FUNCTIONS, "relu", or None
+
+    # -- shape -------------------------------------------------------------------------------------
+    @property
+    def spatial(self) -> bool:
+        return self.kind in SPATIAL
 
     @property
-    def out_size(self) -> int:
-        return out_side(self.kind, self.in_size, self.kernel)
+    def out_h(self) -> int:
+        return out_extent(self.in_h, self.kernel, self.stride, self.pad) if self.spatial else 1
+
+    @property
+    def out_w(self) -> int:
+        return out_extent(self.in_w, self.kernel, self.stride, self.pad) if self.spatial else 1
+
+    @property
+    def out_shape(self) -> tuple[int, int, int]:
+        return (self.out_maps, self.out_h, self.out_w)
+
+    @property
+    def untied(self) -> bool:
+        """One bias per output unit (O x OH x OW) instead of one per map."""
+        return self.bias is not None and self.bias.ndim == 3
+
+    # -- arithmetic --------------------------------------------------------------------------------
+    @property
+    def has_lut(self) -> bool:
+        return self.activation in LUT_FUNCTIONS
 
     @property
     def has_activation(self) -> bool:
-        return self.lut is not None
+        """True for every layer but the last: its output is a feature map of the ``act`` format."""
+        return self.kind == "maxpool" or "act" in self.formats
 
     @property
     def out_format(self) -> QFormat:
-        return self.formats["act"] if self.has_activation else self.formats["acc"]
+        if self.kind == "maxpool":
+            return self.formats["input"]
+        return self.formats["act"] if "act" in self.formats else self.formats["acc"]
 
     def bias_acc(self) -> np.ndarray:
-        """Bias codes moved to the accumulator's lsb (exact left shift)."""
+        """Bias codes moved to the accumulator's lsb (exact left shift); zeros without a bias."""
         if self.bias is None:
             return np.zeros(self.out_maps, np.int64)
         return self.bias.astype(np.int64) << (self.formats["acc"].frac - self.formats["bias"].frac)
@@ -71,35 +120,47 @@ class LayerSpec:
             return self.table
         return [list(range(self.in_maps))] * self.out_maps
 
+    def sources(self) -> list[int]:
+        """Pools: the input map of each output map."""
+        return list(self.source) if self.source is not None else list(range(self.out_maps))
+
     def macs(self) -> int:
-        n = self.out_size**2
+        """Multiply-accumulates per image (a pool: one multiply per output; max-pool: none)."""
+        n = self.out_h * self.out_w
         if self.kind == "conv":
             return n * sum(len(t) for t in self.connections()) * self.kernel**2
-        if self.kind == "subsample":
+        if self.kind == "local":
+            return n * self.out_maps * self.in_maps * self.kernel**2
+        if self.kind in ("subsample", "avgpool"):
             return n * self.out_maps
+        if self.kind == "maxpool":
+            return 0
         return self.in_maps * self.out_maps
 
     def weight_bits(self) -> int:
         """Bits of weight memory: real weights (table entries only), biases, coefficients."""
-        if self.kind == "rbf":
+        if self.kind in ("rbf", "maxpool"):
             return 0
+        n = self.weight.size
         if self.kind == "conv":
             n = sum(len(t) for t in self.connections()) * self.kernel**2
-        else:
-            n = self.weight.size
-        return n * self.formats["weight"].width + self.out_maps * self.formats["bias"].width
+        bias = self.bias.size * self.formats["bias"].width if self.bias is not None else 0
+        return n * self.formats["weight"].width + bias
 
 
 @dataclass
 class QuantSpec:
     network: str
     input_format: QFormat
-    input_lut: np.ndarray  # 256 int64 codes: grey level -> input code
-    input_size: int
-    input_pad: int
+    input_lut: np.ndarray  # channels x 256 int64 codes: grey level of channel c -> input code
+    input_shape: tuple[int, int, int]  # channels, height, width of the image the network takes
     layers: list[LayerSpec]
     provenance: dict = field(default_factory=dict)
     schema: int = SCHEMA
+
+    @property
+    def classes(self) -> int:
+        return self.layers[-1].out_maps
 
     def layer(self, name: str) -> LayerSpec:
         for l in self.layers:
@@ -118,26 +179,28 @@ class QuantSpec:
         layers = []
         for l in self.layers:
             d = {"name": l.name, "kind": l.kind, "in_maps": l.in_maps, "out_maps": l.out_maps,
-                 "in_size": l.in_size, "kernel": l.kernel,
-                 "formats": {k: f.to_dict() for k, f in l.formats.items()},
-                 "activation": "scaled_tanh" if l.has_activation else None}
+                 "in_h": l.in_h, "in_w": l.in_w, "kernel": l.kernel, "stride": l.stride,
+                 "formats": {k: f.to_dict() for k, f in l.formats.items()}, "activation": l.activation}
+            if l.pad:
+                d.update(pad=l.pad, pad_code=int(l.pad_code))
+            if l.untied:
+                d["untied_bias"] = True
             if l.table is not None:
                 d["table"] = [list(map(int, t)) for t in l.table]
             if l.source is not None:
                 d["source"] = [int(s) for s in l.source]
             layers.append(d)
-        return {"schema": self.schema, "network": self.network,
-                "input": {"format": self.input_format.to_dict(), "size": self.input_size, "pad": self.input_pad},
+        c, h, w = self.input_shape
+        return {"schema": SCHEMA, "network": self.network,
+                "input": {"format": self.input_format.to_dict(), "channels": c, "height": h, "width": w},
                 "layers": layers, "provenance": self.provenance}
 
     def arrays(self) -> dict[str, np.ndarray]:
         arrs = {"input.lut": self.input_lut}
         for l in self.layers:
-            arrs[f"{l.name}.weight"] = l.weight
-            if l.bias is not None:
-                arrs[f"{l.name}.bias"] = l.bias
-            if l.lut is not None:
-                arrs[f"{l.name}.lut"] = l.lut
+            for key, a in (("weight", l.weight), ("bias", l.bias), ("lut", l.lut)):
+                if a is not None:
+                    arrs[f"{l.name}.{key}"] = a
         return {k: np.asarray(v, dtype=np.int64) for k, v in arrs.items()}
 
     def save(self, out: str | os.PathLike) -> Path:
@@ -168,8 +231,10 @@ class QuantSpec:
         return out
 
 
-def _get(d: dict, key: str, where: str, typ=None):
+def _get(d: dict, key: str, where: str, typ=None, default=...):
     if not isinstance(d, dict) or key not in d:
+        if default is not ...:
+            return default
         raise UserError(f"{where}: missing field {key!r}")
     v = d[key]
     if typ is int and (not isinstance(v, int) or isinstance(v, bool)):
@@ -212,126 +277,72 @@ def from_json(doc: dict, arrays: dict[str, np.ndarray], where: str = "spec.json"
     inp = _get(doc, "input", where)
     in_fmt = QFormat.from_dict(_get(inp, "format", f"{where}: input"), "input.format")
 
-    def arr(key, what):
+    def arr(key, what, required=True):
         if key not in arrays:
+            if not required:
+                return None
             raise UserError(f"weights.npz: missing array {key!r} ({what})")
         a = arrays[key]
         if not np.issubdtype(a.dtype, np.integer):
             raise UserError(f"weights.npz: {key} has dtype {a.dtype}, expected integers")
         return a.astype(np.int64)
 
-    layers = []
     raw_layers = _get(doc, "layers", where)
     if not isinstance(raw_layers, list) or not raw_layers:
         raise UserError(f"{where}: 'layers' must be a non-empty list")
+    input_lut = arr("input.lut", "input table")
+    if schema == 1:  # a 28x28 image padded to `size` with grey level 0: the padding moves into layer 1
+        size, pad = _get(inp, "size", f"{where}: input", int), _get(inp, "pad", f"{where}: input", int)
+        shape = (1, size - 2 * pad, size - 2 * pad)
+        if input_lut.ndim == 1:
+            input_lut = input_lut[None]
+    else:
+        shape = tuple(_get(inp, k, f"{where}: input", int) for k in ("channels", "height", "width"))
+    layers = []
     for i, ld in enumerate(raw_layers):
         lw = f"layers[{i}]"
         name = _get(ld, "name", lw, str)
         lw = f"layer {name}"
         kind = _get(ld, "kind", lw, str)
         if kind not in KINDS:
-            raise UserError(f"{lw}: unknown kind {kind!r} (one of {', '.join(KINDS)})")
+            raise UserError(f"{lw}.kind: unknown kind {kind!r} (one of {', '.join(KINDS)})")
         fd = _get(ld, "formats", lw)
         act = ld.get("activation")
-        if act not in (None, "scaled_tanh"):
-            raise UserError(f"{lw}.activation: unknown function {act!r}")
-        needed = REQUIRED[kind] + (ACT_FORMATS if act else ())
-        formats = {k: QFormat.from_dict(_get(fd, k, f"{lw}.formats"), f"{lw}.formats.{k}") for k in needed}
+        if act is not None and act not in ACTIVATIONS:
+            raise UserError(f"{lw}.activation: unknown function {act!r} (one of {', '.join(ACTIVATIONS)}, or null)")
+        if not isinstance(fd, dict):
+            raise UserError(f"{lw}.formats: expected an object")
+        formats = {k: QFormat.from_dict(v, f"{lw}.formats.{k}") for k, v in fd.items()}
+        for k in REQUIRED[kind]:
+            if k not in formats:
+                raise UserError(f"{lw}.formats: missing format {k!r}")
+        kernel = _get(ld, "kernel", lw, int)
+        if schema == 1:
+            in_h = in_w = _get(ld, "in_size", lw, int)
+            stride, lpad, pad_code = (2 if kind == "subsample" else 1), 0, 0
+            if i == 0:
+                in_h = in_w = shape[1]
+                lpad, pad_code = pad, int(input_lut[0, 0])
+        else:
+            in_h, in_w = _get(ld, "in_h", lw, int), _get(ld, "in_w", lw, int)
+            stride = _get(ld, "stride", lw, int, kernel if kind in POOLS else 1)
+            lpad, pad_code = _get(ld, "pad", lw, int, 0), _get(ld, "pad_code", lw, int, 0)
+        has_bias = "bias" in REQUIRED[kind]
+        bias = arr(f"{name}.bias", f"{lw} biases") if has_bias else None
         layers.append(LayerSpec(
-            name=name, kind=kind,
-            in_maps=_get(ld, "in_maps", lw, int), out_maps=_get(ld, "out_maps", lw, int),
-            in_size=_get(ld, "in_size", lw, int), kernel=_get(ld, "kernel", lw, int), formats=formats,
-            weight=arr(f"{name}.weight", f"{lw} weights"),
-            bias=arr(f"{name}.bias", f"{lw} biases") if kind != "rbf" else None,
-            lut=arr(f"{name}.lut", f"{lw} activation table") if act else None,
-            table=ld.get("table"), source=ld.get("source"),
-        ))
-    spec = QuantSpec(network=network, input_format=in_fmt, input_lut=arr("input.lut", "input table"),
-                     input_size=_get(inp, "size", f"{where}: input", int),
-                     input_pad=_get(inp, "pad", f"{where}: input", int),
+            name=name, kind=kind, in_maps=_get(ld, "in_maps", lw, int), out_maps=_get(ld, "out_maps", lw, int),
+            in_h=in_h, in_w=in_w, kernel=kernel, formats=formats,
+            weight=arr(f"{name}.weight", f"{lw} weights") if kind != "maxpool" else None,
+            bias=bias, lut=arr(f"{name}.lut", f"{lw} activation table") if act in LUT_FUNCTIONS else None,
+            table=ld.get("table"), source=ld.get("source"), stride=stride, pad=lpad, pad_code=pad_code,
+            activation=act))
+        if schema == 2 and bool(ld.get("untied_bias", False)) != layers[-1].untied:
+            raise UserError(f"{lw}.untied_bias: {ld.get('untied_bias', False)}, but {name}.bias has shape "
+                            f"{None if bias is None else bias.shape}")
+    spec = QuantSpec(network=network, input_format=in_fmt, input_lut=input_lut, input_shape=shape,
                      layers=layers, provenance=doc.get("provenance", {}), schema=schema)
     validate(spec)
     return spec
 
 
-def validate(spec: QuantSpec) -> None:
-    """Check shapes, format relations and that every integer fits its format; name the first bad field."""
-    if spec.input_lut.shape != (256,):
-        raise UserError(f"input.lut: shape {spec.input_lut.shape}, expected (256,)")
-    if not spec.input_format.contains(spec.input_lut):
-        raise UserError(f"input.lut: codes do not fit the input format {spec.input_format}")
-    if spec.input_size - 2 * spec.input_pad != 28:
-        raise UserError(f"input: size {spec.input_size} with pad {spec.input_pad} does not hold a 28x28 image")
-    prev_fmt, prev_maps, prev_size = spec.input_format, 1, spec.input_size
-    names = set()
-    for i, l in enumerate(spec.layers):
-        w = f"layer {l.name}"
-        if l.name in names:
-            raise UserError(f"{w}: duplicate layer name")
-        names.add(l.name)
-        for key in ("in_maps", "out_maps", "in_size", "kernel"):
-            if getattr(l, key) < 1:
-                raise UserError(f"{w}.{key}: must be positive, got {getattr(l, key)}")
-        f = l.formats
-        if f["input"] != prev_fmt:
-            raise UserError(f"{w}.formats.input: {f['input']} differs from the previous layer's output {prev_fmt}")
-        flat_in = prev_maps * prev_size * prev_size
-        if l.kind in ("dense", "rbf"):
-            if l.in_maps != flat_in:
-                raise UserError(f"{w}.in_maps: {l.in_maps}, but the previous layer gives {flat_in} values")
-        elif l.in_maps != prev_maps or l.in_size != prev_size:
-            raise UserError(f"{w}: input {l.in_maps}@{l.in_size}x{l.in_size} does not match the previous output {prev_maps}@{prev_size}x{prev_size}")
-        if f["acc"].frac != f["input"].frac + f["weight"].frac:
-            raise UserError(f"{w}.formats.acc: frac {f['acc'].frac} must equal input.frac + weight.frac = {f['input'].frac + f['weight'].frac}")
-        if "bias" in f and f["bias"].frac > f["acc"].frac:
-            raise UserError(f"{w}.formats.bias: frac {f['bias'].frac} exceeds acc.frac {f['acc'].frac}")
-        if f["acc"].overflow != "WRAP" or not f["acc"].signed:
-            raise UserError(f"{w}.formats.acc: the accumulator must be signed with WRAP overflow")
-        if l.kind == "conv":
-            shape = (l.out_maps, l.in_maps, l.kernel, l.kernel)
-            if l.out_size < 1:
-                raise UserError(f"{w}.kernel: {l.kernel} larger than the input {l.in_size}")
-            if l.table is not None:
-                if (not isinstance(l.table, list) or len(l.table) != l.out_maps
-                        or any(not isinstance(t, list) or not t or any(not isinstance(m, int) or not 0 <= m < l.in_maps for m in t) for t in l.table)):
-                    raise UserError(f"{w}.table: expected {l.out_maps} lists of input maps in 0..{l.in_maps - 1}")
-        elif l.kind == "subsample":
-            shape = (l.out_maps,)
-            if l.kernel != 2:
-                raise UserError(f"{w}.kernel: subsampling is 2x2, got {l.kernel}")
-            src = l.source if l.source is not None else list(range(l.out_maps))
-            if len(src) != l.out_maps or any(not isinstance(s, int) or not 0 <= s < l.in_maps for s in src):
-                raise UserError(f"{w}.source: expected {l.out_maps} input map numbers in 0..{l.in_maps - 1}")
-            if l.source is None and l.in_maps != l.out_maps:
-                raise UserError(f"{w}.source: needed when in_maps != out_maps")
-        else:
-            shape = (l.out_maps, l.in_maps)
-        if l.weight.shape != shape:
-            raise UserError(f"{w}.weight: shape {l.weight.shape}, expected {shape}")
-        if not f["weight"].contains(l.weight):
-            bad = l.weight[(l.weight < f['weight'].code_min) | (l.weight > f['weight'].code_max)].flat[0]
-            raise UserError(f"{w}.weight: code {bad} does not fit {f['weight']}")
-        if l.kind == "conv" and l.table is not None:
-            mask = np.zeros((l.out_maps, l.in_maps), bool)
-            for o, t in enumerate(l.table):
-                mask[o, t] = True
-            if np.any(l.weight[~mask] != 0):
-                raise UserError(f"{w}.weight: non-zero weights outside the connection table")
-        if l.kind == "rbf" and not np.all(np.abs(l.weight) == 1):
-            raise UserError(f"{w}.weight: RBF centres must be +-1")
-        if l.bias is not None:
-            if l.bias.shape != (l.out_maps,):
-                raise UserError(f"{w}.bias: shape {l.bias.shape}, expected ({l.out_maps},)")
-            if not f["bias"].contains(l.bias):
-                raise UserError(f"{w}.bias: codes do not fit {f['bias']}")
-        if l.lut is not None:
-            n = 1 << f["index"].width
-            if f["index"].width > 16:
-                raise UserError(f"{w}.formats.index: {f['index'].width}-bit lookup table is too large (at most 16 bits)")
-            if l.lut.shape != (n,):
-                raise UserError(f"{w}.lut: shape {l.lut.shape}, expected ({n},) for a {f['index'].width}-bit index")
-            if not f["act"].contains(l.lut):
-                raise UserError(f"{w}.lut: entries do not fit {f['act']}")
-        if i != len(spec.layers) - 1 and l.lut is None:
-            raise UserError(f"layer {l.name}: only the last layer may omit the activation")
-        prev_fmt, prev_maps, prev_size = l.out_format, l.out_maps, l.out_size
+from .spec_check import validate  # noqa: E402  (validation lives beside; it needs the classes above)

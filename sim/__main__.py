@@ -1,7 +1,8 @@
 """``python -m sim --spec DIR [--images N | FILE.npy] [--simulator verilator|icarus] [--jobs J] [--json]``
 
-Runs the emitted Verilog of a QuantSpec on MNIST test images (or any uint8 N x 28 x 28 / N x 32 x 32
-array) in a real simulator and compares class and scores with the emulator, bit for bit. Progress
+Runs the emitted Verilog of a QuantSpec on MNIST test images (fitted to the spec's input shape) or a
+uint8 N x C x H x W .npy in a real simulator and compares class and scores with the emulator, bit for
+bit. Progress
 (images done, images/s, mismatches so far) goes to stderr: a bar on a terminal, a plain line every
 10 s otherwise.
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-
 
 from model import data
 from model.util import UserError, cli
@@ -22,7 +22,8 @@ from .runner import SIMULATORS, run
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m sim", description=__doc__.split("\n\n")[1])
     p.add_argument("--spec", required=True, help="QuantSpec directory")
-    p.add_argument("--images", default="100", help="N (the first N MNIST test images) or a .npy file")
+    p.add_argument("--images", default="100",
+                   help="N (the first N MNIST test images) or a uint8 .npy file (N x C x H x W, the spec's input)")
     p.add_argument("--simulator", default=os.environ.get("SIM") or "verilator",
                    help="verilator (default, or $SIM) or icarus")
     p.add_argument("--lanes", type=int, default=8)
@@ -48,9 +49,10 @@ def main(argv=None):
             raise UserError("--images must be at least 1")
         images = data.load("test", args.data).images[:n]
     else:
+        from quantize import spec as qspec
         from quantize.run import load_images
 
-        images = load_images(args.images)
+        images = load_images(args.images, qspec.load(args.spec).input_shape)
     if args.jobs < 1:
         raise UserError("--jobs must be at least 1")
     if args.duts is not None and not 1 <= args.duts <= 64:

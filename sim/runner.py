@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.data import check_images
+from model.data import fit_images
 from model.progress import Progress
 from model.util import UserError, atomic_write_bytes, atomic_write_text
 
@@ -45,8 +45,9 @@ def _spec_key(spec_dir: Path, lanes: int) -> str:
     return h.hexdigest()[:16]
 
 
-def prepare_verilog(spec, spec_dir: Path, lanes: int, out: Path) -> tuple[Path, dict]:
-    """Generate the Verilog into ``out`` unless the same spec, lanes and generator made what is there."""
+def prepare_verilog(spec, spec_dir: Path, lanes: int, out: Path, program=None) -> tuple[Path, dict]:
+    """Generate the Verilog into ``out`` unless the same spec, lanes and generator made what is there.
+    ``program``: the spec compiled for ``lanes``, if the caller has it (not compiled again)."""
     from hw.generate import generate
 
     key = _spec_key(spec_dir, lanes)
@@ -55,39 +56,19 @@ def prepare_verilog(spec, spec_dir: Path, lanes: int, out: Path) -> tuple[Path, 
     if stamp.is_file() and stamp.read_text() == key and mpath.is_file():
         manifest = json.loads(mpath.read_text())
         return out / f"{manifest['top']}.v", manifest
-    text, manifest = generate(spec, lanes)
+    text, manifest = generate(spec, lanes, program=program)
     atomic_write_text(out / f"{manifest['top']}.v", text)
     atomic_write_text(mpath, json.dumps(manifest, indent=1))
     atomic_write_text(stamp, key)
     return out / f"{manifest['top']}.v", manifest
 
 
-def layer_table(spec, lanes: int) -> list[dict]:
-    from hw.program import compile_spec, output_addresses
+def layer_table(prog) -> list[dict]:
+    """Per layer of the compiled program, where the drain writes each output (the emulator's flat
+    order), so the tracer can rebuild the tensors; ``addrs`` None for the last layer (scores)."""
+    from hw.program import output_addresses
 
-    prog = compile_spec(spec, lanes)
-    # where the drain writes each output (emulator's flat order), so the tracer can rebuild tensors
     return [{"name": lp.name, "addrs": output_addresses(lp, prog)} for lp in prog.layers]
-
-
-def _streamed_images(spec, images: np.ndarray, shape: list[int]) -> np.ndarray:
-    """The images as the accelerator's input stream carries them (the loader pads the border)."""
-    images = check_images(np.asarray(images))
-    h = shape[0]
-    if images.shape[1] != h:
-        p = (images.shape[1] - h) // 2
-        if p != spec.input_pad or images.shape[1:] != (h + 2 * p, h + 2 * p):
-            raise UserError(f"images of {images.shape[1]} x {images.shape[2]}: the accelerator takes {h} x {h} "
-                            f"(or {h + 2 * spec.input_pad} x {h + 2 * spec.input_pad} with a blank border)")
-        # a padded image with ink in its border is not the image the hardware (or the emulator) would see
-        border = np.ones(images.shape[1:], bool)
-        border[p:-p, p:-p] = False
-        if images[:, border].any():
-            raise UserError(f"a {images.shape[1]} x {images.shape[2]} image must have a {p}-pixel border of grey "
-                            f"level 0 (the accelerator pads the {h} x {h} centre itself); pass {h} x {h} images "
-                            "or clear the border")
-        images = images[:, p:-p, p:-p]
-    return images
 
 
 class _Shard:
@@ -121,37 +102,43 @@ def default_duts(simulator: str, images_per_process: int) -> int:
 def run(spec_dir, images: np.ndarray, simulator: str = "icarus", lanes: int = 8, waves: bool = False,
         out: str | os.PathLike = "build/sim", trace_on_mismatch: bool = True, verilog: Path | None = None,
         jobs: int = 1, progress: bool = False, duts: int | None = None) -> dict:
-    """Simulate ``images`` (uint8 N x H x W, the spec's input or its centre) and compare with the
-    emulator. ``jobs`` simulator processes of ``duts`` accelerator copies each (default:
+    """Simulate ``images`` (uint8, the spec's C x H x W input, or what
+    :func:`model.data.fit_images` adapts to it, e.g. MNIST digits) and compare with the emulator.
+    ``jobs`` simulator processes of ``duts`` accelerator copies each (default:
     :func:`default_duts`). ``progress`` shows a bar on a terminal, periodic lines otherwise."""
     from hw.perf import cycles_per_image
+    from hw.program import compile_spec
     from quantize import spec as qspec
     from quantize.emulator import Emulator
 
     check_simulator(simulator)
     spec_dir = Path(spec_dir)
     spec = qspec.load(spec_dir)
+    images = fit_images(np.asarray(images), spec.input_shape)  # before any build: bad input fails at once
+    try:
+        prog = compile_spec(spec, lanes)  # one compiled program for the Verilog, the cycle model and the tracer
+    except ValueError as e:
+        raise UserError(str(e)) from None
     work = Path(out) / f"{spec_dir.resolve().name}-L{lanes}"
-    vpath, manifest = prepare_verilog(spec, spec_dir, lanes, work)
-    images = _streamed_images(spec, images, manifest["image_shape"])
+    vpath, manifest = prepare_verilog(spec, spec_dir, lanes, work, program=prog)
     if verilog is not None:  # a given (e.g. deliberately corrupted) copy of the Verilog
         vpath = Path(verilog)
     if simulator == "icarus":
         vpath = icarus_copy(vpath)
     run_dir = work / simulator
     pw = next(p["width"] for p in manifest["ports"] if p["name"] == "o__payload")
-    beats, sw = manifest["output_beats"], manifest["widths"]["score"]
+    beats, sw = prog.output_beats, manifest["widths"]["score"]
     widths = (beats, sw, pw)
     jobs = max(1, min(jobs, len(images)))
     per_process = -(-len(images) // jobs)
     duts = max(1, min(duts or default_duts(simulator, per_process), per_process))
     emulator = Emulator(spec)
     golden = emulator.run(images, keep=False)  # classes and scores; the layers' tensors only for a trace
-    model = cycles_per_image(spec, lanes)
+    model = cycles_per_image(spec, lanes, program=prog)
 
     def harness(n_duts: int) -> Path:
         hpath = work / f"{HARNESS}_x{n_duts}.v"
-        htext = harness_verilog(manifest["top"], pw, int(np.prod(manifest["image_shape"])), beats, n_duts)
+        htext = harness_verilog(manifest["top"], pw, prog.image_bytes, beats, n_duts)
         if not hpath.is_file() or hpath.read_text() != htext:
             atomic_write_text(hpath, htext)
         return hpath
@@ -165,6 +152,7 @@ def run(spec_dir, images: np.ndarray, simulator: str = "icarus", lanes: int = 8,
         test_dir.mkdir(parents=True, exist_ok=True)
         for stale in [*test_dir.glob("results.txt*"), test_dir / "result.json"]:
             stale.unlink(missing_ok=True)
+        # N x C x H x W, C-contiguous: each image channel by channel in raster order, the stream's order
         atomic_write_bytes(test_dir / "images.bin", np.ascontiguousarray(images[sel], dtype=np.uint8).tobytes())
         buf = io.BytesIO()
         tensors = emulator.run(images[sel]).tensors if trace else {}
@@ -173,7 +161,7 @@ def run(spec_dir, images: np.ndarray, simulator: str = "icarus", lanes: int = 8,
         cfg = {"count": len(sel), "duts": n_duts, "results": str((test_dir / "results.txt").resolve()),
                "golden": str((test_dir / "golden.npz").resolve()), "result": str((test_dir / "result.json").resolve()),
                "beats": beats, "score_width": sw, "payload_width": pw, "model_cycles": model,
-               "trace": trace, "layers": layer_table(spec, lanes) if trace else []}
+               "trace": trace, "layers": layer_table(prog) if trace else []}
         atomic_write_text(test_dir / "config.json", json.dumps(cfg))
         plusargs = [f"+images={(test_dir / 'images.bin').resolve()}", f"+results={(test_dir / 'results.txt').resolve()}",
                     f"+count={len(sel)}"]

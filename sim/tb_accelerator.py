@@ -33,7 +33,9 @@ class Tracer:
         self.writes: list[tuple[int, int]] = []
 
     async def run(self):
-        act = self.dut.s0.dut.act  # the first accelerator copy (a trace runs one image)
+        # the drain of the first accelerator copy (a trace runs one image): harness stream s0, its
+        # accelerator ``dut``, the engine (hw/engine.py) and its activation drain ``act``
+        act = self.dut.s0.dut.engine.act
         while True:
             await FallingEdge(self.dut.clk)
             if int(act.we.value):

@@ -2,9 +2,9 @@
 
 cocotbext-uart's ``UartSource``/``UartSink`` drive ``rx`` and watch ``tx`` of the emitted Verilog
 of the whole board top (UART receiver and transmitter, protocol FSM, accelerator), as a host on a
-serial line would: ``?`` first, then each image with ``I``, checking the class and the ten scores
-against the emulator's golden values (written by :func:`run`, never computed here), then an
-unknown command.
+serial line would: ``?`` first (its announcement checked against the spec: protocol version, image
+shape, classes), then each image with ``I``, checking the class and every score against the
+emulator's golden values (written by :func:`run`, never computed here), then an unknown command.
 
 ``run(spec_dir, images)`` generates the Verilog (clock 100 MHz nominal, ``clk_hz / baud`` = 8: the
 UART is as fast as the receiver allows, the simulated time goes into the accelerator), builds it
@@ -20,6 +20,7 @@ import json
 import os
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -59,16 +60,18 @@ if cocotb is not None:
     async def board_matches_emulator(dut):
         from cocotbext.uart import UartSink, UartSource
 
-        from hw.board import (RESULT_BYTES, VERSION_BYTES, decode_result, decode_version, encode_image,
-                              encode_query)
+        from hw.board import check_board, decode_result, decode_version, encode_image, encode_query
+        from hw.boards import VERSION_BYTES, result_bytes
 
         with open(os.environ[CONFIG_ENV]) as f:
             cfg = json.load(f)
         images = np.load(cfg["images"])
         golden = np.load(cfg["golden"])
+        shape, classes = cfg["image_shape"], cfg["classes"]
+        reply_bytes = result_bytes(classes)
         frame_ns = 10 * cfg["divisor"] * PERIOD_NS
         # a reply must come within the accelerator's compute time plus its own bytes (and margin)
-        reply_timeout = 2 * cfg["cycles_per_image"] * PERIOD_NS + 2 * RESULT_BYTES * frame_ns
+        reply_timeout = 2 * cfg["cycles_per_image"] * PERIOD_NS + 2 * reply_bytes * frame_ns
 
         source = UartSource(dut.rx, baud=cfg["baud"], bits=8, stop_bits=1)
         sink = UartSink(dut.tx, baud=cfg["baud"], bits=8, stop_bits=1)
@@ -84,12 +87,14 @@ if cocotb is not None:
         await source.write(encode_query())
         reply = await _read_exact(sink, VERSION_BYTES, 4 * VERSION_BYTES * frame_ns)
         results["version"] = decode_version(reply)
+        check_board(results["version"], SimpleNamespace(input_shape=shape, classes=classes))
 
         for n, img in enumerate(images):
             t0 = time.perf_counter()
-            await source.write(encode_image(img))
-            reply = await _read_exact(sink, RESULT_BYTES, len(encode_image(img)) * frame_ns + reply_timeout)
-            cls, scores = decode_result(reply)  # a short or wrong reply raises: the test fails
+            msg = encode_image(img, shape)
+            await source.write(msg)
+            reply = await _read_exact(sink, reply_bytes, len(msg) * frame_ns + reply_timeout)
+            cls, scores = decode_result(reply, classes)  # a short or wrong reply raises: the test fails
             results["seconds_per_image"].append(round(time.perf_counter() - t0, 2))
             results["classes"].append(cls)
             results["scores"].append(scores)
@@ -123,12 +128,12 @@ endmodule
 """
 
 
-def prepare_board_verilog(spec, spec_dir: Path, lanes: int, out: Path) -> Path:
+def prepare_board_verilog(spec, spec_dir: Path, lanes: int, out: Path, program=None) -> Path:
     """The board top's Verilog in ``out``, regenerated only when the spec, lanes or the hw/ sources
-    it is made from changed."""
-    from amaranth.back import verilog
-
+    it is made from changed. ``program``: the spec compiled for ``lanes``, if the caller has it."""
+    from hw.accelerator import Accelerator
     from hw.boards import BoardTop
+    from hw.emit import emit_verilog
 
     h = hashlib.sha256()
     for f in ("spec.json", "weights.npz"):
@@ -142,7 +147,9 @@ def prepare_board_verilog(spec, spec_dir: Path, lanes: int, out: Path) -> Path:
     if not (stamp.is_file() and stamp.read_text() == key and vpath.is_file()):
         from model.util import atomic_write_text
 
-        text = verilog.convert(BoardTop(spec, lanes, CLK_HZ, BAUD), name=TOP, emit_src=False)
+        acc = Accelerator(spec, lanes, program=program)
+        # the accelerator's own Verilog emission (hw.emit: clocked blocks merged, faster in Icarus)
+        text = emit_verilog(BoardTop(spec, lanes, CLK_HZ, BAUD, accelerator=acc), TOP)
         atomic_write_text(vpath, text)
         atomic_write_text(stamp, key)
     return vpath
@@ -150,10 +157,12 @@ def prepare_board_verilog(spec, spec_dir: Path, lanes: int, out: Path) -> Path:
 
 def run(spec_dir, images: np.ndarray, simulator: str = "icarus", lanes: int = 8,
         out: str | os.PathLike = "build/sim-board", waves: bool = False) -> dict:
-    """Send ``images`` (uint8 N x 28 x 28) to the simulated board over its UART pins; compare with the
-    emulator. Returns the testbench's results (classes, scores, mismatches, first_mismatch, ...)."""
+    """Send ``images`` (uint8, the spec's C x H x W input or what :func:`model.data.fit_images` adapts
+    to it) to the simulated board over its UART pins; compare with the emulator. Returns the
+    testbench's results (classes, scores, mismatches, first_mismatch, ...)."""
     from hw.perf import cycles_per_image
-    from model.data import check_images
+    from hw.program import compile_spec
+    from model.data import fit_images
     from model.util import UserError, atomic_write_bytes, atomic_write_text
     from quantize import spec as qspec
     from quantize.emulator import Emulator
@@ -162,13 +171,13 @@ def run(spec_dir, images: np.ndarray, simulator: str = "icarus", lanes: int = 8,
     check_simulator(simulator)
     spec_dir = Path(spec_dir)
     spec = qspec.load(spec_dir)
-    images = check_images(np.asarray(images))
-    if images.shape[1] != 28:
-        from hw.board import crop28
-
-        images = crop28(images, spec.input_pad)
+    images = fit_images(np.asarray(images), spec.input_shape)
+    try:
+        prog = compile_spec(spec, lanes)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     work = Path(out) / f"{spec_dir.resolve().name}-L{lanes}"
-    vpath = prepare_board_verilog(spec, spec_dir, lanes, work)
+    vpath = prepare_board_verilog(spec, spec_dir, lanes, work, prog)
     if simulator == "icarus":
         vpath = icarus_copy(vpath)
     hpath = work / f"{HARNESS}.v"
@@ -189,7 +198,8 @@ def run(spec_dir, images: np.ndarray, simulator: str = "icarus", lanes: int = 8,
     result_path = test_dir / "result.json"
     cfg = {"images": str((test_dir / "images.npy").resolve()), "golden": str((test_dir / "golden.npz").resolve()),
            "result": str(result_path.resolve()), "baud": BAUD, "divisor": DIVISOR, "lanes": lanes,
-           "cycles_per_image": cycles_per_image(spec, lanes)}
+           "cycles_per_image": cycles_per_image(spec, lanes, program=prog),
+           "image_shape": list(prog.image_shape), "classes": prog.classes}
     cfg_path = test_dir / "config.json"
     atomic_write_text(cfg_path, json.dumps(cfg))
     if result_path.exists():

@@ -104,7 +104,8 @@ def emu_activation(prog, captures: list[Capture]):
                         pos = (cap.unit, cap.tile[0] * prog.R + dy, cap.tile[1] * prog.C + dx)
                     else:
                         pos = (cap.unit + k, 0, 0)
-                    bank, word = lp.out_layout.locate(*pos)
+                    p = lp.out_layout.pad
+                    bank, word = lp.out_layout.locate(pos[0], pos[1] + p, pos[2] + p)
                     writes.append((4 + k, i, (bank << aw) | word, int(y[k])))
                 else:
                     scores.append((3 + k, i, cap.unit + k, int(acc[k])))
@@ -115,9 +116,8 @@ def valid_mask(prog, lp, unit, tile) -> int:
     """Lanes whose output exists (inside the map / below the neuron count), as the sequencer masks."""
     P = prog.lanes
     if lp.mode == "conv":
-        n = lp.spec.out_size
         return sum(1 << k for k in range(P)
-                   if tile[0] * prog.R + k // prog.C < n and tile[1] * prog.C + k % prog.C < n)
+                   if tile[0] * prog.R + k // prog.C < lp.out_h and tile[1] * prog.C + k % prog.C < lp.out_w)
     return sum(1 << k for k in range(P) if unit + k < lp.spec.out_maps)
 
 

@@ -10,19 +10,29 @@ import numpy as np
 import pytest
 
 import hw.board as host
-from hw.board import (RESULT_BYTES, Board, ProtocolError, decode_ack, decode_result, decode_version, encode_image,
+from hw.board import (Board, ProtocolError, check_board, decode_ack, decode_result, decode_version, encode_image,
                       encode_query, encode_result, encode_weights)
+from hw.boards import PROTOCOL_VERSION, VERSION_BYTES, result_bytes, version_reply
 from model.util import UserError
 
 
 # --------------------------------------------------------------------------- pure functions
 def test_encode_image():
     img = np.arange(784, dtype=np.int64).reshape(28, 28).astype(np.uint8)
-    msg = encode_image(img)
+    msg = encode_image(img, (1, 28, 28))
     assert len(msg) == 785 and msg[0] == ord("I") and msg[1:] == img.tobytes()
+    assert encode_image(img[None], (1, 28, 28)) == msg
     for bad in (img.astype(np.int16), img[:27], np.zeros((32, 32), np.uint8)):
-        with pytest.raises(UserError, match="uint8 28 x 28"):
-            encode_image(bad)
+        with pytest.raises(UserError, match="uint8 1 x 28 x 28"):
+            encode_image(bad, (1, 28, 28))
+
+
+def test_encode_image_channels_then_raster_order():
+    img = np.arange(2 * 5 * 7, dtype=np.uint8).reshape(2, 5, 7)
+    msg = encode_image(img, (2, 5, 7))
+    assert len(msg) == 1 + 70 and msg[1:] == bytes(range(70))  # channel 0 row by row, then channel 1
+    with pytest.raises(UserError, match="uint8 2 x 5 x 7, got uint8 5 x 7"):
+        encode_image(img[0], (2, 5, 7))
 
 
 def test_encode_weights_and_query():
@@ -31,34 +41,45 @@ def test_encode_weights_and_query():
     assert encode_query() == b"?"
 
 
-@pytest.mark.parametrize("scores", [list(range(10)), [-1, 0, 1, -(2**31), 2**31 - 1, -300, 300, -5, 7, 123456]])
+@pytest.mark.parametrize("scores", [list(range(10)), [-1, 0, 1, -(2**31), 2**31 - 1, -300, 300, -5, 7, 123456],
+                                    [5, -6, 7]])
 def test_result_roundtrip(scores):
     msg = encode_result(7, scores)
-    assert len(msg) == RESULT_BYTES and msg[:2] == b"R\x07"
+    assert len(msg) == result_bytes(len(scores)) == 2 + 4 * len(scores) and msg[:2] == b"R\x07"
     assert msg[2:6] == scores[0].to_bytes(4, "little", signed=True)
-    assert decode_result(msg) == (7, scores)
+    assert decode_result(msg, len(scores)) == (7, scores)
 
 
 def test_result_sign_extension_from_the_score_width():
     # a board with 10-bit scores sends -3 as 0xFFFFFFFD, not 0x000003FD
-    assert decode_result(b"R\x02" + b"\xfd\xff\xff\xff" + bytes(36))[1][0] == -3
+    assert decode_result(b"R\x02" + b"\xfd\xff\xff\xff" + bytes(36), 10)[1][0] == -3
+
+
+def test_version_reply_layout():
+    assert PROTOCOL_VERSION == 2 and VERSION_BYTES == 7
+    assert version_reply(8, (1, 28, 28), 10) == b"V\x02\x08\x01\x1c\x1c\x0a"
+    assert decode_version(version_reply(8, (3, 16, 20), 4)) == {"version": 2, "lanes": 8, "image_shape": [3, 16, 20],
+                                                                 "classes": 4}
 
 
 def test_decode_errors():
     good = encode_result(1, [0] * 10)
     with pytest.raises(ProtocolError, match="0x45 \\('E'\\).*did not take the image"):
-        decode_result(b"E")
+        decode_result(b"E", 10)
     with pytest.raises(ProtocolError, match="0x00, expected 0x52"):
-        decode_result(b"\x00" + good[1:])
-    with pytest.raises(ProtocolError, match="41 bytes"):
-        decode_result(good[:-1])
+        decode_result(b"\x00" + good[1:], 10)
+    with pytest.raises(ProtocolError, match="41 bytes, expected 42"):
+        decode_result(good[:-1], 10)
+    with pytest.raises(ProtocolError, match="42 bytes, expected 14"):
+        decode_result(good, 3)
     with pytest.raises(ProtocolError, match="nothing"):
-        decode_result(b"")
-    assert decode_version(b"V\x01\x08\x0a") == {"version": 1, "lanes": 8, "scores": 10}
-    with pytest.raises(ProtocolError, match="version 2"):
-        decode_version(b"V\x02\x08\x0a")
-    with pytest.raises(ProtocolError, match="11 scores"):
-        decode_version(b"V\x01\x08\x0b")
+        decode_result(b"", 10)
+    with pytest.raises(ProtocolError, match="protocol version 1, this host 2"):
+        decode_version(b"V\x01\x08\x0a")  # a version-1 board's whole reply
+    with pytest.raises(ProtocolError, match="protocol version 3"):
+        decode_version(b"V\x03\x08\x01\x1c\x1c\x0a")
+    with pytest.raises(ProtocolError, match="6 bytes, expected 7"):
+        decode_version(b"V\x02\x08\x01\x1c\x1c")
     with pytest.raises(ProtocolError, match="baud rate"):
         decode_version(b"E")
     decode_ack(b"K")
@@ -68,24 +89,39 @@ def test_decode_errors():
         decode_ack(b"Z")
 
 
+def test_check_board_against_the_spec(q8_spec):
+    info = decode_version(version_reply(8, (1, 28, 28), 10))
+    check_board(info, q8_spec)
+    for shape, classes in (((1, 16, 16), 10), ((1, 28, 28), 4), ((3, 28, 28), 10)):
+        with pytest.raises(ProtocolError, match=f"the board takes {' x '.join(map(str, shape))} images and gives "
+                                                f"{classes} scores, the spec 1 x 28 x 28 and 10"):
+            check_board(decode_version(version_reply(8, shape, classes)), q8_spec)
+
+
 # --------------------------------------------------------------------------- a fake board
 class FakeBoard:
     """A serial port with the board behind it: parses the host's bytes as the board's protocol FSM
     does and answers images with the emulator. ``corrupt`` = (image, score index) to falsify,
-    ``silent`` never answers, ``garbage`` answers every command with that byte."""
+    ``silent`` never answers, ``garbage`` answers every command with that byte, ``reply_v`` replaces
+    the answer to '?' (another protocol version, another network)."""
 
-    def __init__(self, spec, lanes=8, weight_port=False, corrupt=None, silent=False, garbage=None):
+    def __init__(self, spec, lanes=8, weight_port=False, corrupt=None, silent=False, garbage=None, reply_v=None):
         from quantize.emulator import Emulator
 
         self.emu, self.lanes, self.weight_port = Emulator(spec), lanes, weight_port
+        self.shape, self.classes = tuple(spec.input_shape), spec.classes
+        self.pixels = int(np.prod(self.shape))
+        self.reply_v = reply_v if reply_v is not None else version_reply(lanes, self.shape, self.classes)
         self.corrupt, self.silent, self.garbage = corrupt, silent, garbage
         self.inbuf, self.outbuf = bytearray(), bytearray()
+        self.written = 0
         self.images = 0
         self.weights = None
         self.closed = False
 
     # pyserial's interface, as far as the host uses it
     def write(self, data):
+        self.written += len(data)
         self.inbuf += data
         while self._step():
             pass
@@ -115,12 +151,12 @@ class FakeBoard:
         cmd = b[0]
         if cmd == ord("?"):
             del b[:1]
-            self._answer(bytes([ord("V"), 1, self.lanes, 10]))
+            self._answer(self.reply_v)
         elif cmd == ord("I"):
-            if len(b) < 785:
+            if len(b) < 1 + self.pixels:
                 return False
-            img = np.frombuffer(bytes(b[1:785]), np.uint8).reshape(1, 28, 28)
-            del b[:785]
+            img = np.frombuffer(bytes(b[1:1 + self.pixels]), np.uint8).reshape(1, *self.shape)
+            del b[:1 + self.pixels]
             r = self.emu.run(img, keep=False)
             scores = [int(v) for v in r.scores[0]]
             if self.corrupt and self.corrupt[0] == self.images:
@@ -174,6 +210,7 @@ def test_host_matches_emulator_on_mnist(q8_spec, q8_spec_dir, fake_port, capsys,
     res = json.loads(out)
     assert res["images"] == 6 and res["mismatches"] == 0 and res["first_mismatch"] is None
     assert res["lanes"] == 8 and res["images_per_s"] > 0
+    assert res["image_shape"] == [1, 28, 28] and res["classes"] == 10
     from quantize.emulator import Emulator
 
     preds = Emulator(q8_spec).run(quant_images[0][:6], keep=False).predictions
@@ -229,9 +266,15 @@ def test_host_bad_reply_byte(q8_spec, q8_spec_dir, fake_port, capsys, images_npy
 
 def test_board_error_reply_to_an_image(q8_spec):
     board = Board(FakeBoard(q8_spec), timeout=0.5)
+    board.query()
     board.port.garbage = ord("E")
     with pytest.raises(ProtocolError, match="did not take the image"):
         board.classify(np.zeros((28, 28), np.uint8))
+
+
+def test_classify_needs_the_announcement(q8_spec):
+    with pytest.raises(ProtocolError, match="before query"):
+        Board(FakeBoard(q8_spec), timeout=0.5).classify(np.zeros((28, 28), np.uint8))
 
 
 def test_weight_loading(q8_spec):
@@ -251,16 +294,42 @@ def test_weights_flag_needs_a_weight_port(q8_spec, q8_spec_dir, fake_port, capsy
     assert "no weight port" in line
 
 
-def test_bad_images_file(q8_spec_dir, fake_port, capsys, tmp_path):
+def test_bad_images_file(q8_spec, q8_spec_dir, fake_port, capsys, tmp_path):
+    """An image the spec cannot take: one error line, exit 2, not a byte sent to the board."""
+    fake_port.append(FakeBoard(q8_spec))
     np.save(tmp_path / "f.npy", np.zeros((2, 28, 28), np.float32))
     line = one_error_line(*run_main(capsys, "--port", "fake", "--spec", q8_spec_dir, "--images", tmp_path / "f.npy"))
-    assert "uint8" in line
+    assert "uint8" in line and str(tmp_path / "f.npy") in line
     np.save(tmp_path / "s.npy", np.zeros((2, 20, 20), np.uint8))
     line = one_error_line(*run_main(capsys, "--port", "fake", "--spec", q8_spec_dir, "--images", tmp_path / "s.npy"))
-    assert "N x 28 x 28" in line
+    assert "shape (2, 20, 20), the spec takes 1 x 28 x 28" in line
+    np.save(tmp_path / "c.npy", np.zeros((2, 3, 28, 28), np.uint8))
+    line = one_error_line(*run_main(capsys, "--port", "fake", "--spec", q8_spec_dir, "--images", tmp_path / "c.npy"))
+    assert "the spec takes 1 x 28 x 28" in line
     np.save(tmp_path / "b.npy", np.full((1, 32, 32), 9, np.uint8))
     line = one_error_line(*run_main(capsys, "--port", "fake", "--spec", q8_spec_dir, "--images", tmp_path / "b.npy"))
     assert "border" in line
+    line = one_error_line(*run_main(capsys, "--port", "fake", "--spec", q8_spec_dir, "--images", tmp_path / "nope.npy"))
+    assert "no such file" in line
+    assert fake_port[0].written == 0
+
+
+def test_board_of_another_network_is_refused(q8_spec, q8_spec_dir, fake_port, capsys, images_npy):
+    """A board announcing another image shape or class count: one line, no image sent."""
+    fake_port.append(FakeBoard(q8_spec, reply_v=version_reply(8, (1, 16, 16), 10)))
+    line = one_error_line(*run_main(capsys, "--port", "fake", "--spec", q8_spec_dir, "--images", images_npy))
+    assert "the board takes 1 x 16 x 16 images and gives 10 scores, the spec 1 x 28 x 28 and 10" in line
+    assert fake_port[0].images == 0
+
+
+def test_version_1_board_is_refused(q8_spec, q8_spec_dir, fake_port, capsys, images_npy):
+    """A board built before protocol 2 answers '?' with 4 bytes: named at once, no timeout."""
+    fake_port.append(FakeBoard(q8_spec, reply_v=b"V\x01\x08\x0a"))
+    t0 = time.monotonic()
+    line = one_error_line(*run_main(capsys, "--port", "fake", "--spec", q8_spec_dir, "--images", images_npy,
+                                    "--timeout", 3))
+    assert "protocol version 1, this host 2" in line
+    assert time.monotonic() - t0 < 2 and fake_port[0].images == 0
 
 
 def test_missing_port_one_error_line(q8_spec_dir, images_npy, run_module):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,20 +14,25 @@ from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
 from hw.board import decode_result, decode_version, encode_image, encode_query, encode_weights
-from hw.boards import BoardTop, board_design
+from hw.boards import BoardTop, board_design, frames_per_image, result_bytes
 
 CLK_HZ, BAUD = 4000, 1000  # 4 cycles per bit: the fastest the UART allows, short simulations
 DIV = CLK_HZ // BAUD
 SCORE_STEP = 30000
+SHAPE, CLASSES = (2, 5, 7), 4  # a small stub network: 70 pixels in, 4 scores out
+REPLY = result_bytes(CLASSES)
 
 
 class StubAccelerator(wiring.Component):
-    """The accelerator's ports with a trivial function: s = sum of the pixels, class = s % 10,
-    score k = s - 30000 k (negative scores too); optional weight port that counts and sums bytes,
-    ready every other cycle (back-pressure)."""
+    """The accelerator's ports with a trivial function over a ``shape`` image and ``classes``
+    scores: s = sum of the pixels, class = s % classes, score k = s - 30000 k (negative scores too);
+    optional weight port that counts and sums bytes, ready every other cycle (back-pressure). Its
+    ``program`` carries only what the board top reads (image shape, classes)."""
 
-    def __init__(self, width: int = 20, weight_port: bool = False, ports=("i", "o")):
+    def __init__(self, width: int = 20, weight_port: bool = False, ports=("i", "o"), shape=SHAPE, classes=CLASSES):
         self.out_layout = data.StructLayout({"value": signed(width), "last": unsigned(1)})
+        self.program = SimpleNamespace(image_shape=tuple(shape), classes=classes)
+        self.pixels, self.classes = int(np.prod(shape)), classes
         members = {"busy": Out(1), "done": Out(1)}
         if "i" in ports:
             members["i"] = In(stream.Signature(unsigned(8)))
@@ -39,22 +45,23 @@ class StubAccelerator(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         total = Signal(20)
-        n = Signal(range(784))
-        beat = Signal(range(11))
+        n = Signal(range(self.pixels))
+        beat = Signal(range(self.classes + 1))
         with m.FSM():
             with m.State("LOAD"):
                 m.d.comb += self.i.ready.eq(1)
                 with m.If(self.i.valid):
                     m.d.sync += [total.eq(total + self.i.payload), n.eq(n + 1)]
-                    with m.If(n == 783):
+                    with m.If(n == self.pixels - 1):
                         m.d.sync += beat.eq(0)
                         m.next = "OUT"
             with m.State("OUT"):
-                m.d.comb += [self.busy.eq(1), self.o.valid.eq(1), self.o.payload.last.eq(beat == 10),
-                             self.o.payload.value.eq(Mux(beat == 0, total % 10, total - SCORE_STEP * (beat - 1)))]
+                m.d.comb += [self.busy.eq(1), self.o.valid.eq(1), self.o.payload.last.eq(beat == self.classes),
+                             self.o.payload.value.eq(Mux(beat == 0, total % self.classes,
+                                                         total - SCORE_STEP * (beat - 1)))]
                 with m.If(self.o.ready):
                     m.d.sync += beat.eq(beat + 1)
-                    with m.If(beat == 10):
+                    with m.If(beat == self.classes):
                         m.d.sync += [total.eq(0), n.eq(0)]
                         m.next = "LOAD"
         if "wl" in self.signature.members:
@@ -66,9 +73,9 @@ class StubAccelerator(wiring.Component):
         return m
 
 
-def stub_result(image: np.ndarray) -> tuple[int, list[int]]:
+def stub_result(image: np.ndarray, classes: int = CLASSES) -> tuple[int, list[int]]:
     s = int(image.astype(np.int64).sum())
-    return s % 10, [s - SCORE_STEP * k for k in range(10)]
+    return s % classes, [s - SCORE_STEP * k for k in range(classes)]
 
 
 def rtl_board(top: BoardTop, script: list, max_cycles: int = 400_000) -> tuple[bytes, dict]:
@@ -120,34 +127,49 @@ def rtl_board(top: BoardTop, script: list, max_cycles: int = 400_000) -> tuple[b
 
 
 def make_top(**kw) -> BoardTop:
-    acc_kw = {k: kw.pop(k) for k in ("width", "weight_port") if k in kw}
+    acc_kw = {k: kw.pop(k) for k in ("width", "weight_port", "shape", "classes") if k in kw}
     return BoardTop(None, kw.pop("lanes", 4), CLK_HZ, BAUD, accelerator=StubAccelerator(**acc_kw), **kw)
 
 
 # --------------------------------------------------------------------------- protocol
 def test_query_and_unknown_command():
-    replies, _ = rtl_board(make_top(lanes=6), [("send", encode_query()), ("expect", 4), ("send", b"\x00"),
-                                                ("expect", 1), ("send", b"x?"), ("expect", 5)])
-    assert decode_version(replies[:4]) == {"version": 1, "lanes": 6, "scores": 10}
-    assert replies[4:] == b"EE" + replies[:4]
+    replies, _ = rtl_board(make_top(lanes=6), [("send", encode_query()), ("expect", 7), ("send", b"\x00"),
+                                                ("expect", 1), ("send", b"x?"), ("expect", 8)])
+    assert replies[:7] == b"V\x02\x06\x02\x05\x07\x04"  # version 2, 6 lanes, 2 x 5 x 7 images, 4 classes
+    assert decode_version(replies[:7]) == {"version": 2, "lanes": 6, "image_shape": [2, 5, 7], "classes": 4}
+    assert replies[7:] == b"EE" + replies[:7]
 
 
-def test_image_class_and_scores():
+@pytest.mark.parametrize("shape, classes", [(SHAPE, CLASSES), ((1, 9, 6), 11)])
+def test_image_class_and_scores(shape, classes):
     rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, (28, 28), dtype=np.uint8)]
+    images = [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(2)]
+    n_out = result_bytes(classes)
     script = []
     for img in images:
-        script += [("send", encode_image(img)), ("expect", 42)]
-    replies, _ = rtl_board(make_top(), script)
+        script += [("send", encode_image(img, shape)), ("expect", n_out)]
+    replies, _ = rtl_board(make_top(shape=shape, classes=classes), script)
+    assert len(replies) == 2 * n_out
     for n, img in enumerate(images):
-        assert decode_result(replies[42 * n:42 * (n + 1)]) == stub_result(img)
-    assert min(decode_result(replies[:42])[1]) < 0  # negative scores travel sign-extended
+        assert decode_result(replies[n_out * n:n_out * (n + 1)], classes) == stub_result(img, classes)
+    assert min(decode_result(replies[:n_out], classes)[1]) < 0  # negative scores travel sign-extended
+
+
+def test_image_shape_and_classes_given_explicitly():
+    """An accelerator without a program: the board top takes the shape and classes as parameters."""
+    acc = StubAccelerator()
+    del acc.program
+    top = BoardTop(None, 4, CLK_HZ, BAUD, accelerator=acc, image_shape=SHAPE, classes=CLASSES)
+    assert (top.image_shape, top.classes, top.image_bytes) == (SHAPE, CLASSES, 70)
+    img = np.full(SHAPE, 2, np.uint8)
+    replies, _ = rtl_board(top, [("send", encode_image(img, SHAPE)), ("expect", REPLY)])
+    assert decode_result(replies, CLASSES) == stub_result(img)
 
 
 def test_weights_without_a_weight_port_are_discarded():
     payload = bytes(range(1, 40))
     replies, _ = rtl_board(make_top(), [("send", encode_weights(payload)), ("expect", 1),
-                                        ("send", encode_query()), ("expect", 4)])
+                                        ("send", encode_query()), ("expect", 7)])
     assert replies[:1] == b"E"
     assert replies[1:2] == b"V"  # the N bytes were not taken for commands
 
@@ -162,11 +184,16 @@ def test_weights_go_to_the_weight_port():
 
 def test_half_sent_image_times_out_and_resets_the_accelerator():
     top = make_top()
-    img = np.full((28, 28), 3, np.uint8)
-    replies, _ = rtl_board(top, [("send", encode_image(img)[:11]), ("expect", 1),
-                                 ("send", encode_image(img)), ("expect", 42)])
+    img = np.full(SHAPE, 3, np.uint8)
+    replies, _ = rtl_board(top, [("send", encode_image(img, SHAPE)[:11]), ("expect", 1),
+                                 ("send", encode_image(img, SHAPE)), ("expect", REPLY)])
     assert replies[:1] == b"E"
-    assert decode_result(replies[1:]) == stub_result(img)
+    assert decode_result(replies[1:], CLASSES) == stub_result(img)
+
+
+def test_frames_per_image():
+    assert frames_per_image((1, 28, 28), 10) == (785, 42)  # LeNet-5
+    assert frames_per_image(SHAPE, CLASSES) == (71, 18)
 
 
 @pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
@@ -179,6 +206,15 @@ def test_parameters_are_validated():
         make_top(width=40)
     with pytest.raises(TypeError, match="'o' port"):
         BoardTop(None, 4, CLK_HZ, BAUD, accelerator=StubAccelerator(ports=("i",)))
+    with pytest.raises(ValueError, match="one byte each"):
+        make_top(shape=(1, 256, 4))
+    with pytest.raises(ValueError, match="one byte each"):
+        make_top(classes=0)
+    acc = StubAccelerator()
+    del acc.program
+    with pytest.raises(TypeError, match="give image_shape and classes"):
+        BoardTop(None, 4, CLK_HZ, BAUD, accelerator=acc)
+    del acc
     gc.collect()  # the half-built components warn now, under this test's filter
 
 
@@ -210,6 +246,8 @@ def test_cli_writes_verilog_constraints_manifest(q8_spec_dir, tmp_path, run_modu
     assert r.returncode == 0, r.stderr
     man = json.loads((tmp_path / "icebreaker_lenet5_q8.json").read_text())
     assert man["device"] == "iCE40UP5K" and man["clk_hz"] == 12_000_000 and man["lanes"] == 4
+    assert man["protocol_version"] == 2 and man["image_shape"] == [1, 28, 28] and man["classes"] == 10
+    assert man["bytes_per_image"] == {"in": 785, "out": 42}
     for f in man["files"].values():
         assert (tmp_path / f).stat().st_size > 0
     assert "set_io uart_0__rx__io 6" in (tmp_path / man["files"]["constraints"]).read_text()

@@ -50,6 +50,45 @@ def test_generate_writes_verilog_and_manifest(generated, q8_spec):
     assert [l["cycles"] for l in man["cycle_model"]] == [l["cycles"] for l in s["layers"]]
     assert f"{top}.v" in stdout and f"{s['cycles_per_image']:,} cycles/image" in stdout
     assert man["verilog_sha256"] == hashlib.sha256(text.encode()).hexdigest()
+    # the network's shape, from the compiled program (LeNet-5: one 28 x 28 channel, 10 classes)
+    assert man["image_shape"] == [1, 28, 28] and man["image_bytes"] == 784
+    assert man["classes"] == 10 and man["output_beats"] == 11
+    assert man["streams"]["o"].startswith("11 beats: class, then scores 0..9")
+    assert "1 x 28 x 28" in man["streams"]["i"]
+    assert not {"input_size", "input_pad"} & set(man)
+
+
+def test_generate_takes_a_compiled_program(q8_spec, monkeypatch):
+    """One compiled program per run: given one, generate() compiles nothing, and gives the bytes
+    it gives when it compiles the spec itself."""
+    import hw.generate as gen
+    from hw.program import compile_spec
+
+    prog = compile_spec(q8_spec, 2)
+    text, man = gen.generate(q8_spec, 2)
+
+    def no_compile(*a, **kw):
+        raise AssertionError("compiled again")
+
+    monkeypatch.setattr(gen, "compile_spec", no_compile)
+    monkeypatch.setattr("hw.accelerator.compile_spec", no_compile)
+    monkeypatch.setattr("hw.perf.compile_spec", no_compile)
+    assert gen.generate(q8_spec, 2, program=prog) == (text, man)
+
+
+def test_generate_any_network_shape():
+    """A network that is not LeNet-5 (several channels, a non-square image, other classes): the
+    manifest's shapes are the spec's."""
+    randspec = pytest.importorskip("quantize.randspec")
+    from hw.generate import generate
+
+    spec = next(s for s in map(randspec.random_spec, range(100))
+                if s.input_shape[0] > 1 and s.input_shape[1] != s.input_shape[2] and s.classes != 10)
+    c, h, w = spec.input_shape
+    _, man = generate(spec, 4)
+    assert man["image_shape"] == [c, h, w] and man["image_bytes"] == c * h * w
+    assert man["classes"] == spec.classes and man["output_beats"] == spec.classes + 1
+    assert man["streams"]["o"].startswith(f"{spec.classes + 1} beats: class, then scores 0..{spec.classes - 1}")
 
 
 def test_generate_is_deterministic(generated):

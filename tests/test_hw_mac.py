@@ -14,7 +14,7 @@ from quantize.qformat import QFormat
 LATENCY = 2  # inputs in cycle t are in ``acc`` from cycle t + 2 (hw/mac.py)
 
 
-def rtl_mac(lanes: int, ww: int, dw: int, accw: int, groups, gaps=None) -> np.ndarray:
+def rtl_mac(lanes: int, ww: int, dw: int, accw: int, groups, gaps=None, keep_max: bool = False) -> np.ndarray:
     """Run dot-product groups through MACLanes; returns the final accumulators, groups x lanes.
 
     ``groups``: list of (w T x lanes, x T x lanes, bias lanes). Groups are issued back to back
@@ -24,6 +24,7 @@ def rtl_mac(lanes: int, ww: int, dw: int, accw: int, groups, gaps=None) -> np.nd
     """
     dut = MACLanes(lanes, ww, dw, accw)
     gaps = gaps or [0] * len(groups)
+    max_mode = int(keep_max)
     schedule = []  # per cycle: None (idle) or (w row, x row, bias, first)
     final_at = []  # cycle in which each group's result is in acc
     for (w, x, b), gap in zip(groups, gaps):
@@ -43,6 +44,7 @@ def rtl_mac(lanes: int, ww: int, dw: int, accw: int, groups, gaps=None) -> np.nd
                 w, x, b, first = step
                 ctx.set(dut.valid, 1)
                 ctx.set(dut.first, int(first))
+                ctx.set(dut.max, max_mode)
                 for q in range(lanes):
                     ctx.set(dut.w[q], int(w[q]))
                     ctx.set(dut.x[q], int(x[q]))
@@ -139,3 +141,19 @@ def test_mac_bad_params(kw):
     args = dict(lanes=4, weight_width=8, data_width=8, acc_width=20) | kw
     with pytest.raises(ValueError, match=next(iter(kw))):
         MACLanes(**args)
+
+
+@pytest.mark.parametrize("lanes,dw", [(1, 3), (4, 8), (8, 6)])
+def test_max_mode(lanes, dw):
+    """``max`` high (a max-pool, weights 1): each lane keeps the largest of its group's inputs,
+    ``first`` restarting from the first input, back to back and after gaps."""
+    rng = np.random.default_rng(lanes * 7 + dw)
+    lo, hi = -(1 << (dw - 1)), (1 << (dw - 1)) - 1
+    groups, want = [], []
+    for taps in (4, 9, 1, 9, 4):
+        x = rng.integers(lo, hi + 1, (taps, lanes))
+        x[rng.integers(0, taps)] = rng.choice([lo, hi])  # the extremes of the code range
+        groups.append((np.ones((taps, lanes), np.int64), x, np.zeros(lanes, np.int64)))
+        want.append(x.max(axis=0))
+    got = rtl_mac(lanes, 2, dw, dw + 2, groups, gaps=[0, 0, 2, 0, 1], keep_max=True)
+    np.testing.assert_array_equal(got, np.array(want))

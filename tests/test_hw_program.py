@@ -13,6 +13,7 @@ from hw.accelerator import Accelerator
 from hw.program import MAX_LANES, compile_spec, tile_shape
 
 SPECS = ["q8_spec", "anna_spec"]
+RANDOM_SEEDS = range(12)
 
 
 @pytest.fixture(params=SPECS)
@@ -20,54 +21,77 @@ def spec(request):
     return request.getfixturevalue(request.param)
 
 
-def _conv_taps(l):
-    """(weight, c, ky, kx) of every tap of every output map of a conv-mode layer, map by map."""
-    K = l.kernel
+def _conv_taps(l, R, C, ty_n, tx_n):
+    """(lane weights, c, ky, kx) of every tap of every tile of every output map of a conv-mode
+    layer, in issue order: map by map, tile by tile (shared-weight layers replay their map's taps)."""
+    K, P = l.kernel, R * C
+    window = [(u, v) for u in range(K) for v in range(K)]
     for o in range(l.out_maps):
-        if l.kind == "subsample":  # the coefficient four times over the 2x2 window of its source map
-            c = l.source[o] if l.source is not None else o
-            yield o, [(int(l.weight[o]), c, u, v) for u in range(K) for v in range(K)]
-        else:  # |table[o]| x K x K taps, one per weight
-            yield o, [(int(l.weight[o, c, u, v]), c, u, v) for c in l.connections()[o] for u in range(K) for v in range(K)]
+        for ty in range(ty_n):
+            for tx in range(tx_n):
+                pos = [(ty * R + q // C, tx * C + q % C) for q in range(P)]
+                inside = [y < l.out_h and x < l.out_w for y, x in pos]
+                if l.kind == "local":
+                    taps = [([int(l.weight[o, y, x, c, u, v]) if ok else 0 for (y, x), ok in zip(pos, inside)], c, u, v)
+                            for c in range(l.in_maps) for u, v in window]
+                elif l.kind == "conv":  # |table[o]| x K x K taps, one per weight
+                    taps = [([int(l.weight[o, c, u, v])] * P, c, u, v) for c in l.connections()[o] for u, v in window]
+                else:  # a pool: its coefficient (max-pool: 1) over the k x k window of its source map
+                    coef = 1 if l.kind == "maxpool" else int(l.weight[o])
+                    taps = [([coef] * P, l.sources()[o], u, v) for u, v in window]
+                yield o, ty, tx, pos, inside, taps
+
+
+@pytest.fixture(params=["q8_spec", "anna_spec"] + [f"random{s}" for s in RANDOM_SEEDS])
+def any_spec(request):
+    if request.param.startswith("random"):
+        from quantize.randspec import random_spec
+
+        return random_spec(int(request.param[6:]))
+    return request.getfixturevalue(request.param)
 
 
 @pytest.mark.parametrize("lanes", [1, 2, 4, 8, 32])
-def test_tile_reads_are_conflict_free_and_exact(spec, lanes):
+def test_tile_reads_are_conflict_free_and_exact(any_spec, lanes):
     """The address arithmetic of hw/window.py, replayed in Python over every tile and tap of every
-    conv-mode layer: each lane of a tile gets exactly the input pixel its output needs, from a
-    bank no other lane reads in that cycle."""
+    conv-mode layer (strides, padding, local layers, pools): each lane of a tile gets exactly the
+    padded input pixel its output needs, with its own weight, from a bank no other lane reads in
+    that cycle."""
+    spec = any_spec
     prog = compile_spec(spec, lanes)
     R, C = prog.R, prog.C
     assert (R, C) == tile_shape(lanes) and R * C == lanes and R <= C
-    tap = 0
     for lp in prog.layers:
         if lp.mode != "conv":
             continue
         l, lin = lp.spec, lp.in_layout
         S = lin.s
-        assert S == (2 if l.kind == "subsample" else 1)
+        assert S == l.stride and lin.pad == l.pad
         ty_n, tx_n = lp.tiles
-        assert (ty_n, tx_n) == (math.ceil(l.out_size / R), math.ceil(l.out_size / C)) and lp.groups == ty_n * tx_n
-        for o, taps in _conv_taps(l):
+        assert (ty_n, tx_n) == (math.ceil(l.out_h / R), math.ceil(l.out_w / C)) and lp.groups == ty_n * tx_n
+        tap = lp.tap_base
+        for o, ty, tx, pos, inside, taps in _conv_taps(l, R, C, ty_n, tx_n):
+            if (ty, tx) == (0, 0) or not lp.shared:
+                start = tap
+            else:
+                tap = start  # the next tile replays the map's taps
             words = prog.tap_words[tap:tap + len(taps)]
-            assert lp.taps[o] == len(taps) and [w[0] for w in words] == [t[0] for t in taps]
+            assert lp.taps[o] == len(taps)
             tap += len(taps)
-            for ty in range(ty_n):
-                for tx in range(tx_n):
-                    base = lin.base + ty * S * lin.lw + tx * S
-                    for (w, off, my, mx), (_, c, u, v) in zip(words, taps):
-                        addr = {r * C + cc: base + off + (S * lin.lw if r < my else 0) + (S if cc < mx else 0)
-                                for r in range(R) for cc in range(C)}
-                        used = set()
-                        for dy in range(R):
-                            for dx in range(C):
-                                y, x = ty * R + dy, tx * C + dx
-                                b = ((dy + my) % R) * C + (dx + mx) % C
-                                assert b not in used
-                                used.add(b)
-                                if y < l.out_size and x < l.out_size:
-                                    assert lin.locate(c, S * y + u, S * x + v) == (b, addr[b])
-    assert tap == len(prog.tap_words)
+            base = lin.base + ty * S * lin.lw + tx * S
+            for (w, off, my, mx), (ws, c, u, v) in zip(words, taps):
+                lane_w = w if isinstance(w, list) else [w] * lanes
+                addr = {r * C + cc: base + off + (S * lin.lw if r < my else 0) + (S if cc < mx else 0)
+                        for r in range(R) for cc in range(C)}
+                used = set()
+                for q, ((y, x), ok) in enumerate(zip(pos, inside)):
+                    dy, dx = divmod(q, C)
+                    b = ((dy + my) % R) * C + (dx + mx) % C
+                    assert b not in used
+                    used.add(b)
+                    if ok:
+                        assert lin.locate(c, S * y + u, S * x + v) == (b, addr[b])
+                        assert lane_w[q] == ws[q]
 
 
 @pytest.mark.parametrize("lanes", [1, 8, 32])
@@ -77,8 +101,8 @@ def test_program_layout(spec, lanes):
     for lp in prog.layers:
         l = lp.spec
         if lp.mode == "conv":
-            assert l.kind == "subsample" or (l.kind == "conv" and l.out_size > 1)
-            assert lp.maps == l.out_maps and lp.n_out == l.out_size**2
+            assert l.kind == "subsample" or (l.kind == "conv" and l.out_h > 1)
+            assert lp.maps == l.out_maps and lp.n_out == l.out_h * l.out_w
         else:
             assert lp.mode == "dense" and lp.maps == 1 and lp.n_out == l.out_maps
             n_in = l.weight.reshape(l.out_maps, -1).shape[1]
@@ -98,8 +122,9 @@ def test_program_layout(spec, lanes):
         c3 = spec.layer("C3")
         assert [lp.taps for lp in prog.layers if lp.name == "C3"][0] == [len(t) * 25 for t in c3.table]
         assert sum(len(t) for t in c3.table) == 60  # LeNet-5's table: 6x3 + 9x4 + 1x6 inputs
-    assert prog.scores == 10 and prog.input_size == 32 and prog.input_pad == 2
-    assert prog.input_lut == spec.input_lut.tolist()
+    assert prog.classes == spec.classes and prog.output_beats == 1 + spec.classes
+    assert prog.image_shape == spec.input_shape and prog.input_layout.pad == spec.layers[0].pad
+    assert prog.input_lut == spec.input_lut.reshape(-1).tolist()
     # every distinct activation table once, each layer pointing at its own
     tables = {tuple(l.lut.tolist()) for l in spec.layers if l.lut is not None}
     assert len(prog.lut_rom) == sum(len(t) for t in tables)
@@ -119,11 +144,12 @@ def test_program_memories(spec, lanes):
     assert prog.layers[-1].out_layout is None and not prog.layers[-1].has_activation
     size_a, size_b = prog.info["fm_a"], prog.info["fm_b"]
     assert prog.fm_words == size_a + size_b
-    shapes = [(1, spec.input_size)] + [(l.out_maps, l.out_size) for l in spec.layers[:-1]]
-    for i, (lay, (maps, n)) in enumerate(zip(lays, shapes)):
+    shapes = [spec.input_shape] + [l.out_shape for l in spec.layers[:-1]]
+    for i, (lay, (maps, h, w)) in enumerate(zip(lays, shapes)):
         assert lay.base == (0 if i % 2 == 0 else size_a) and lay.lw & (lay.lw - 1) == 0
-        slots = {lay.locate(c, y, x) for c in range(maps) for y in range(n) for x in range(n)}
-        assert len(slots) == maps * n * n  # one-to-one
+        assert (lay.h, lay.w) == (h + 2 * lay.pad, w + 2 * lay.pad)
+        slots = {lay.locate(c, y, x) for c in range(maps) for y in range(lay.h) for x in range(lay.w)}
+        assert len(slots) == maps * lay.h * lay.w  # one-to-one
         lo, hi = lay.base, lay.base + (size_a if i % 2 == 0 else size_b)
         assert all(0 <= b < lanes and lo <= a < hi for b, a in slots)
     if spec.network == "lenet5" and lanes == 8:  # 8 banks of 840 words (1 copy + padding: 6,720 vs 5,880)
@@ -131,10 +157,14 @@ def test_program_memories(spec, lanes):
     # a layer's output words never meet its input words
     for lp in prog.layers[:-1]:
         assert lp.in_layout.base != lp.out_layout.base
-    assert prog.bias_words == [int(b) for lp in prog.layers for b in lp.spec.bias_acc()]
-    assert [lp.bias_base for lp in prog.layers] == list(np.cumsum([0] + [l.out_maps for l in spec.layers[:-1]]))
+    # a bias per conv map; per dense neuron, in groups of lanes (zeros past the last neuron)
+    n_bias = [l.out_maps if lp.mode == "conv" else lp.groups * lanes for lp, l in zip(prog.layers, spec.layers)]
+    assert [lp.bias_base for lp in prog.layers] == list(np.cumsum([0] + n_bias[:-1]))
+    for lp, l, n in zip(prog.layers, spec.layers, n_bias):
+        b = [int(v) for v in l.bias_acc().reshape(-1)]
+        assert prog.bias_words[lp.bias_base:lp.bias_base + n] == b + [0] * (n - len(b))
     assert prog.acc_width == max(l.formats["acc"].width for l in spec.layers)
-    assert prog.weight_width == max(l.formats["weight"].width for l in spec.layers)
+    assert prog.weight_width == max(l.formats["weight"].width + (not l.formats["weight"].signed) for l in spec.layers)
     assert prog.score_width == spec.layers[-1].formats["acc"].width
 
 
@@ -165,7 +195,7 @@ def test_schedule_lanes1_issue_is_taps(q8_spec):
     """With one lane every tap is one issue cycle: the spec's MACs, except that a subsampling
     output (one multiply in spec.macs()) is issued as four taps of its 2x2 window."""
     s = perf.schedule(q8_spec, 1)
-    sub_outputs = sum(l.out_maps * l.out_size**2 for l in q8_spec.layers if l.kind == "subsample")
+    sub_outputs = sum(l.out_maps * l.out_h * l.out_w for l in q8_spec.layers if l.kind == "subsample")
     assert s["mac_cycles"] == s["macs_per_image"] + 3 * sub_outputs
     assert all(l["wait"] == 0 for l in s["layers"])
 
@@ -191,18 +221,18 @@ def test_too_wide_format(q8_spec, fmt):
         Accelerator(spec, 8)
 
 
-def test_unknown_layer_kind(q8_spec):
+def test_spatial_after_dense(q8_spec):
+    """A dense layer's output is a vector: a conv-mode layer after it is refused, naming the layers."""
     spec = copy.deepcopy(q8_spec)
-    spec.layer("S2").kind = "pool"
-    with pytest.raises(ValueError, match="pool"):
+    spec.layers.insert(6, copy.deepcopy(spec.layer("S4")))
+    spec.layers[6].name = "S6"
+    with pytest.raises(ValueError, match="layer S6: a spatial layer after the dense layer F6"):
         compile_spec(spec, 8)
-    with pytest.raises(ValueError, match="pool"):
-        perf.cycles_per_image(spec, 8)
 
 
 def test_last_layer_needs_scores(q8_spec):
     spec = copy.deepcopy(q8_spec)
-    spec.layers = spec.layers[:-1]  # F6 (with an activation) last
+    spec.layers = spec.layers[:4]  # S4 (5x5 maps) last
     with pytest.raises(ValueError, match="last layer"):
         compile_spec(spec, 8)
 
@@ -228,7 +258,8 @@ def test_weight_image(spec, lanes):
         assert [((words[i] >> (q * ww)) & ((1 << ww) - 1)) for q in range(lanes)] == \
             [v & ((1 << ww) - 1) for v in prog.dense_words[i]]
     w0, off, my, mx = prog.tap_words[-1]
-    assert words[-1] & ((1 << ww) - 1) == w0 & ((1 << ww) - 1) and (words[-1] >> ww) & ((1 << prog.offset_width) - 1) == off
+    sh = prog.tap_shift
+    assert words[-1] & ((1 << ww) - 1) == w0 & ((1 << ww) - 1) and (words[-1] >> sh) & ((1 << prog.offset_width) - 1) == off
     data = prog.weight_bytes()
     nb = -(-prog.weight_word_width // 8)
     assert len(data) == nb * len(words)

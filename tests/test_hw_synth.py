@@ -84,8 +84,8 @@ def test_core_shim_drives_every_input_and_observes_every_output():
     core = MACLanes(1, 4, 4, 8)
     shim = synth.CoreShim(core)
     assert set(shim.signature.members) == {"sin", "sout"}
-    # input bits in signature order: valid, first, w[0], x[0], bias[0] (1 + 1 + 4 + 4 + 8 = 18 bits)
-    bits = [1, 1] + [1, 0, 1, 0] + [1, 1, 0, 0] + [0] * 8  # valid, first, w = 5, x = 3
+    # input bits in signature order: valid, first, max, w[0], x[0], bias[0] (1 + 1 + 1 + 4 + 4 + 8 = 19 bits)
+    bits = [1, 1, 0] + [1, 0, 1, 0] + [1, 1, 0, 0] + [0] * 8  # valid, first, max = 0, w = 5, x = 3
     seen = {}
 
     async def tb(ctx):

@@ -442,3 +442,95 @@ def test_check_images_accepts():
     assert data.check_images(np.zeros((28, 28), np.uint8)).shape == (1, 28, 28)
     assert data.check_images(np.zeros((5, 32, 32), np.uint8)).shape == (5, 32, 32)
     assert data.check_images(np.zeros((0, 28, 28), np.uint8)).shape == (0, 28, 28)
+
+
+# --------------------------------------------------------------------------- resample / fit_images
+
+
+def _resample_loops(img: np.ndarray, h: int, w: int) -> np.ndarray:
+    """The documented rule with Python integers: windows floor(i H0/h) .. ceil((i+1) H0/h) - 1."""
+    h0, w0 = img.shape
+    out = np.zeros((h, w), np.uint8)
+    for i in range(h):
+        r0, r1 = (i * h0) // h, -((-(i + 1) * h0) // h)
+        for j in range(w):
+            c0, c1 = (j * w0) // w, -((-(j + 1) * w0) // w)
+            win = [int(v) for v in img[r0:r1, c0:c1].flat]
+            out[i, j] = (2 * sum(win) + len(win)) // (2 * len(win))
+    return out
+
+
+@pytest.mark.parametrize("h, w", [(16, 16), (12, 10), (7, 28), (28, 28), (1, 1), (5, 3)])
+def test_resample_rule(h, w):
+    rng = np.random.default_rng(h * 100 + w)
+    imgs = rng.integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    imgs[0] = rng.choice(np.array([0, 255], np.uint8), (28, 28))  # many exact halves: round half up
+    out = data.resample(imgs, h, w)
+    assert out.shape == (3, h, w) and out.dtype == np.uint8
+    for a, b in zip(out, imgs):
+        np.testing.assert_array_equal(a, _resample_loops(b, h, w))
+    # the windows are torch's adaptive_avg_pool2d: the same means, rounded half up
+    import torch
+
+    mean = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(imgs).double()[:, None], (h, w))[:, 0].numpy()
+    np.testing.assert_array_equal(out, np.floor(mean + 0.5 + 1e-9).astype(np.uint8))
+    assert data.resample(imgs[1], h, w).shape == (h, w)
+    if (h, w) == (28, 28):
+        np.testing.assert_array_equal(out, imgs)
+
+
+def test_resample_half_up_and_errors():
+    img = np.array([[0, 1], [0, 0]], np.uint8)  # mean 1/4 -> 0; [1, 2]: mean 1.5 -> 2
+    assert data.resample(img, 1, 1).tolist() == [[0]]
+    assert data.resample(np.array([[1, 2]], np.uint8), 1, 1).tolist() == [[2]]
+    with pytest.raises(UserError, match="dtype float64"):
+        data.resample(np.zeros((2, 4, 4)), 2, 2)
+    with pytest.raises(UserError, match="cannot resample"):
+        data.resample(np.zeros((2, 4, 4), np.uint8), 0, 2)
+
+
+def test_fit_images_shapes():
+    rng = np.random.default_rng(1)
+    digits = rng.integers(0, 256, (4, 28, 28), dtype=np.uint8)
+    out = data.fit_images(digits, (1, 28, 28))
+    assert out.shape == (4, 1, 28, 28) and np.array_equal(out[:, 0], digits)
+    assert data.fit_images(digits[0], (1, 28, 28)).shape == (1, 1, 28, 28)  # a single image
+    assert np.array_equal(data.fit_images(digits[:, None], (1, 28, 28)), out)  # N x 1 x H x W
+    assert np.array_equal(data.fit_images(np.pad(digits, ((0, 0), (2, 2), (2, 2))), (1, 28, 28)), out)  # blank border
+    small = data.fit_images(digits, (1, 16, 12))
+    assert small.shape == (4, 1, 16, 12) and np.array_equal(small[:, 0], data.resample(digits, 16, 12))
+    rgb = rng.integers(0, 256, (2, 3, 20, 30), dtype=np.uint8)
+    assert np.array_equal(data.fit_images(rgb, (3, 20, 30)), rgb) and data.fit_images(rgb[0], (3, 20, 30)).shape == (1, 3, 20, 30)
+    assert data.fit_images(np.zeros((0, 28, 28), np.uint8), (1, 16, 16)).shape == (0, 1, 16, 16)
+
+
+@pytest.mark.parametrize("bad, shape, msg", [
+    (np.zeros((2, 28, 28), np.uint8), (3, 28, 28), "images: shape (2, 28, 28), the spec takes 3 x 28 x 28"),
+    (np.zeros((2, 28, 28), np.uint8), (1, 32, 32), "images: shape (2, 28, 28), the spec takes 1 x 32 x 32"),
+    (np.zeros((2, 28, 28), np.uint8), (1, 16, 30), "images: shape (2, 28, 28), the spec takes 1 x 16 x 30"),
+    (np.zeros((2, 32, 32), np.uint8), (1, 16, 16), "images: shape (2, 32, 32), the spec takes 1 x 16 x 16"),
+    (np.zeros((2, 20, 20), np.uint8), (1, 16, 16), "images: shape (2, 20, 20), the spec takes 1 x 16 x 16"),
+    (np.zeros((2, 1, 20, 30), np.uint8), (2, 20, 30), "images: shape (2, 1, 20, 30), the spec takes 2 x 20 x 30"),
+    (np.zeros((784,), np.uint8), (1, 28, 28), "images: shape (784,), the spec takes 1 x 28 x 28"),
+    (np.full((1, 32, 32), 9, np.uint8), (1, 28, 28), "images: shape (1, 32, 32) with a non-blank 2-pixel border"),
+    (np.zeros((2, 28, 28), np.float32), (1, 28, 28), "images: dtype float32, expected uint8"),
+    ([[0] * 28] * 28, (1, 28, 28), "images: expected a numpy array, got list"),
+])
+def test_fit_images_rejects(bad, shape, msg):
+    with pytest.raises(UserError) as e:
+        data.fit_images(bad, shape)
+    assert str(e.value).startswith(msg) and "\n" not in str(e.value)
+
+
+def test_lenet1_preprocess_reads_the_resampled_grey_levels():
+    """The float LeNet-1 sees the same 16x16 grey levels as its integer spec: resample, scale, pad 6."""
+    import torch
+
+    from model.lenet import input_geometry, preprocess
+
+    digits = np.random.default_rng(2).integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    assert input_geometry("lenet1") == (16, 6) and input_geometry("lenet5") == (28, 2)
+    x = preprocess(digits, "lenet1")
+    want = torch.nn.functional.pad(torch.from_numpy(data.scale(data.resample(digits, 16, 16)))[:, None], (6,) * 4,
+                                   value=data.BACKGROUND)
+    assert x.shape == (3, 1, 28, 28) and torch.equal(x, want)

@@ -13,7 +13,7 @@ import torch
 import model.data
 import quantize.evaluate as qevaluate
 import quantize.run as qrun
-from model.lenet import A as TANH_A, S as TANH_S, LeNet, preprocess
+from model.lenet import A as TANH_A, S as TANH_S, preprocess
 from model.util import UserError
 from quantize import ops
 from quantize.emulator import Emulator
@@ -22,7 +22,7 @@ from quantize.spec import validate
 
 REPO = Path(__file__).resolve().parents[1]
 
-SHAPES = {"input": (32, 32), "C1": (6, 28, 28), "S2": (6, 14, 14), "C3": (16, 10, 10), "S4": (16, 5, 5),
+SHAPES = {"input": (1, 28, 28), "C1": (6, 28, 28), "S2": (6, 14, 14), "C3": (16, 10, 10), "S4": (16, 5, 5),
           "C5": (120,), "F6": (84,), "OUT": (10,)}
 
 
@@ -102,7 +102,7 @@ def test_narrow_acc_wraps_like_the_format(q8_spec, quant_images):
     imgs = extreme_images()[:4]
     emu = Emulator(spec, allow_float=False)
     x = emu.input_codes(imgs)
-    exact = ops.conv2d(x, l.weight, l.bias_acc(), 128, allow_float=False).numpy()
+    exact = ops.conv2d(x, l.weight, l.bias_acc(), 128, allow_float=False, pad=l.pad, pad_code=l.pad_code).numpy()
     acc = l.formats["acc"]
     wrapped = (exact - acc.code_min) % (1 << acc.width) + acc.code_min
     assert np.any(wrapped != exact)
@@ -134,9 +134,10 @@ def test_layer_tensors_shapes_and_formats(which, q8_spec, anna_spec, all_images)
     assert r.scores.shape == (n, 10) and np.array_equal(r.scores, r.tensors["OUT"])
     assert r.predictions.shape == (n,) and r.predictions.dtype == np.int64
     assert np.array_equal(r.predictions, np.argmax(r.scores, axis=1))  # numpy: first maximum too
-    # the input codes are the LUT of the zero-padded image
-    padded = model.data.pad32(all_images)
-    assert np.array_equal(r.tensors["input"], spec.input_lut[padded])
+    # the input codes are the LUT of the image; C1 pads them with the code of grey level 0
+    assert np.array_equal(r.tensors["input"], spec.input_lut[0][all_images][:, None])
+    assert spec.input_shape == (1, 28, 28) and spec.layers[0].pad == 2
+    assert spec.layers[0].pad_code == spec.input_lut[0, 0]
     assert set(r.saturations()) == {l.name for l in spec.layers}
 
 
@@ -157,8 +158,10 @@ def test_run_rejects_bad_images(q8_spec):
     emu = Emulator(q8_spec)
     with pytest.raises(UserError, match="shape"):
         emu.run(np.zeros((2, 27, 27), np.uint8))
+    with pytest.raises(UserError, match=r"shape \(2, 2, 28, 28\), the spec takes 1 x 28 x 28"):
+        emu.run(np.zeros((2, 2, 28, 28), np.uint8))
     with pytest.raises(UserError, match="shape"):
-        emu.run(np.zeros((2, 1, 28, 28), np.uint8))
+        emu.run(np.zeros((2, 16, 16), np.uint8))
     with pytest.raises(UserError, match="dtype float32"):
         emu.run(np.zeros((2, 28, 28), np.float32))
     with pytest.raises(UserError, match="dtype int64"):
@@ -173,11 +176,12 @@ def test_single_image_and_padding(q8_spec, quant_images):
     batch = emu.run(imgs)
     assert np.array_equal(one.tensors["F6"][0], batch.tensors["F6"][0])
     padded = np.pad(imgs, ((0, 0), (2, 2), (2, 2)))
-    assert_same_result(emu.run(padded), batch)
-    # a 32x32 input is taken as it is: ink in the border changes the result
+    assert_same_result(emu.run(padded), batch)  # the old 32x32 input: its blank border is cropped
+    assert_same_result(emu.run(imgs[:, None]), batch)  # N x 1 x 28 x 28
     inked = padded.copy()
     inked[:, 0, :] = 255
-    assert not np.array_equal(emu.run(inked).tensors["C1"], batch.tensors["C1"])
+    with pytest.raises(UserError, match="non-blank"):
+        emu.run(inked)
 
 
 # --------------------------------------------------------------------------- exact kernels

@@ -74,7 +74,11 @@ def test_round_trip(q8_spec, q8_spec_dir):
     # the path of spec.json itself is accepted too
     same_spec(q8_spec, qspec.load(q8_spec_dir / "spec.json"))
     doc = json.loads((q8_spec_dir / "spec.json").read_text())
-    assert doc["schema"] == qspec.SCHEMA == 1
+    assert doc["schema"] == qspec.SCHEMA == 2
+    assert doc["input"]["channels"] == 1 and (doc["input"]["height"], doc["input"]["width"]) == (28, 28)
+    c1 = doc["layers"][0]
+    assert (c1["in_h"], c1["in_w"], c1["pad"], c1["pad_code"], c1["stride"]) == (28, 28, 2, int(q8_spec.input_lut[0, 0]), 1)
+    assert "pad" not in doc["layers"][1] and doc["layers"][1]["stride"] == 2
     assert doc["layers"][0]["activation"] == "scaled_tanh" and doc["layers"][-1]["activation"] is None
 
 
@@ -155,17 +159,28 @@ JSON_CASES = {
                              ["layer C1.formats.weight", "unknown field 'sign'"]),
     "missing format field": (_set(("layers", "C1", "formats", "weight", "frac"), DELETE),
                              ["layer C1.formats.weight", "missing field 'frac'"]),
-    "missing format": (_set(("layers", "C5", "formats", "acc"), DELETE), ["layer C5.formats", "missing field 'acc'"]),
+    "missing format": (_set(("layers", "C5", "formats", "acc"), DELETE), ["layer C5.formats", "missing format 'acc'"]),
     "missing layer field": (_set(("layers", "C1", "kernel"), DELETE), ["layer C1", "missing field 'kernel'"]),
     "missing top field": (_set(("network",), DELETE), ["missing field 'network'"]),
-    "missing input size": (_set(("input", "size"), DELETE), ["input", "missing field 'size'"]),
+    "missing input height": (_set(("input", "height"), DELETE), ["input", "missing field 'height'"]),
+    "input channels": (_set(("input", "channels"), 5), ["input.channels: 5, expected 1..4"]),
+    "input width": (_set(("input", "width"), 65), ["input.width: 65, expected 1..64"]),
+    "input size mismatch": (_set(("input", "width"), 27), ["layer C1: input 1@28x28 does not match the previous output 1@28x27"]),
+    "conv stride": (_set(("layers", "C1", "stride"), 3), ["layer C1.stride: 3, expected 1 or 2"]),
+    "conv kernel": (_set(("layers", "C1", "kernel"), 9), ["layer C1.kernel: 9, expected 1..7"]),
+    "pad": (_set(("layers", "C1", "pad"), 9), ["layer C1.pad: 9, expected 0..8"]),
+    "pad code": (_set(("layers", "C1", "pad_code"), 300), ["layer C1.pad_code: code 300 does not fit"]),
+    "untied flag": (_set(("layers", "C1", "untied_bias"), True), ["layer C1.untied_bias: True, but C1.bias has shape (6,)"]),
+    "pool stride": (_set(("layers", "S2", "stride"), 1), ["layer S2.stride: subsample has stride = kernel = 2, got 1"]),
     "string kernel": (_set(("layers", "C1", "kernel"), "5"), ["layer C1.kernel", "expected an integer"]),
     "missing layer": (lambda doc: doc["layers"].pop(1), ["layer C3", "does not match the previous output"]),
     "empty layers": (_set(("layers",), []), ["'layers' must be a non-empty list"]),
     "schema from the future": (_set(("schema",), 99), ["schema version 99", "newer"]),
     "schema 0": (_set(("schema",), 0), ["schema version 0"]),
-    "unknown layer kind": (_set(("layers", "S4", "kind"), "maxpool"), ["layer S4", "unknown kind 'maxpool'"]),
-    "unknown activation": (_set(("layers", "C1", "activation"), "relu"), ["layer C1.activation", "relu"]),
+    "unknown layer kind": (_set(("layers", "S4", "kind"), "pool3d"), ["layer S4", "unknown kind 'pool3d'"]),
+    "maxpool with weights": (_set(("layers", "S4", "kind"), "maxpool"), ["layer S4", "a maxpool layer passes its input codes on"]),
+    "unknown activation": (_set(("layers", "C1", "activation"), "swish"), ["layer C1.activation", "swish"]),
+    "relu with a table": (_set(("layers", "C1", "activation"), "relu"), ["layer C1: activation relu takes no lookup table"]),
     "acc frac": (_set(("layers", "C1", "formats", "acc", "frac"), 13),
                  ["layer C1.formats.acc", "frac 13 must equal input.frac + weight.frac = 14"]),
     "acc saturates": (_set(("layers", "C1", "formats", "acc", "overflow"), "SAT"),
@@ -178,8 +193,7 @@ JSON_CASES = {
     "in_maps": (_set(("layers", "F6", "in_maps"), 119), ["layer F6.in_maps", "119"]),
     "duplicate name": (_set(("layers", "S2", "name"), "C1"), ["layer C1", "duplicate"]),
     "C3 table": (_set(("layers", "C3", "table"), [[0, 1, 9]] * 16), ["layer C3.table"]),
-    "subsample kernel": (_set(("layers", "S2", "kernel"), 3), ["layer S2.kernel", "2x2"]),
-    "input pad": (_set(("input", "pad"), 1), ["input", "pad 1", "28x28"]),
+    "subsample kernel": (_set(("layers", "S2", "kernel"), 4), ["layer S2.kernel: subsample is k x k for k in (2, 3), got 4"]),
     "index too wide": (_set(("layers", "C1", "formats", "index", "width"), 17), ["layer C1.formats.index", "17-bit"]),
 }
 
@@ -212,9 +226,9 @@ def _poke(idx, value):
 NPZ_CASES = {
     "weight too large": (_arr("C1.weight", _poke((0, 0, 0, 0), 128)), ["layer C1.weight", "code 128 does not fit"]),
     "weight too small": (_arr("F6.weight", _poke((3, 7), -129)), ["layer F6.weight", "code -129"]),
-    "bias does not fit": (_arr("C5.bias", _poke(0, 1 << 15)), ["layer C5.bias", "do not fit"]),
-    "lut does not fit": (_arr("C3.lut", _poke(5, 200)), ["layer C3.lut", "do not fit"]),
-    "input lut does not fit": (_arr("input.lut", _poke(255, 1000)), ["input.lut", "do not fit"]),
+    "bias does not fit": (_arr("C5.bias", _poke(0, 1 << 15)), ["layer C5.bias", "code 32768 does not fit"]),
+    "lut does not fit": (_arr("C3.lut", _poke(5, 200)), ["layer C3.lut", "code 200 does not fit"]),
+    "input lut does not fit": (_arr("input.lut", _poke((0, 255), 1000)), ["input.lut", "code 1000 does not fit"]),
     "outside the C3 table": (_arr("C3.weight", _poke((0, 5, 2, 2), 1)),
                              ["layer C3.weight", "non-zero weights outside the connection table"]),
     "rbf centre": (_arr("OUT.weight", _poke((0, 0), 0)), ["layer OUT.weight", "+-1"]),
@@ -222,7 +236,7 @@ NPZ_CASES = {
     "dense shape": (_arr("F6.weight", lambda a: a.T), ["layer F6.weight", "shape (120, 84)"]),
     "bias shape": (_arr("S2.bias", lambda a: a[:5]), ["layer S2.bias", "shape (5,)"]),
     "lut length": (_arr("C1.lut", lambda a: a[:-1]), ["layer C1.lut", "shape (1023,)", "(1024,)", "10-bit index"]),
-    "input lut length": (_arr("input.lut", lambda a: a[:128]), ["input.lut", "(128,)", "(256,)"]),
+    "input lut length": (_arr("input.lut", lambda a: a[:, :128]), ["input.lut", "(1, 128)", "(1, 256)"]),
     "float weights": (_arr("C1.weight", lambda a: a.astype(np.float32)), ["C1.weight", "dtype float32"]),
     "missing array": (lambda arrays: arrays.pop("S4.bias"), ["weights.npz", "missing array 'S4.bias'"]),
 }

@@ -28,7 +28,8 @@ def _npy(tmp_path, name, arr):
 
 
 @pytest.mark.parametrize("name, arr, hint", [
-    ("shape.npy", np.zeros((2, 27, 27), np.uint8), "expected N x 28 x 28 or N x 32 x 32"),
+    ("shape.npy", np.zeros((2, 27, 27), np.uint8), "shape (2, 27, 27), the spec takes 1 x 28 x 28"),
+    ("channels.npy", np.zeros((2, 3, 28, 28), np.uint8), "the spec takes 1 x 28 x 28"),
     ("dtype.npy", np.zeros((2, 28, 28), np.float32), "expected uint8"),
 ])
 def test_bad_image_file(run_module, q8_spec_dir, sim_out, tmp_path, name, arr, hint):
@@ -41,8 +42,8 @@ def test_bad_image_file(run_module, q8_spec_dir, sim_out, tmp_path, name, arr, h
 
 
 def test_padded_image_with_ink_in_the_border(run_module, q8_spec_dir, sim_out, tmp_path):
-    """The accelerator pads the 28 x 28 centre itself; a 32 x 32 image whose border is not grey level 0
-    cannot be simulated as given (it used to be cropped silently and compared as "bit-exact")."""
+    """A LeNet-5 spec takes 28 x 28 (the first conv pads it); a 32 x 32 image whose border is not grey
+    level 0 cannot be simulated as given (it used to be cropped silently and compared as "bit-exact")."""
     img = np.zeros((1, 32, 32), np.uint8)
     img[0, 0, 5] = 200
     f = _npy(tmp_path, "border.npy", img)

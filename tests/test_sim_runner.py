@@ -103,14 +103,49 @@ def test_cli_npy_padded_digit_same_class_as_emulator(run_module, q8_spec_dir, si
     assert json.loads(latest.read_text())["classes"] == e32.predictions.tolist()
 
 
+@pytest.fixture(scope="module")
+def other_spec_dir(tmp_path_factory):
+    """A small network that is not LeNet-5: several input channels, a non-square image, not 10
+    classes (the first such spec of ``quantize.randspec``)."""
+    randspec = pytest.importorskip("quantize.randspec")
+    for seed in range(200):
+        spec = randspec.random_spec(seed)
+        c, h, w = spec.input_shape
+        if c > 1 and h != w and spec.classes != 10:
+            return spec.save(tmp_path_factory.mktemp("other") / f"rand{seed}")
+    pytest.skip("no multi-channel non-square spec among the first 200 random specs")
+
+
+def test_icarus_other_network_shape_bit_exact(other_spec_dir, sim_out, run_module, tmp_path):
+    """C x H x W pixels per image and 1 + classes beats from the program: a multi-channel,
+    non-square network with another class count, bit-exact, through the API and a .npy on the CLI."""
+    spec = qspec.load(other_spec_dir)
+    images = np.random.default_rng(1).integers(0, 256, (3, *spec.input_shape), dtype=np.uint8)
+    r = runner.run(other_spec_dir, images, "icarus", lanes=4, out=sim_out)
+    assert r["images"] == 3 and r["mismatches"] == 0, r["first_mismatch"]
+    assert r["cycles_match_model"] is True and r["cycles_per_image"] == cycles_per_image(spec, 4)
+    emu = Emulator(spec).run(images)
+    run_dir = sim_out / f"{other_spec_dir.name}-L4" / "icarus"
+    assert json.loads((run_dir / "result.json").read_text())["classes"] == emu.predictions.tolist()
+    np.save(tmp_path / "imgs.npy", images[:1])
+    p = run_module("sim", "--spec", other_spec_dir, "--images", tmp_path / "imgs.npy", "--lanes", 4, "--json",
+                   "--out", sim_out, "--simulator", "icarus", timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert _json_line(p.stdout)["mismatches"] == 0
+    # MNIST digits cannot be fitted to several channels: one error line, before any simulation
+    p = run_module("sim", "--spec", other_spec_dir, "--images", 2, "--out", sim_out, "--simulator", "icarus")
+    assert p.returncode == 2 and "the spec takes " + " x ".join(map(str, spec.input_shape)) in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+
+
 # --------------------------------------------------------------------------- 2. the checker can fail
 
 _INIT = r"^(\s*{mem}\[{addr}\] = )(\d+)'([hbd])([0-9a-fA-F_]+);"
 
 
 def _read_init(text: str, module: str, mem: str, addr: int) -> tuple[re.Match, int]:
-    """The initialiser line ``mem[addr] = W'hXX;`` of a memory of submodule ``module`` (``act``,
-    ``wmem``) in the emitted Verilog and its value."""
+    """The initialiser line ``mem[addr] = W'hXX;`` of a memory of submodule ``module`` (``engine.act``,
+    ``seq.wmem``: the hierarchy of hw/accelerator.py) in the emitted Verilog and its value."""
     start = text.index(f"module \\{module_prefix(text)}.{module} (")
     end = text.index("endmodule", start)
     ms = list(re.finditer(_INIT.format(mem=re.escape(mem), addr=addr), text[start:end], re.M))
@@ -179,7 +214,7 @@ def test_corrupted_c1_weight_is_caught_and_traced_to_c1(sim_spec, q8_spec_dir, s
     assert (my0, mx0) == (0, 0)
     waddr = len(prog.dense_words) + C1_TAP  # the weight memory: dense words, then the conv taps
     text = sim_verilog.read_text()
-    m, word = _read_init(text, "wmem", "rom", waddr)
+    m, word = _read_init(text, "seq.wmem", "rom", waddr)
     assert word == (w0 & ((1 << ww) - 1)) | (off0 << ww) == prog.weight_words()[waddr], \
         "the first conv tap word does not hold C1's first (weight, offset)"
     assert (w0, off0) == (int(c1.weight[0, 0, 0, 0]), 0)
@@ -218,7 +253,7 @@ def test_corrupted_activation_rounding_bit_is_caught(sim_spec, q8_spec_dir, sim_
     assert prog.lut_rom[addr] == int(c1.lut[entry])
 
     text = sim_verilog.read_text()
-    m, word = _read_init(text, "act", "rom", addr)
+    m, word = _read_init(text, "engine.act", "rom", addr)
     assert word == int(c1.lut[entry]) & ((1 << prog.fm_width) - 1)
     corrupted = copy.deepcopy(sim_spec)
     for l, lpi in zip(corrupted.layers, prog.layers):  # every layer that shares C1's table (stored once)

@@ -1,0 +1,69 @@
+"""One engine: the convolver of one image (ANNA's neuron array). The banked feature memory and its
+crossbar (:class:`~hw.window.TileWindow`), the MAC lanes (:class:`~hw.mac.MACLanes`), the drain
+(:class:`~hw.activation.Activation`), the input table and the scores with their running argmax,
+all driven by the sequencer's control bundle (``hw/sequencer.py``). A batch of B images is B
+engines under one sequencer."""
+from __future__ import annotations
+
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from .activation import Activation
+from .mac import MACLanes
+from .program import Program
+from .sequencer import control_signature
+from .window import TileWindow
+
+
+class Engine(wiring.Component):
+    """``pixel``: the image byte the sequencer is loading (``ctl.in_lut_addr_hi`` names its channel).
+    ``value``: the output beat ``ctl.out_beat`` (0: the class, 1 + j: score j). Latency and
+    throughput are the sequencer's."""
+
+    def __init__(self, program: Program):
+        self.program = program
+        super().__init__({"ctl": In(control_signature(program)), "pixel": In(8),
+                          "value": Out(signed(max(program.score_width, 5)))})
+
+    def elaborate(self, platform):
+        m = Module()
+        prog, ctl, P = self.program, self.ctl, self.program.lanes
+        ww, dw = prog.weight_width, prog.fm_width
+        m.submodules.window = win = TileWindow(prog.R, prog.C, prog.fm_words, dw)
+        max_op = any(lp.op == "max" for lp in prog.layers)
+        m.submodules.mac = mac = MACLanes(P, ww, dw, prog.acc_width, bias=False, max_op=max_op)  # bias: in the drain
+        m.submodules.act = act = Activation(prog)
+        m.submodules.inlut = inlut = Memory(shape=signed(dw), depth=len(prog.input_lut), init=prog.input_lut)
+        in_rp = inlut.read_port()
+        channels = prog.image_shape[0]
+        m.d.comb += in_rp.addr.eq(Cat(self.pixel, ctl.in_lut_addr_hi) if channels > 1 else self.pixel)
+
+        m.d.comb += [win.base.eq(ctl.rd_base), win.adj_row.eq(ctl.rd_adj_row), win.adj_col.eq(ctl.rd_adj_col),
+                     win.dense.eq(ctl.rd_dense), win.bank.eq(ctl.rd_bank)]
+        if prog.R > 1:
+            m.d.comb += win.my.eq(ctl.rd_my)
+        if prog.C > 1:
+            m.d.comb += win.mx.eq(ctl.rd_mx)
+        m.d.comb += [mac.valid.eq(ctl.mac_valid), mac.first.eq(ctl.mac_first), mac.max.eq(ctl.mac_max)]
+        for q in range(P):
+            m.d.comb += [mac.w[q].eq(ctl.lane_w[q * ww:(q + 1) * ww].as_signed()), mac.x[q].eq(win.x[q])]
+        m.d.comb += [act.capture.eq(ctl.capture), act.layer.eq(ctl.layer), act.ty.eq(ctl.ty), act.tx.eq(ctl.tx),
+                     act.map_off.eq(ctl.map_off), act.n0.eq(ctl.n0), act.bias_addr.eq(ctl.bias_addr),
+                     act.mask.eq(ctl.mask)]
+        m.d.comb += [act.acc[q].eq(mac.acc[q]) for q in range(P)]
+        # feature-memory writes: the loader and the fill (input table word or pad code), else the drain
+        m.d.comb += [win.we.eq(ctl.fm_we | act.we), win.waddr.eq(Mux(ctl.fm_we, ctl.fm_waddr, act.waddr)),
+                     win.wdata.eq(Mux(ctl.fm_we, Mux(ctl.fm_pad, ctl.fm_pad_code, in_rp.data), act.wdata))]
+
+        # scores and the running argmax (first maximum wins, as in the emulator)
+        scores = Array(Signal(signed(prog.score_width), name=f"score{j}") for j in range(prog.classes))
+        best = Signal(signed(prog.score_width))
+        cls = Signal(range(max(prog.classes, 2)))
+        with m.If(act.score_we):
+            m.d.sync += scores[act.score_idx].eq(act.score)
+            with m.If((act.score_idx == 0) | (act.score > best)):
+                m.d.sync += [best.eq(act.score), cls.eq(act.score_idx)]
+        m.d.comb += self.value.eq(Mux(ctl.out_beat == 0, cls, scores[ctl.out_beat - 1]))
+        return m

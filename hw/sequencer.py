@@ -1,0 +1,317 @@
+"""The sequencer: one state machine that walks the compiled program layer after layer and drives
+the engines (``hw/engine.py``) through a control bundle (:func:`control_signature`).
+
+Per image: LOAD streams the image in (writing the first layer's padding itself), then per layer
+INIT, FILL (the padding of this layer's input, from the fill list), ISSUE (one tap per cycle: the
+weight memory word and the window address of every lane), WAIT (a group shorter than the lanes
+waits for the drain), GAP (the last group drains); then FINISH, OUTPUT (class and scores) and DONE.
+The cycle counts are :mod:`hw.perf`'s. Per-layer constants come from one table
+(:func:`layer_constants`); the tap pipeline registers a control word per stage so that the
+engines see the tap's address, weights and drain coordinates at the right cycle.
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from .layout import Layout, address, log2
+from .program import Program, addr_width, layer_gap
+from .weights import WeightMemory
+
+
+def control_signature(prog: Program) -> wiring.Signature:
+    """What the sequencer tells every engine each cycle (``Out`` on the sequencer's side)."""
+    aw, P = addr_width(prog), prog.lanes
+    bw = max(1, log2(P))
+    return wiring.Signature({
+        # the window read (tap pipeline stage 2)
+        "rd_base": Out(unsigned(aw)), "rd_adj_row": Out(unsigned(aw)), "rd_adj_col": Out(unsigned(aw)),
+        "rd_my": Out(range(prog.R)), "rd_mx": Out(range(prog.C)), "rd_dense": Out(1), "rd_bank": Out(range(P)),
+        # the lanes (stage 4): one weight per lane, packed
+        "lane_w": Out(unsigned(P * prog.weight_width)), "mac_valid": Out(1), "mac_first": Out(1), "mac_max": Out(1),
+        # the drain (stage 6)
+        "capture": Out(1), "layer": Out(range(max(len(prog.layers), 2))), "ty": Out(8), "tx": Out(8),
+        "map_off": Out(unsigned(aw)), "n0": Out(16), "bias_addr": Out(range(max(len(prog.bias_words), 2))),
+        "mask": Out(P),
+        # feature-memory writes of the loader and the fill: the input table's word, or a pad code
+        "in_lut_addr_hi": Out(range(max(prog.image_shape[0], 2))),  # channel: the table to read
+        "fm_we": Out(1), "fm_waddr": Out(unsigned(aw + bw)), "fm_pad": Out(1), "fm_pad_code": Out(signed(prog.fm_width)),
+        # output beat: 0 the class, 1 + j score j
+        "out_beat": Out(range(prog.output_beats + 1)),
+    })
+
+
+def layer_constants(m: Module, prog: Program, layer) -> dict:
+    """The per-layer constants as signals selected by ``layer``: one table for the whole sequencer."""
+    P = prog.lanes
+    rows = []
+    for lp in prog.layers:
+        lin = lp.in_layout
+        lout = lp.out_layout
+        rows.append({"in_base": lin.base, "maps": lp.maps, "groups": lp.groups, "tiles_x": lp.tiles[1],
+                     "out_h": lp.out_h, "out_w": lp.out_w, "row_step": lin.s * lin.lw, "col_step": lin.s,
+                     "out_lhw": lout.lhw if lout else 0, "in_h": lin.h, "in_w": lin.w, "in_lhw": lin.lhw,
+                     "in_llw": log2(lin.lw), "bias_base": lp.bias_base, "n_out": lp.n_out,
+                     "dense_taps": lp.taps[0] if lp.mode == "dense" else 0,
+                     "dense_wait": max(0, P - lp.taps[0]) if lp.mode == "dense" else 0,
+                     "fill_base": lp.fill_base, "fill_count": lp.fill_count, "pad_code": lp.spec.pad_code,
+                     "conv": lp.mode == "conv", "last": lp is prog.layers[-1], "shared": lp.shared,
+                     "lane_w": lp.mode == "dense" or not lp.shared, "max": lp.op == "max",
+                     "bias_per_lane": lp.bias_per_lane})
+    k = {}
+    for key in rows[0]:
+        vals = [int(r[key]) for r in rows]
+        shape = signed(max(v.bit_length() for v in vals) + 1) if min(vals) < 0 else range(max(vals + [1]) + 1)
+        k[key] = Signal(shape, name=f"k_{key}")
+    with m.Switch(layer):
+        for i, r in enumerate(rows):
+            with m.Case(i):
+                m.d.comb += [k[key].eq(int(v)) for key, v in r.items()]
+    return k
+
+
+class Sequencer(wiring.Component):
+    """The control of an accelerator built from ``program``: ``i_valid``/``i_ready`` take the image's
+    bytes (C x H x W, channel by channel, raster order; the pixel itself goes to the engines),
+    ``o_valid``/``o_ready``/``o_last`` pace the output beats, ``ctl`` drives the engines."""
+
+    def __init__(self, program: Program, weights: str = "rom"):
+        self.program, self.weights = program, weights
+        ports = {"ctl": Out(control_signature(program)), "i_valid": In(1), "i_ready": Out(1),
+                 "o_valid": Out(1), "o_ready": In(1), "o_last": Out(1), "busy": Out(1), "done": Out(1)}
+        if weights == "load":
+            ports["wl_valid"], ports["wl_ready"], ports["wl_payload"] = In(1), Out(1), In(8)
+        super().__init__(ports)
+
+    def elaborate(self, platform):
+        m = Module()
+        prog, P, ctl = self.program, self.program.lanes, self.ctl
+        R, C = prog.R, prog.C
+        lr, lc = log2(R), log2(C)
+        AW = addr_width(prog)
+        layers = prog.layers
+        ww = prog.weight_width
+        n_dense, n_taps = len(prog.dense_words), len(prog.tap_words)
+        m.submodules.wmem = wmem = WeightMemory(prog.weight_word_width, max(1, n_dense + n_taps),
+                                                prog.weight_words() if self.weights == "rom" else None)
+        # depth >= 2: a one-word memory would have a 0-bit address (a [-1:0] wire in the Verilog)
+        m.submodules.fill = fill_mem = Memory(shape=unsigned(AW + max(1, log2(P))), depth=max(len(prog.fill_words), 2),
+                                              init=prog.fill_words or [0])
+        fill_rp = fill_mem.read_port()
+
+        conv_maps = [(i, o) for i, lp in enumerate(layers) if lp.mode == "conv" for o in range(lp.maps)]
+        # taps and drain waits per conv map in network order (one spare entry: "the map after the last")
+        taps_arr = Array([Const(layers[i].taps[o], 16) for i, o in conv_maps] + [Const(1, 16)])
+        wait_arr = Array([Const(max(0, P - layers[i].taps[o]), 16) for i, o in conv_maps] + [Const(0, 16)])
+        layer = Signal(range(max(len(layers), 2)))
+        k = layer_constants(m, prog, layer)
+
+        o_cnt, g_cnt, t_cnt = Signal(16), Signal(16), Signal(16)  # output map (conv), group, tap in the group
+        gm = Signal(range(max(len(conv_maps), 2)))  # global conv map index
+        p0 = Signal(16)  # first neuron of the group (dense)
+        ty, tx = Signal(8), Signal(8)  # tile (conv)
+        tile_off, row_off = Signal(AW), Signal(AW)  # word offset of the tile, of its tile row
+        map_off = Signal(AW)  # first word of output map o_cnt in the next layer's layout
+        dc_off, dy_, dx_ = Signal(AW), Signal(8), Signal(8)  # dense: input (c, y, x) of the current tap
+        tap_ptr = Signal(range(max(n_dense + n_taps, 2)))  # one weight memory: dense words from 0, taps after
+        tap_map_base = Signal.like(tap_ptr)
+        dense_ptr = Signal.like(tap_ptr)
+        bias_ptr = Signal.like(ctl.bias_addr)
+        counter = Signal(16)
+        fill_ptr = Signal(range(max(len(prog.fill_words), 2)))
+
+        tm1, wait_cur, nxt_tm1, nxt_wait = Signal(16), Signal(16), Signal(16), Signal(16)
+        m.d.sync += [nxt_tm1.eq(taps_arr[gm + 1] - 1), nxt_wait.eq(wait_arr[gm + 1])]
+        last_tap = t_cnt == tm1
+        last_group = g_cnt == k["groups"] - 1
+        last_map = o_cnt == k["maps"] - 1
+        issue = Signal()
+        m.d.comb += wmem.raddr.eq(Mux(k["conv"], tap_ptr, dense_ptr))
+
+        def restart_map():
+            return [g_cnt.eq(0), p0.eq(0), ty.eq(0), tx.eq(0), tile_off.eq(0), row_off.eq(0)]
+
+        def restart_dense_input():
+            return [dc_off.eq(0), dy_.eq(0), dx_.eq(0)]
+
+        # the loader: the input table's address now (the engines add the pixel), the write a cycle later
+        lay0 = prog.input_layout
+        ch, hp, wp_, pad = lay0.maps, lay0.h, lay0.w, lay0.pad
+        load_c = Signal(range(max(ch, 2)))
+        load_y, load_x = Signal(range(hp + 1)), Signal(range(wp_ + 1))
+        load_coff = Signal(AW)
+        bx, by = Signal(init=pad > 0), Signal(init=pad > 0)  # the border, from registers
+        border = bx | by
+        nx = Mux(load_x == wp_ - 1, 0, load_x + 1)
+        ny = Mux(load_x == wp_ - 1, Mux(load_y == hp - 1, 0, load_y + 1), load_y)
+        bank0, word0 = address(lay0, load_y, load_x, max(hp, wp_) + 1)
+        load_addr_now = Signal(AW + max(1, log2(P)))
+        m.d.comb += load_addr_now.eq(Cat((word0 + load_coff)[:AW], bank0) if P > 1 else word0 + load_coff)
+        load_we, load_pad, fill_we = Signal(), Signal(), Signal()
+        load_waddr = Signal.like(load_addr_now)
+        m.d.sync += [load_we.eq(0), fill_we.eq(0)]
+        # the fill list's word arrives a cycle after its address, as the input table's for the loader
+        m.d.comb += [ctl.in_lut_addr_hi.eq(load_c), fill_rp.addr.eq(fill_ptr), ctl.fm_we.eq(load_we | fill_we),
+                     ctl.fm_waddr.eq(Mux(fill_we, fill_rp.data, load_waddr)), ctl.fm_pad.eq(fill_we | load_pad)]
+
+        with m.FSM(name="seq"):
+            with m.State("IDLE"):
+                m.d.sync += [tap_ptr.eq(n_dense), dense_ptr.eq(0), gm.eq(0), layer.eq(0), load_c.eq(0),
+                             load_y.eq(0), load_x.eq(0), load_coff.eq(0), bx.eq(pad > 0), by.eq(pad > 0)]
+                if self.weights == "load":  # weight bytes are taken only between images
+                    m.d.comb += [wmem.load.valid.eq(self.wl_valid), wmem.load.payload.eq(self.wl_payload),
+                                 self.wl_ready.eq(wmem.load.ready)]
+                with m.If(self.i_valid):
+                    m.next = "LOAD"
+            with m.State("LOAD"):
+                m.d.comb += [self.busy.eq(1), self.i_ready.eq(~border)]
+                with m.If(border | self.i_valid):
+                    m.d.sync += [load_we.eq(1), load_waddr.eq(load_addr_now), load_pad.eq(border),
+                                 load_x.eq(nx), load_y.eq(ny),
+                                 bx.eq((nx < pad) | (nx >= wp_ - pad)), by.eq((ny < pad) | (ny >= hp - pad))]
+                    with m.If((load_x == wp_ - 1) & (load_y == hp - 1)):
+                        m.d.sync += [load_c.eq(load_c + 1), load_coff.eq(load_coff + lay0.lhw)]
+                        with m.If(load_c == ch - 1):
+                            m.next = "INIT"
+            with m.State("INIT"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += restart_map() + restart_dense_input() + [
+                    o_cnt.eq(0), t_cnt.eq(0), map_off.eq(0), tap_map_base.eq(tap_ptr), bias_ptr.eq(k["bias_base"]),
+                    fill_ptr.eq(k["fill_base"]), counter.eq(k["fill_count"] - 1),
+                    tm1.eq(Mux(k["conv"], taps_arr[gm], k["dense_taps"]) - 1),
+                    wait_cur.eq(Mux(k["conv"], wait_arr[gm], k["dense_wait"]))]
+                m.next = "ISSUE"
+                with m.If(k["fill_count"] != 0):
+                    m.next = "FILL"
+            with m.State("FILL"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += [fill_we.eq(1), fill_ptr.eq(fill_ptr + 1), counter.eq(counter - 1)]
+                with m.If(counter == 0):
+                    m.next = "ISSUE"
+            with m.State("ISSUE"):
+                m.d.comb += [self.busy.eq(1), issue.eq(1)]
+                m.d.sync += [t_cnt.eq(t_cnt + 1), dense_ptr.eq(dense_ptr + ~k["conv"]), tap_ptr.eq(tap_ptr + k["conv"])]
+                with m.If(~k["conv"]):  # dense: walk the input (c, y, x) in the emulator's order
+                    m.d.sync += dx_.eq(dx_ + 1)
+                    with m.If(dx_ == k["in_w"] - 1):
+                        m.d.sync += [dx_.eq(0), dy_.eq(dy_ + 1)]
+                        with m.If(dy_ == k["in_h"] - 1):
+                            m.d.sync += [dy_.eq(0), dc_off.eq(dc_off + k["in_lhw"])]
+                with m.If(last_tap):
+                    m.d.sync += t_cnt.eq(0)
+                    with m.If(k["bias_per_lane"]):
+                        m.d.sync += bias_ptr.eq(bias_ptr + P)
+                    with m.Elif(last_group):
+                        m.d.sync += bias_ptr.eq(bias_ptr + 1)
+                    with m.If(k["conv"]):
+                        with m.If(last_group):
+                            m.d.sync += [tm1.eq(nxt_tm1), wait_cur.eq(nxt_wait)]
+                            m.d.sync += restart_map() + [o_cnt.eq(o_cnt + 1), gm.eq(gm + 1),
+                                                         map_off.eq(map_off + k["out_lhw"]), tap_map_base.eq(tap_ptr + 1)]
+                        with m.Else():
+                            m.d.sync += g_cnt.eq(g_cnt + 1)
+                            with m.If(k["shared"]):  # shared weights: the next tile replays the map's taps
+                                m.d.sync += tap_ptr.eq(tap_map_base)
+                            with m.If(tx == k["tiles_x"] - 1):
+                                m.d.sync += [tx.eq(0), ty.eq(ty + 1), row_off.eq(row_off + k["row_step"]),
+                                             tile_off.eq(row_off + k["row_step"])]
+                            with m.Else():
+                                m.d.sync += [tx.eq(tx + 1), tile_off.eq(tile_off + k["col_step"])]
+                    with m.Else():
+                        m.d.sync += [g_cnt.eq(g_cnt + 1), p0.eq(p0 + P)] + restart_dense_input()
+                    layer_done = last_group & (last_map | ~k["conv"])
+                    wait_next = Mux(k["conv"] & last_group, nxt_wait, wait_cur)
+                    with m.If(layer_done):
+                        m.d.sync += counter.eq(layer_gap(P) - 2)
+                        m.next = "GAP"
+                    with m.Elif(wait_next != 0):
+                        m.d.sync += counter.eq(wait_next - 1)
+                        m.next = "WAIT"
+            with m.State("WAIT"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += counter.eq(counter - 1)
+                with m.If(counter == 0):
+                    m.next = "ISSUE"
+            with m.State("GAP"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += counter.eq(counter - 1)
+                with m.If(counter == 0):
+                    with m.If(k["last"]):
+                        m.next = "FINISH"
+                    with m.Else():
+                        m.d.sync += layer.eq(layer + 1)
+                        m.next = "INIT"
+            with m.State("FINISH"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += ctl.out_beat.eq(0)
+                m.next = "OUTPUT"
+            with m.State("OUTPUT"):
+                m.d.comb += [self.busy.eq(1), self.o_valid.eq(1)]
+                with m.If(self.o_ready):
+                    m.d.sync += ctl.out_beat.eq(ctl.out_beat + 1)
+                    with m.If(ctl.out_beat == prog.output_beats - 1):
+                        m.next = "DONE"
+            with m.State("DONE"):
+                m.d.comb += [self.busy.eq(1), self.done.eq(1)]
+                m.next = "IDLE"
+        m.d.comb += [self.o_last.eq(ctl.out_beat == prog.output_beats - 1), ctl.fm_pad_code.eq(k["pad_code"])]
+        self._tap_pipeline(m, k, issue, last_tap, layer, o_cnt, ty, tx, p0, map_off, bias_ptr, t_cnt,
+                           tile_off, dc_off, dy_, dx_, wmem)
+        return m
+
+    def _tap_pipeline(self, m, k, issue, last_tap, layer, o_cnt, ty, tx, p0, map_off, bias_ptr, t_cnt,
+                      tile_off, dc_off, dy_, dx_, wmem):
+        """c1 (weight word), c2 (window address), c4 (lanes' pixels and weights), c6 (drain capture)."""
+        prog, ctl, P = self.program, self.ctl, self.program.lanes
+        R, C = prog.R, prog.C
+        lr, lc = log2(R), log2(C)
+        AW, ww, offw, sh = addr_width(prog), prog.weight_width, prog.offset_width, prog.tap_shift
+        layers = prog.layers
+        # fields as narrow as the program allows: a pipeline word of at most 64 bits is one machine
+        # word in a simulator (Icarus allocates wider vectors on the heap at every copy)
+        max_tiles = max([max(lp.tiles) for lp in layers] + [1])
+        max_n0 = max(max(lp.n_out, lp.maps) for lp in layers) + P
+        info = data.StructLayout({"valid": 1, "first": 1, "last": 1, "conv": 1, "lane_w": 1, "max": 1,
+                                  "layer": range(max(len(layers), 2)), "ty": range(max_tiles), "tx": range(max_tiles),
+                                  "map_off": AW, "n0": range(max_n0), "bias_addr": ctl.bias_addr.shape(), "mask": P})
+        # st[j]: the tap issued j cycles ago, registered field by field (no struct assembled from
+        # parts: in Icarus a net driven by several parts re-sends its value at each part's change)
+        st = [None] + [Signal(info, name=f"s{j}") for j in range(1, 7)]
+        mask_now = Cat(*(Mux(k["conv"], ((ty << lr) + q // C < k["out_h"]) & ((tx << lc) + q % C < k["out_w"]),
+                             p0 + q < k["n_out"]) for q in range(P)))
+        m.d.sync += [st[1].valid.eq(issue), st[1].first.eq(t_cnt == 0), st[1].last.eq(issue & last_tap),
+                     st[1].conv.eq(k["conv"]), st[1].lane_w.eq(k["lane_w"]), st[1].max.eq(k["max"]),
+                     st[1].layer.eq(layer), st[1].ty.eq(ty), st[1].tx.eq(tx),
+                     st[1].map_off.eq(map_off), st[1].n0.eq(Mux(k["conv"], o_cnt, p0)), st[1].bias_addr.eq(bias_ptr), st[1].mask.eq(mask_now)]
+        m.d.sync += [st[j + 1].eq(st[j]) for j in range(1, 6)]
+        # the datapath registers below carry no reset: they are qualified by the valid bits of ``st``
+        s1_tile, s1_dense, s2_tile, s2_dense = (Signal(AW, reset_less=True) for _ in range(4))
+        s1_bank, s2_bank = (Signal(max(1, log2(P)), reset_less=True) for _ in range(2))
+        s1_row, s1_col, s2_row, s2_col = (Signal(AW, reset_less=True) for _ in range(4))
+        # dense: input (c, y, x) of a stride-1 layout (the row length from the layer's table)
+        dbank, dword = address(Layout(1, 1, 1, 1, R, C), dy_, dx_, 1 << len(dy_), llw=k["in_llw"])
+        dword = dc_off + dword
+        m.d.sync += [s1_tile.eq(k["in_base"] + tile_off), s1_dense.eq(k["in_base"] + dword), s1_bank.eq(dbank),
+                     s1_row.eq(k["row_step"]), s1_col.eq(k["col_step"]),
+                     s2_tile.eq(s1_tile), s2_dense.eq(s1_dense), s2_bank.eq(s1_bank), s2_row.eq(s1_row), s2_col.eq(s1_col)]
+        # c1: the weight word leaves the memory and is registered as it is
+        wdata = Signal(prog.weight_word_width, reset_less=True)
+        m.d.sync += wdata.eq(wmem.rdata)
+        myw, mxw = lr, lc
+        m.d.comb += [ctl.rd_base.eq(Mux(st[2].conv, s2_tile + wdata[sh:sh + offw], s2_dense)),
+                     ctl.rd_adj_row.eq(s2_row), ctl.rd_adj_col.eq(s2_col), ctl.rd_dense.eq(~st[2].conv),
+                     ctl.rd_bank.eq(s2_bank)]
+        if myw:
+            m.d.comb += ctl.rd_my.eq(wdata[sh + offw:sh + offw + myw])
+        if mxw:
+            m.d.comb += ctl.rd_mx.eq(wdata[sh + offw + myw:sh + offw + myw + mxw])
+        # the lanes' weights, delayed to meet their pixels: one register of P weights per stage
+        s3_w, s4_w = Signal(P * ww, name="s3_w", reset_less=True), Signal(P * ww, name="s4_w", reset_less=True)
+        m.d.sync += [s3_w.eq(Mux(st[2].lane_w, wdata[:P * ww], wdata[:ww].replicate(P))), s4_w.eq(s3_w)]
+        m.d.comb += [ctl.lane_w.eq(s4_w), ctl.mac_valid.eq(st[4].valid), ctl.mac_first.eq(st[4].first),
+                     ctl.mac_max.eq(st[4].max)]
+        m.d.comb += [ctl.capture.eq(st[6].last), ctl.layer.eq(st[6].layer), ctl.ty.eq(st[6].ty), ctl.tx.eq(st[6].tx),
+                     ctl.map_off.eq(st[6].map_off), ctl.n0.eq(st[6].n0), ctl.bias_addr.eq(st[6].bias_addr),
+                     ctl.mask.eq(st[6].mask)]
