@@ -124,8 +124,8 @@ class CoreShim(wiring.Component):
 
 
 def design_files(target: Target, spec, lanes: int, component: str | None, freq_mhz: float | None,
-                 batch: int = 1, core: bool = False) -> tuple[str, dict, dict]:
-    """(top name, {file: text}, info) of the design to build."""
+                 batch: int = 1, core: bool = False, program=None) -> tuple[str, dict, dict]:
+    """(top name, {file: text}, info) of the design to build; ``program``: the spec compiled once."""
     from amaranth.back import rtlil
 
     if component is not None:
@@ -138,7 +138,7 @@ def design_files(target: Target, spec, lanes: int, component: str | None, freq_m
 
         weights = "load" if target.family == "ice40" else "rom"
         try:
-            acc = Accelerator(spec, lanes, weights=weights, batch=batch)
+            acc = Accelerator(spec, lanes, weights=weights, batch=batch, program=program)
         except ValueError as e:
             raise UserError(str(e)) from None
         name = f"core_{acc_name(spec)}_b{batch}"
@@ -148,7 +148,13 @@ def design_files(target: Target, spec, lanes: int, component: str | None, freq_m
     from . import boards
 
     # on the iCEBreaker the board top's weights go to SPRAM, loaded over the UART ('W' command)
-    plan, top = boards.board_plan(target.board, spec, lanes, pll_mhz=freq_mhz)
+    from .accelerator import Accelerator
+
+    try:  # on the UP5K the weights do not fit the block RAM: SPRAM, loaded over the UART
+        accelerator = Accelerator(spec, lanes, weights="load" if target.family == "ice40" else "rom", program=program)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    plan, top = boards.board_plan(target.board, spec, lanes, pll_mhz=freq_mhz, accelerator=accelerator)
     name = next(n[:-3] for n in plan.files if n.endswith(".il"))
     cons = ".pcf" if target.family == "ice40" else ".lpf"
     files = {f"{name}.il": plan.files[f"{name}.il"], f"{name}{cons}": plan.files[f"{name}{cons}"]}
@@ -241,10 +247,18 @@ def synthesize(spec_dir: str | None, target_key: str, lanes: int = 8, component:
         if spec_dir is None:
             raise UserError("--spec is required (or --component NAME for a single component)")
         spec = qspec.load(spec_dir)
+    program = None
+    if spec is not None:
+        from .program import compile_spec
+
+        try:
+            program = compile_spec(spec, lanes)  # once: the design, and the cycles per image
+        except ValueError as e:
+            raise UserError(str(e)) from None
     for tool in ("yosys", f"nextpnr-{target.family}", "icepack" if target.family == "ice40" else "ecppack"):
         tool_argv(tool)
     t0 = time.perf_counter()
-    name, files, info = design_files(target, spec, lanes, component, freq_mhz, batch, core)
+    name, files, info = design_files(target, spec, lanes, component, freq_mhz, batch, core, program)
     tag = component or f"{Path(spec_dir).resolve().name}-L{lanes}" + (f"-B{batch}" if batch > 1 else "") + \
         ("-core" if core and batch == 1 else "")
     work = Path(out) / target_key / tag
@@ -319,7 +333,7 @@ def synthesize(spec_dir: str | None, target_key: str, lanes: int = 8, component:
 
         result.update(preset=spec.provenance.get("preset"),
                       spec_formats={l.name: {k: str(f) for k, f in l.formats.items()} for l in spec.layers})
-        cyc = cycles_per_image(spec, lanes)  # per image, or per batch of images in lockstep
+        cyc = cycles_per_image(spec, lanes, program=program)  # per image, or per batch of images in lockstep
         result.update(cycles_per_image=round(cyc / batch, 1), cycles_per_batch=cyc if batch > 1 else None,
                       macs=lanes * batch, images_per_s=round(batch * clk * 1e6 / cyc, 1),
                       images_per_s_at_fmax=round(batch * res["fmax_mhz"] * 1e6 / cyc, 1) if res["fmax_mhz"] else None)

@@ -35,6 +35,18 @@ def run_module():
     return run
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for a module of tiny emulator runs: the thread pool only costs there
+    (10-100x on a busy machine)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # --------------------------------------------------------------------------- quantize/ fixtures
 # Session-scoped and shared: tests must not mutate them (copy.deepcopy first).
 

@@ -145,3 +145,41 @@ def test_generate_out_is_a_file(run_module, q8_spec_dir, tmp_path):
     r = run_module("hw.generate", "--spec", q8_spec_dir, "--lanes", 1, "--out", out, timeout=300)
     assert r.returncode == 2 and r.stderr.startswith("error:"), r.stderr
     assert out.read_text() == "not a directory"
+
+
+def _one_error_line(r, *needles):
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in r.stderr, r.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_generate_refuses_what_the_hardware_cannot_build(run_module, q8_spec, tmp_path):
+    """A valid spec the engine cannot build (a 50-bit accumulator; a padded conv after a dense
+    layer): one line naming the layer and field, exit 2, nothing written."""
+    import copy
+
+    wide = copy.deepcopy(q8_spec)
+    c3 = wide.layer("C3")
+    c3.formats["acc"] = c3.formats["acc"].with_(width=50)
+    r = run_module("hw.generate", "--spec", wide.save(tmp_path / "wide"), "--out", tmp_path / "out1")
+    _one_error_line(r, "layer C3.formats.acc", "50 bits")
+    assert not (tmp_path / "out1").exists()
+
+    import numpy as np
+
+    from quantize.qformat import QFormat
+    from quantize.spec import LayerSpec
+
+    padded = copy.deepcopy(q8_spec)  # the scores from a 3x3 conv, padded by 1, over F6's 84 values
+    f6 = padded.layer("F6")
+    w = QFormat(8, 7, True, "RND_CONV", "SAT")
+    fmts = {"input": f6.out_format, "weight": w, "bias": QFormat(16, 13, True, "RND_CONV", "SAT"),
+            "acc": QFormat(24, f6.out_format.frac + 7, True, "TRN", "WRAP")}
+    padded.layers[-1] = LayerSpec(name="OUT", kind="conv", in_maps=84, out_maps=10, in_h=1, in_w=1, kernel=3,
+                                  formats=fmts, weight=np.ones((10, 84, 3, 3), np.int64),
+                                  bias=np.zeros(10, np.int64), pad=1)
+    r = run_module("hw.generate", "--spec", padded.save(tmp_path / "padded"), "--out", tmp_path / "out2")
+    _one_error_line(r, "layer OUT", "after the dense layer F6")
+    assert not (tmp_path / "out2").exists()

@@ -24,14 +24,8 @@ LANES = (1, 2, 4, 8)
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The emulator runs here are tiny: torch's thread pool only costs (10-100x on a busy machine)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_torch_thread(one_torch_thread):
+    """The emulator runs here are tiny (conftest.one_torch_thread)."""
 
 
 def lanes_for(seed: int) -> int:
