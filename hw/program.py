@@ -228,6 +228,7 @@ def compile_spec(spec: QuantSpec, lanes: int = 8) -> Program:
     L = spec.layers
     layouts = _layouts(spec, R, C)
     fm_words = max(1, max(lay.base + lay.words for lay in layouts))
+    size_a = layouts[1].base if len(layouts) > 1 else fm_words  # buffer A: the even layers' inputs
     aw = max(1, (fm_words - 1).bit_length())
     # weights are signed in the lanes: an unsigned weight format takes one more bit
     weight_width = max([l.formats["weight"].width + (not l.formats["weight"].signed) for l in L
@@ -275,7 +276,7 @@ def compile_spec(spec: QuantSpec, lanes: int = 8) -> Program:
                    image_shape=tuple(spec.input_shape), input_layout=layouts[0],
                    input_pad_code=int(l0.pad_code) if l0.pad else 0, classes=spec.classes,
                    score_width=L[-1].formats["acc"].width,
-                   info={"fm_a": layouts[1].base if len(layouts) > 1 else fm_words, "fm_b": fm_words - (layouts[1].base if len(layouts) > 1 else fm_words)})
+                   info={"fm_a": size_a, "fm_b": fm_words - size_a})
 
 
 def _conv_layer(l: LayerSpec, lin: Layout, R: int, C: int, tap_words: list, bias_words: list, kw: dict) -> LayerProgram:
@@ -328,10 +329,7 @@ def _conv_layer(l: LayerSpec, lin: Layout, R: int, C: int, tap_words: list, bias
 
 
 def _dense_layer(l: LayerSpec, lin: Layout, P: int, dense_words: list, bias_words: list, kw: dict) -> LayerProgram:
-    if l.kind == "local":  # a 1x1 output: one weight set per map
-        w = l.weight.reshape(l.out_maps, -1)
-    else:
-        w = l.weight.reshape(l.out_maps, -1)
+    w = l.weight.reshape(l.out_maps, -1)  # conv/local with a 1x1 output: (c, u, v) is the input's order
     n_in = w.shape[1]
     if n_in != lin.maps * lin.h * lin.w:
         raise ValueError(f"layer {l.name}: {n_in} inputs but its input holds {lin.maps * lin.h * lin.w}")
