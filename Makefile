@@ -14,7 +14,7 @@ SIM ?= verilator
 IMAGES ?= $(if $(filter icarus,$(SIM)),100,1000)
 VERILATOR_WAIVERS := -Wno-WIDTHEXPAND -Wno-WIDTHTRUNC -Wno-CASEINCOMPLETE -Wno-CMPCONST
 
-.PHONY: all install train train-all evaluate quantize verilog lint sim sim-full sim-layers bench bench-sim sweep test test-slow clean help
+.PHONY: all install train train-all evaluate quantize verilog lint sim sim-full sim-layers bench bench-sim sweep example test test-slow clean help
 
 help:
 	@echo "make all        main job: evaluate, quantize (q8, anna), verilog, sim; ends with a summary"
@@ -34,6 +34,7 @@ help:
 	@echo "make bench-sim  simulator speed: Icarus (10 images, 1 process) and Verilator (1,000 images, JOBS), cycles/s"
 	@echo "make synth      bitstreams + resources/Fmax/images/s: iCE40 UP5K, ECP5-25F, ECP5-85F (build/reports/synth.md)"
 	@echo "make sweep      quantization sweep report in build/reports/sweep/ (JOBS=$(JOBS))"
+	@echo "make example    bring your own model: train a small ReLU/max-pool CNN, ONNX, q8 spec, Verilog, Verilator (docs/import.md)"
 	@echo "make clean      remove build/"
 
 # the main job: every stage writes a JSON report into build/reports/, then one summary of them all
@@ -122,6 +123,10 @@ synth: build/quant/lenet5-q8/spec.json
 	@mkdir -p build/reports
 	@set -o pipefail; for b in $(SYNTH_BUILDS); do $(PY) -m hw.synth --spec build/quant/lenet5-q8 $$b --json || exit 1; done \
 	  | $(PY) -m hw.synth_report --out build/reports/synth.md
+
+# the import walk-through of docs/import.md (EXAMPLE_ARGS=--synth adds the UP5K build)
+example: $(STAMP)
+	$(PY) examples/import_walkthrough.py --out build/example $(EXAMPLE_ARGS)
 
 sweep: $(STAMP)
 	$(PY) -m quantize.sweep --checkpoint model/checkpoints/lenet5.pt --jobs $(JOBS) --out build/reports/sweep

@@ -81,12 +81,14 @@ def _layer_cfg(cfg: dict, name: str) -> dict:
     return {**cfg, **(cfg.get("layers") or {}).get(name, {})}
 
 
-def fit_format(max_abs: float, width: int, rounding: str, max_frac: int | None = None) -> QFormat:
-    """Signed SAT format of ``width`` bits with the most fraction bits that still hold ``max_abs``."""
-    frac = width - bits_for(max_abs)
+def fit_format(max_abs: float, width: int, rounding: str, max_frac: int | None = None,
+               signed: bool = True) -> QFormat:
+    """SAT format of ``width`` bits (signed unless told) with the most fraction bits that still
+    hold ``max_abs`` (at most ``max_frac``; always 0..width)."""
+    frac = width - bits_for(max_abs, signed)
     if max_frac is not None:
         frac = min(frac, max_frac)
-    return QFormat(width, max(0, min(width, frac)), True, rounding, "SAT")
+    return QFormat(width, max(0, min(width, frac)), signed, rounding, "SAT")
 
 
 def acc_format(bound: int, frac: int, width: int | None = None) -> QFormat:
@@ -104,10 +106,22 @@ def acc_format(bound: int, frac: int, width: int | None = None) -> QFormat:
     return QFormat(width, frac, True, "TRN", "WRAP")
 
 
+def function_table(index: QFormat, act: QFormat, f) -> np.ndarray:
+    """An activation LUT: entry i holds ``f(v)`` for the i-th index code's value v, rounded into ``act``.
+
+    ``f`` maps a float64 array to a float64 array (tanh, sigmoid, a clip...)."""
+    codes = np.arange(index.code_min, index.code_max + 1, dtype=np.int64)
+    return act.from_float(f(index.to_float(codes)))
+
+
+def scaled_tanh(v: np.ndarray) -> np.ndarray:
+    """LeNet's squash, f(v) = 1.7159 tanh(2v/3)."""
+    return TANH_A * np.tanh(TANH_S * v)
+
+
 def squash_table(index: QFormat, act: QFormat) -> np.ndarray:
     """The activation LUT: entry i holds f(v) = 1.7159 tanh(2v/3) for the i-th index code, in ``act``."""
-    codes = np.arange(index.code_min, index.code_max + 1, dtype=np.int64)
-    return act.from_float(TANH_A * np.tanh(TANH_S * index.to_float(codes)))
+    return function_table(index, act, scaled_tanh)
 
 
 @torch.no_grad()

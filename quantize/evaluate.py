@@ -1,4 +1,10 @@
-"""``python -m quantize.evaluate --spec DIR``: bit-exact test error of a QuantSpec on MNIST."""
+"""``python -m quantize.evaluate``: the bit-exact test error of a QuantSpec, or the float error of
+an ONNX model (onnxruntime), on MNIST's test set or the user's ``--images``/``--labels``.
+
+``--spec DIR``: the emulator (bit-exact with the hardware). ``--model FILE.onnx``: the float
+reference, with the same input scaling (``--input-mean``/``--input-std``) and the same images
+(MNIST digits area-resampled to the input as the spec takes them).
+"""
 from __future__ import annotations
 
 import argparse
@@ -14,9 +20,12 @@ from . import spec as qspec
 from .emulator import Emulator
 
 
-def evaluate(spec, data_dir=None, limit: int | None = None) -> dict:
-    test = data.load("test", data_dir)
-    images, labels = test.images[:limit], test.labels[:limit]
+def evaluate(spec, data_dir=None, limit: int | None = None, images=None, labels=None) -> dict:
+    """Emulator error on MNIST's test set (or on uint8 ``images`` with ``labels``)."""
+    if images is None:
+        test = data.load("test", data_dir)
+        images, labels = test.images, test.labels
+    images, labels = images[:limit], labels[:limit]
     emu = Emulator(spec)
     emu.run(images[:100], keep=False)  # warm-up (tables, allocator)
     t0 = time.perf_counter()
@@ -24,29 +33,77 @@ def evaluate(spec, data_dir=None, limit: int | None = None) -> dict:
     dt = time.perf_counter() - t0
     errors = int((r.predictions != labels).sum())
     return {"network": spec.network, "preset": spec.provenance.get("preset"), "images": int(len(labels)),
-            "errors": errors, "error_rate": errors / len(labels), "images_per_s": round(len(labels) / dt, 1),
+            "errors": errors, "error_rate": errors / len(labels), "images_per_s": round(len(labels) / max(dt, 1e-9), 1),
             "seconds": round(dt, 3), "weight_bits": spec.weight_bits(), "saturations": r.saturations()}
+
+
+def evaluate_model(path, mean=None, std=None, data_dir=None, limit: int | None = None, images=None,
+                   labels=None) -> dict:
+    """Float (onnxruntime) error of an ONNX model on MNIST's test set (or ``images``/``labels``)."""
+    from .importer.reference import OnnxModel, dataset
+
+    ref = OnnxModel(path, str(path), mean, std)
+    x, y = dataset(ref.shape, images, labels, "test", data_dir, where=str(path))
+    x, y = x[:limit], y[:limit]
+    t0 = time.perf_counter()
+    pred = ref.predict(x)
+    dt = time.perf_counter() - t0
+    errors = int((pred != y).sum())
+    return {"model": str(path), "images": int(len(y)), "errors": errors, "error_rate": errors / len(y),
+            "images_per_s": round(len(y) / max(dt, 1e-9), 1), "seconds": round(dt, 3),
+            "input_mean": [float(v) for v in ref.mean], "input_std": [float(v) for v in ref.std]}
 
 
 @cli
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m quantize.evaluate", description="Bit-exact test error of a QuantSpec.")
-    p.add_argument("--spec", required=True, help="spec directory")
+    p = argparse.ArgumentParser(prog="python -m quantize.evaluate",
+                                description="Bit-exact test error of a QuantSpec, or float error of an ONNX model.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--spec", help="spec directory (the bit-exact emulator)")
+    src.add_argument("--model", help="an ONNX model (float reference, onnxruntime)")
     p.add_argument("--data", default=None, help="MNIST directory")
+    p.add_argument("--images", help="uint8 images .npy (N x C x H x W) instead of MNIST's test set")
+    p.add_argument("--labels", help="integer labels .npy for --images")
+    p.add_argument("--input-mean", help="--model: pixel p enters as (p/255 - mean)/std; one value or one per channel")
+    p.add_argument("--input-std", help="--model: see --input-mean")
     p.add_argument("--limit", type=int, default=None, help="only the first N test images")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
     if args.limit is not None and args.limit < 1:  # 0 divided by zero; a negative one sliced from the end
         raise UserError(f"--limit {args.limit}: must be at least 1")
+    if bool(args.images) != bool(args.labels):
+        raise UserError("--images and --labels go together")
+    if args.spec and (args.input_mean or args.input_std):
+        raise UserError("--input-mean/--input-std are for --model: a spec carries its input scaling")
     torch.set_num_threads(2)
+    images = labels = None
+    if args.images:
+        from .importer.reference import load_images
+
+        images, labels = load_images(args.images, args.labels)
+    if args.model:
+        from .importer.reference import parse_floats
+
+        res = evaluate_model(args.model, parse_floats(args.input_mean, "--input-mean"),
+                             parse_floats(args.input_std, "--input-std"), args.data, args.limit, images, labels)
+        if args.json:
+            print(json.dumps(res))
+        else:
+            where = args.images or "MNIST test"
+            print(f"{args.model}: float error {100 * res['error_rate']:.2f}% ({res['errors']}/{res['images']}, "
+                  f"{where}; onnxruntime), {res['images_per_s']:,.0f} images/s")
+        return 0
     spec = qspec.load(args.spec)
-    res = {"spec": args.spec, **evaluate(spec, args.data, args.limit)}
+    if images is not None:
+        images = data.fit_images(images, spec.input_shape, what=f"--images {args.images}")
+    res = {"spec": args.spec, **evaluate(spec, args.data, args.limit, images, labels)}
     if args.json:
         print(json.dumps(res))
     else:
         flagged = {k: v for k, v in res["saturations"].items() if v["acc_overflows"] or v["saturations"]}
-        print(f"{args.spec}: test error {100 * res['error_rate']:.2f}% ({res['errors']}/{res['images']}), "
-              f"{res['images_per_s']:,.0f} images/s" + ("; clipped LUT addresses: " + ", ".join(
+        where = f" on {args.images}" if args.images else ""
+        print(f"{args.spec}: test error{where} {100 * res['error_rate']:.2f}% ({res['errors']}/{res['images']}), "
+              f"{res['images_per_s']:,.0f} images/s" + ("; clipped LUT addresses/states: " + ", ".join(
                   f"{k} {v['saturations']}" + (f" (acc overflow {v['acc_overflows']}!)" if v['acc_overflows'] else "")
                   for k, v in flagged.items()) if flagged else ""))
     return 0
