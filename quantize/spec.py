@@ -21,6 +21,7 @@ import numpy as np
 from model.util import UserError
 
 from .qformat import QFormat
+from .spec_check import validate
 
 SCHEMA = 2
 KINDS = ("conv", "local", "subsample", "avgpool", "maxpool", "dense", "rbf")
@@ -343,6 +344,3 @@ def from_json(doc: dict, arrays: dict[str, np.ndarray], where: str = "spec.json"
                      layers=layers, provenance=doc.get("provenance", {}), schema=schema)
     validate(spec)
     return spec
-
-
-from .spec_check import validate  # noqa: E402  (validation lives beside; it needs the classes above)
