@@ -14,7 +14,7 @@ SIM ?= verilator
 IMAGES ?= $(if $(filter icarus,$(SIM)),100,1000)
 VERILATOR_WAIVERS := -Wno-WIDTHEXPAND -Wno-WIDTHTRUNC -Wno-CASEINCOMPLETE -Wno-CMPCONST
 
-.PHONY: all install train train-all evaluate quantize verilog lint sim sim-full sim-layers bench bench-sim sweep example test test-slow clean help
+.PHONY: all install train train-all evaluate quantize verilog lint sim sim-full sim-layers bench bench-sim sweep example qonnx qonnx-models test test-slow clean help
 
 help:
 	@echo "make all        main job: evaluate, quantize (q8, anna), verilog, sim; ends with a summary"
@@ -35,6 +35,8 @@ help:
 	@echo "make synth      bitstreams + resources/Fmax/images/s: iCE40 UP5K, ECP5-25F, ECP5-85F (build/reports/synth.md)"
 	@echo "make sweep      quantization sweep report in build/reports/sweep/ (JOBS=$(JOBS))"
 	@echo "make example    bring your own model: train a small ReLU/max-pool CNN, ONNX, q8 spec, Verilog, Verilator (docs/import.md)"
+	@echo "make qonnx      the committed Brevitas/QONNX models (examples/qonnx/): spec, emulator vs model, Verilator (QONNX_IMAGES=$(QONNX_IMAGES))"
+	@echo "make qonnx-models  retrain and re-export them (examples/brevitas_cnn.py, about 3 minutes each)"
 	@echo "make clean      remove build/"
 
 # the main job: every stage writes a JSON report into build/reports/, then one summary of them all
@@ -127,6 +129,20 @@ synth: build/quant/lenet5-q8/spec.json
 # the import walk-through of docs/import.md (EXAMPLE_ARGS=--synth adds the UP5K build)
 example: $(STAMP)
 	$(PY) examples/import_walkthrough.py --out build/example $(EXAMPLE_ARGS)
+
+QONNX_MODELS ?= cnn_w8a8 cnn_w4a4
+QONNX_IMAGES ?= 10000
+qonnx: $(STAMP)
+	@set -e; for m in $(QONNX_MODELS); do \
+	  $(PY) -m quantize --model examples/qonnx/$$m.onnx --out build/qonnx/$$m; \
+	  $(PY) -m quantize.evaluate --spec build/qonnx/$$m --against examples/qonnx/$$m.onnx --limit $(QONNX_IMAGES); \
+	  $(PY) -m sim --spec build/qonnx/$$m --images $(QONNX_IMAGES) --jobs $(JOBS) --out build/sim/qonnx \
+	    --report build/reports/qonnx-$$m.jsonl; \
+	done
+
+qonnx-models: $(STAMP)
+	$(PY) examples/brevitas_cnn.py --bits 8 --out examples/qonnx/cnn_w8a8.onnx
+	$(PY) examples/brevitas_cnn.py --bits 4 --out examples/qonnx/cnn_w4a4.onnx
 
 sweep: $(STAMP)
 	$(PY) -m quantize.sweep --checkpoint model/checkpoints/lenet5.pt --jobs $(JOBS) --out build/reports/sweep

@@ -63,8 +63,15 @@ def train(images_u8: np.ndarray, labels: np.ndarray, epochs: int = 3, seed: int 
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
     model = SmallCNN()
-    x = normalise(images_u8)
-    y = torch.from_numpy(labels.astype(np.int64))
+    seconds = fit(model, normalise(images_u8), torch.from_numpy(labels.astype(np.int64)), epochs, seed, batch_size,
+                  max_lr, log)
+    return model, seconds
+
+
+def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = 3, seed: int = 0, batch_size: int = 64,
+        max_lr: float = 4e-3, log=print) -> float:
+    """The training loop (Adam, one-cycle learning rate, seeded batch order; also the Brevitas
+    example's): ``model`` is left in eval mode; returns the seconds it took."""
     steps_per_epoch = max(1, len(x) // batch_size)
     opt = torch.optim.Adam(model.parameters(), lr=max_lr / 10)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=epochs * steps_per_epoch)
@@ -85,15 +92,17 @@ def train(images_u8: np.ndarray, labels: np.ndarray, epochs: int = 3, seed: int 
         log(f"  epoch {epoch + 1}/{epochs}: loss {total / steps_per_epoch:.4f} "
             f"({time.perf_counter() - t0:.1f} s)")
     model.eval()
-    return model, time.perf_counter() - t0
+    return time.perf_counter() - t0
 
 
 @torch.no_grad()
-def test_error(model: nn.Module, images_u8: np.ndarray, labels: np.ndarray, batch: int = 2000) -> float:
-    """Fraction of ``images_u8`` the float model misclassifies (argmax of the scores)."""
+def test_error(model: nn.Module, images_u8: np.ndarray, labels: np.ndarray, batch: int = 2000,
+               inputs=normalise) -> float:
+    """Fraction of ``images_u8`` the model misclassifies (argmax of the scores); ``inputs`` turns
+    uint8 images into what it reads."""
     model.eval()
     wrong = 0
     for i in range(0, len(images_u8), batch):
-        pred = model(normalise(images_u8[i:i + batch])).argmax(1).numpy()
+        pred = model(inputs(images_u8[i:i + batch])).argmax(1).numpy()
         wrong += int((pred != labels[i:i + batch]).sum())
     return wrong / len(images_u8)

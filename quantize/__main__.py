@@ -73,20 +73,19 @@ def main(argv=None):
     src.add_argument("--checkpoint", help="a checkpoint from python -m model.train (or model/checkpoints/*.pt)")
     src.add_argument("--model", help="an ONNX model (opset >= 13): a chain of Conv, pools, Gemm/MatMul and "
                                      "ReLU/Tanh/Sigmoid/Clip activations (see docs/import.md)")
-    g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--preset", help="q8 (8-bit) or anna (6-bit weights, 3-bit states; QAT for checkpoints only)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--preset", help="q8 (8-bit) or anna (6-bit weights, 3-bit states; QAT for checkpoints only); "
+                                    "required with --checkpoint; --model defaults to q8 (a QONNX model's own "
+                                    "Quant formats win over it)")
     g.add_argument("--config", help="JSON config: widths, rounding, per-layer overrides (see docs/quantspec.md)")
     p.add_argument("--out", required=True, help="spec directory to write (spec.json + weights.npz)")
     p.add_argument("--data", default=None, help="MNIST directory")
     p.add_argument("--no-progress", action="store_true")
-    m = p.add_argument_group("--model only")
-    m.add_argument("--input-mean", help="pixel p enters the model as (p/255 - mean)/std: one value or one per "
-                                        "channel, comma-separated (default 0)")
-    m.add_argument("--input-std", help="see --input-mean (default 1)")
-    m.add_argument("--images", help="uint8 images .npy (N x C x H x W): calibration set (default: MNIST training "
-                                    "digits when the model takes 1 x H x W, H, W <= 28)")
-    m.add_argument("--labels", help="integer labels .npy for --images: report float and quantized errors on them")
-    m.add_argument("--calibration-images", type=int, default=None, help="how many calibration images (default 2000)")
+    from .importer.reference import add_model_arguments
+
+    add_model_arguments(p, "uint8 images .npy (N x C x H x W): calibration set (default: MNIST training digits "
+                           "when the model takes 1 x H x W, H, W <= 28)",
+                        "integer labels .npy for --images: report float and quantized errors on them")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
     torch.use_deterministic_algorithms(True)
@@ -98,7 +97,9 @@ def main(argv=None):
             raise UserError(f"{used[0]} is for --model (an imported ONNX model), not --checkpoint")
     if args.labels and not args.images:
         raise UserError("--labels needs --images")
-    cfg = load_config(args.preset, args.config)
+    if args.checkpoint and not (args.preset or args.config):
+        raise UserError("--checkpoint needs --preset q8|anna or --config FILE")
+    cfg = load_config(args.preset or (None if args.config else "q8"), args.config)
     t0 = time.perf_counter()
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
     lines = []
@@ -112,6 +113,10 @@ def main(argv=None):
     if args.model:
         print("  " + " -> ".join(f"{l.name} {l.kind}{'/' + l.activation if l.activation else ''}" for l in spec.layers)
               + f"; input {'x'.join(map(str, spec.input_shape))}, {spec.classes} classes")
+    if "formats_from_model" in spec.provenance:
+        cal = spec.provenance["formats_calibrated"]
+        print(f"  formats: {len(spec.provenance['formats_from_model'])} from the model's Quant nodes; "
+              + (f"calibrated ({cfg.get('preset')}): {', '.join(cal)}" if cal else "none calibrated"))
     for line in lines:
         print(line)
     return 0

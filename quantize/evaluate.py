@@ -3,7 +3,9 @@ an ONNX model (onnxruntime), on MNIST's test set or the user's ``--images``/``--
 
 ``--spec DIR``: the emulator (bit-exact with the hardware). ``--model FILE.onnx``: the float
 reference, with the same input scaling (``--input-mean``/``--input-std``) and the same images
-(MNIST digits area-resampled to the input as the spec takes them).
+(MNIST digits area-resampled to the input as the spec takes them). ``--spec DIR --against
+FILE.onnx``: how often the emulator and the model (a QONNX model: its Quant nodes executed by
+onnxruntime as qonnx defines them) give the same class, and the same scores exactly.
 """
 from __future__ import annotations
 
@@ -54,6 +56,36 @@ def evaluate_model(path, mean=None, std=None, data_dir=None, limit: int | None =
             "input_mean": [float(v) for v in ref.mean], "input_std": [float(v) for v in ref.std]}
 
 
+def agreement(spec, path, data_dir=None, limit: int | None = None, images=None, labels=None) -> dict:
+    """Emulator vs the ONNX model on the same images: classes that agree, and images whose scores
+    (codes x the accumulator's lsb) equal the model's outputs exactly (a quantized model's)."""
+    import numpy as np
+
+    from .importer.reference import OnnxModel, dataset
+
+    prov = spec.provenance
+    ref = OnnxModel(path, str(path), prov.get("input_mean"), prov.get("input_std"))
+    if tuple(ref.shape) != tuple(spec.input_shape):
+        raise UserError(f"--against {path}: takes {'x'.join(map(str, ref.shape))} images, the spec "
+                        f"{'x'.join(map(str, spec.input_shape))}")
+    x, y = dataset(ref.shape, images, labels, "test", data_dir, where=str(path))
+    x = x[:limit]
+    t0 = time.perf_counter()
+    theirs = ref.run(x)[0]
+    r = Emulator(spec).run(x, keep=False)
+    ours = r.scores * spec.layers[-1].formats["acc"].lsb
+    same = np.all(ours == theirs, axis=1) if ours.shape == theirs.shape else np.zeros(len(x), bool)
+    agree = int((r.predictions == theirs.argmax(1)).sum())
+    out = {"spec": spec.network, "model": str(path), "images": int(len(x)), "classes_agree": agree,
+           "agreement": agree / max(len(x), 1), "scores_equal": int(same.sum()),
+           "max_abs_difference": float(np.abs(ours - theirs).max()) if ours.shape == theirs.shape and len(x) else None,
+           "seconds": round(time.perf_counter() - t0, 2)}
+    if y is not None:
+        y = y[:limit]
+        out.update(emulator_errors=int((r.predictions != y).sum()), model_errors=int((theirs.argmax(1) != y).sum()))
+    return out
+
+
 @cli
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m quantize.evaluate",
@@ -61,6 +93,8 @@ def main(argv=None):
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--spec", help="spec directory (the bit-exact emulator)")
     src.add_argument("--model", help="an ONNX model (float reference, onnxruntime)")
+    p.add_argument("--against", help="--spec: compare the emulator with this ONNX model (the one imported) "
+                                     "image by image")
     p.add_argument("--data", default=None, help="MNIST directory")
     p.add_argument("--images", help="uint8 images .npy (N x C x H x W) instead of MNIST's test set")
     p.add_argument("--labels", help="integer labels .npy for --images")
@@ -96,6 +130,17 @@ def main(argv=None):
     spec = qspec.load(args.spec)
     if images is not None:
         images = data.fit_images(images, spec.input_shape, what=f"--images {args.images}")
+    if args.against:
+        res = agreement(spec, args.against, args.data, args.limit, images, labels)
+        if args.json:
+            print(json.dumps(res))
+        else:
+            n = res["images"]
+            print(f"{args.spec} vs {args.against}: classes agree on {res['classes_agree']:,}/{n:,} images "
+                  f"({100 * res['agreement']:.2f}%); scores equal exactly on {res['scores_equal']:,}/{n:,}"
+                  + (f"; errors: emulator {res['emulator_errors']}, model {res['model_errors']}"
+                     if "model_errors" in res else ""))
+        return 0
     res = {"spec": args.spec, **evaluate(spec, args.data, args.limit, images, labels)}
     if args.json:
         print(json.dumps(res))

@@ -31,6 +31,9 @@ class FloatLayer:
     ``weight``: conv O x C x K x K, dense O x I (float64); None for pools. ``bias``: O or None.
     ``activation``: ``relu``, ``tanh``, ``sigmoid``, ``hard_tanh`` (clip to ``clip``) or None.
     ``nodes``: the ONNX nodes folded into this layer (for messages and provenance).
+    ``formats``: the formats a quantized model (QONNX) gives the weight, bias and output (``act``):
+    the weights are then exact multiples of their lsb, and the forward pass rounds the output into
+    ``act`` as the model does.
     """
 
     name: str
@@ -46,6 +49,8 @@ class FloatLayer:
     clip: tuple[float, float] | None = None
     nodes: list[str] = field(default_factory=list)
     act_node: str | None = None  # the node of the activation
+    formats: dict = field(default_factory=dict)  # QFormats the model fixes (QONNX): weight, bias, act
+    quant_node: str | None = None  # the Quant node that fixes formats["act"]
 
     def act(self, v: np.ndarray) -> np.ndarray:
         """The activation on float values (identity without one)."""
@@ -53,6 +58,12 @@ class FloatLayer:
             return v
         lo, hi = self.clip if self.clip else (-1.0, 1.0)
         return FUNCTIONS[self.activation](v, lo, hi)
+
+    def output(self, v: np.ndarray) -> np.ndarray:
+        """The activation, then the model's own output quantizer (if it has one)."""
+        v = self.act(v)
+        fmt = self.formats.get("act")
+        return v if fmt is None else fmt.to_float(fmt.from_float(v))
 
 
 @dataclass
@@ -63,6 +74,7 @@ class FloatNet:
     (without batch: (C, H, W), (H, W) or (C*H*W,)) for onnxruntime. A pixel p of channel c enters
     the first layer as ``(p / 255 - mean[c]) / std[c]``; ``feed_mean``/``feed_std`` is the part of
     that scaling done before the model (the user's), the rest was in the graph (Sub/Div nodes).
+    ``input_format``: the format a QONNX Quant node gives the image (None: calibrated).
     """
 
     name: str
@@ -74,15 +86,19 @@ class FloatNet:
     source: dict = field(default_factory=dict)
     feed_mean: np.ndarray | None = None
     feed_std: np.ndarray | None = None
+    input_format: object = None
 
     @property
     def classes(self) -> int:
         return int(self.layers[-1].out_shape[0])
 
     def input_values(self) -> np.ndarray:
-        """C x 256 float64: the model's input value for each grey level of each channel."""
+        """C x 256 float64: the model's input value for each grey level of each channel (after its
+        input quantizer, if it has one)."""
         p = np.arange(256, dtype=np.float64) / 255.0
-        return (p[None, :] - self.mean[:, None]) / self.std[:, None]
+        v = (p[None, :] - self.mean[:, None]) / self.std[:, None]
+        f = self.input_format
+        return v if f is None else f.to_float(f.from_float(v))
 
     def scale(self, images_u8: np.ndarray) -> np.ndarray:
         """uint8 N x C x H x W -> the float64 model input N x C x H x W."""
@@ -112,7 +128,7 @@ class FloatNet:
                     continue
                 if collect:
                     pres[j].append(a.to(torch.float32).numpy())
-                x = torch.from_numpy(l.act(a.numpy())) if l.activation else a
+                x = torch.from_numpy(l.output(a.numpy())) if l.activation or l.formats.get("act") else a
             logits.append(x.reshape(len(x), -1).numpy())
         out = np.concatenate(logits) if logits else np.zeros((0, self.classes))
         if not collect:

@@ -87,11 +87,15 @@ class QFormat:
     width : int
         Total bits, sign included (1..64).
     frac : int
-        Fraction bits, 0..width: the lsb is ``2**-frac``.
+        Fraction bits: the lsb is ``2**-frac``. Usually 0..width; a model's power-of-two scales
+        (an imported QONNX graph) may put it anywhere in -MAX_WIDTH..MAX_WIDTH.
     signed : bool
         Two's complement if true.
     rounding, overflow : str
         How values are brought into this format (see :data:`ROUNDING`, :data:`OVERFLOW`).
+    narrow : bool
+        Narrow range (saturating formats only): the most negative code of a signed format, or
+        the largest code of an unsigned one, is left out (QONNX's ``narrow``; -127..127 at 8 bits).
     """
 
     width: int
@@ -99,6 +103,7 @@ class QFormat:
     signed: bool = True
     rounding: str = "RND_CONV"
     overflow: str = "SAT"
+    narrow: bool = False
 
     def __post_init__(self):
         self.validate()
@@ -112,12 +117,16 @@ class QFormat:
             raise UserError(f"{where}: signed must be true or false, got {self.signed!r}")
         if self.signed and self.width < 2:
             raise UserError(f"{where}: a signed format needs at least 2 bits")
-        if not isinstance(self.frac, int) or isinstance(self.frac, bool) or not 0 <= self.frac <= self.width:
-            raise UserError(f"{where}: fraction bits {self.frac!r} outside 0..width ({self.width})")
+        if not isinstance(self.frac, int) or isinstance(self.frac, bool) or not -MAX_WIDTH <= self.frac <= MAX_WIDTH:
+            raise UserError(f"{where}: fraction bits {self.frac!r} outside {-MAX_WIDTH}..{MAX_WIDTH}")
         if self.rounding not in ROUNDING:
             raise UserError(f"{where}: unknown rounding {self.rounding!r} (one of {', '.join(ROUNDING)})")
         if self.overflow not in OVERFLOW:
             raise UserError(f"{where}: unknown overflow {self.overflow!r} (WRAP or SAT)")
+        if not isinstance(self.narrow, (bool, np.bool_)):
+            raise UserError(f"{where}: narrow must be true or false, got {self.narrow!r}")
+        if self.narrow and (self.overflow != "SAT" or self.width < 2):
+            raise UserError(f"{where}: a narrow-range format must saturate (SAT) and have at least 2 bits")
 
     # -- range -------------------------------------------------------------------------------------
     @property
@@ -127,11 +136,11 @@ class QFormat:
 
     @property
     def code_min(self) -> int:
-        return -(1 << (self.width - 1)) if self.signed else 0
+        return -(1 << (self.width - 1)) + int(self.narrow) if self.signed else 0
 
     @property
     def code_max(self) -> int:
-        return (1 << (self.width - 1)) - 1 if self.signed else (1 << self.width) - 1
+        return (1 << (self.width - 1)) - 1 if self.signed else (1 << self.width) - 1 - int(self.narrow)
 
     @property
     def lsb(self) -> float:
@@ -200,14 +209,17 @@ class QFormat:
 
     # -- serialisation -----------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {"width": self.width, "frac": self.frac, "signed": self.signed,
-                "rounding": self.rounding, "overflow": self.overflow}
+        d = {"width": self.width, "frac": self.frac, "signed": self.signed,
+             "rounding": self.rounding, "overflow": self.overflow}
+        if self.narrow:  # only when set: specs without it stay byte-identical
+            d["narrow"] = True
+        return d
 
     @classmethod
     def from_dict(cls, d, where: str = "format") -> "QFormat":
         if not isinstance(d, dict):
             raise UserError(f"{where}: expected an object with width/frac/signed/rounding/overflow")
-        unknown = set(d) - {"width", "frac", "signed", "rounding", "overflow"}
+        unknown = set(d) - {"width", "frac", "signed", "rounding", "overflow", "narrow"}
         if unknown:
             raise UserError(f"{where}: unknown field {sorted(unknown)[0]!r}")
         for key in ("width", "frac"):
@@ -220,7 +232,8 @@ class QFormat:
 
     def __str__(self) -> str:
         s = "Q" if self.signed else "UQ"
-        return f"{s}{self.int_bits}.{self.frac} ({self.width}b {self.rounding}/{self.overflow})"
+        n = " narrow" if self.narrow else ""
+        return f"{s}{self.int_bits}.{self.frac} ({self.width}b {self.rounding}/{self.overflow}{n})"
 
 
 def wrap(codes: np.ndarray, width: int, signed: bool) -> np.ndarray:

@@ -41,14 +41,15 @@ FUNCTIONS = {
 #: what :func:`feature_tags` can name: kinds, ``last:<kind>``, LUT functions and how their tables
 #: were filled (``lut_exact|monotone|random``), ``round:<mode>`` of a rounding requantize (LUT
 #: address or relu/none output), ``sat``/``wrap_act``/``unsigned`` of those targets,
-#: ``index_left_shift`` (address with more fraction bits than the sum), ``wrap_acc`` (an
+#: ``index_left_shift`` (address with more fraction bits than the sum), ``narrow`` (a narrow-range
+#: target), ``frac_outside`` (a binary point outside the word), ``wrap_acc`` (an
 #: accumulator narrower than its bound), ``flatten_conv`` (a conv/local in dense mode)...
 ALL_TAGS = frozenset(
     KINDS + LUT_FUNCTIONS + tuple(f"round:{m}" for m in MODES)
     + tuple(f"last:{k}" for k in ("conv", "local", "dense", "rbf"))
     + ("stride2", "pad", "pad_code_nonzero", "table", "source", "untied", "relu", "none", "lut", "channels>1",
        "nonsquare", "wrap_acc", "sat", "wrap_act", "unsigned", "flatten_conv", "lut_exact", "lut_monotone",
-       "lut_random", "index_left_shift"))
+       "lut_random", "index_left_shift", "narrow", "frac_outside"))
 
 
 def _pick(rng, options, p=None):
@@ -230,7 +231,8 @@ def _calibrate(rng, spec: QuantSpec, images: np.ndarray, lenet: bool, last: bool
     acc_frac = fmt.frac + w_frac
     if l.bias is not None:
         bw = int(rng.integers(2, 13))
-        bfrac = int(rng.integers(max(0, min(bw, acc_frac) - 3), min(bw, acc_frac) + 1))
+        top = min(bw, acc_frac)
+        bfrac = int(rng.integers(min(max(0, top - 3), top), top + 1))
         f["bias"] = QFormat(bw, bfrac, bool(rng.random() < 0.8), _pick(rng, MODES), _pick(rng, ("SAT", "WRAP")))
         big = max(1, (1 << max(mag - int(rng.integers(0, 4)), 0)) >> (acc_frac - bfrac))  # about the sums' size
         lo, hi = max(f["bias"].code_min, -big), min(f["bias"].code_max, big)
@@ -241,7 +243,12 @@ def _calibrate(rng, spec: QuantSpec, images: np.ndarray, lenet: bool, last: bool
     f["acc"] = QFormat(int(np.clip(width, max(2, acc_frac), MAX_BITS)), acc_frac, True, _pick(rng, MODES), "WRAP")
     if act is None:
         return None
-    target = target.with_(frac=int(np.clip(acc_frac - shift, 0, target.width)))
+    # relu/none targets as a QONNX model gives them: the binary point may lie outside the word,
+    # and a saturating one may be narrow (no most negative / largest code)
+    lo_frac, hi_frac = (0, target.width) if act == "lut" else (-2, target.width + 2)
+    target = target.with_(frac=int(np.clip(acc_frac - shift, lo_frac, hi_frac)))
+    if act != "lut" and target.overflow == "SAT" and target.width >= 2 and rng.random() < 0.3:
+        target = target.with_(narrow=True)
     if act == "lut":
         l.activation = _pick(rng, LUT_FUNCTIONS)
         f["index"] = target
@@ -370,6 +377,10 @@ def feature_tags(spec: QuantSpec) -> set[str]:
             if fill:
                 tags.add(f"lut_{fill}")
         tags.add("sat" if target.overflow == "SAT" else "wrap_act")
+        if target.narrow:
+            tags.add("narrow")
+        if not 0 <= target.frac <= target.width:
+            tags.add("frac_outside")
         if not target.signed:
             tags.add("unsigned")
         if f["acc"].frac > target.frac:

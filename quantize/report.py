@@ -17,7 +17,7 @@ from model.util import atomic_path, atomic_write_text  # noqa: E402
 CSV_FIELDS = ["kind", "label", "weight_bits", "act_bits", "rounding", "layer", "bits", "acc_bits", "qat",
               "error_rate", "errors", "images", "total_saturations", "acc_overflows", "weight_memory_bits",
               "hw_cost", "est_luts", "est_dsps", "est_brams", "est_cycles_per_image", "luts", "dsps", "brams",
-              "fmax_mhz", "images_per_s", "emulator_images_per_s", "key"]
+              "fmax_mhz", "images_per_s", "emulator_images_per_s", "key", "failed"]
 
 
 def _pct(x):
@@ -141,17 +141,23 @@ def attach_synthesis(rows: list[dict], synth_dir) -> list[dict]:
     return results
 
 
-def write_report(rows: list[dict], out: Path, float_err: float, checkpoint: str, seconds: float,
-                 synth_dir=None) -> dict:
+def write_report(rows: list[dict], out: Path, float_err: float, checkpoint: str | None, seconds: float,
+                 synth_dir=None, model: dict | None = None) -> dict:
+    """``checkpoint``: the LeNet checkpoint swept; or ``model``: an imported model's description
+    (:meth:`quantize.sweep_model.ImportedModel.describe`). Failed points (``failed``: the reason) are
+    listed, and left out of the summary, tables and plots."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    all_rows, rows = rows, [r for r in rows if r.get("error_rate") is not None]
+    failed = [r for r in all_rows if r.get("error_rate") is None]
     summary = summarize(rows, float_err)
-    atomic_write_text(out / "results.json", json.dumps({"checkpoint": checkpoint, "summary": summary,
-                                                         "seconds": round(seconds, 1), "points": rows}, indent=1))
+    source = {"model": model} if model else {"checkpoint": checkpoint}
+    atomic_write_text(out / "results.json", json.dumps({**source, "summary": summary, "seconds": round(seconds, 1),
+                                                         "points": all_rows}, indent=1))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
     w.writeheader()
-    for r in rows:
+    for r in all_rows:
         w.writerow({k: r.get(k, "") for k in CSV_FIELDS})
     atomic_write_text(out / "results.csv", buf.getvalue())
 
@@ -179,10 +185,22 @@ def write_report(rows: list[dict], out: Path, float_err: float, checkpoint: str,
                  f"error vs hardware cost ({src})")
         plots["pareto_luts"] = "pareto_luts.png"
 
-    L = [f"# Quantization sweep: LeNet-5 ({checkpoint})", "",
-         f"{len(rows)} points, each calibrated from the float checkpoint and evaluated bit-exactly by the "
-         f"emulator on {rows[0]['images'] if rows else 0:,} MNIST test images ({seconds:.0f} s).", "",
-         "## Summary", "", f"- Float model: **{_pct(float_err)}**"]
+    n_images = all_rows[0]["images"] if all_rows else 0
+    if model:
+        scale = ", ".join(f"{m:g}/{s:g}" for m, s in zip(model["input_mean"], model["input_std"]))
+        L = [f"# Quantization sweep: {model['network']} ({model['model']})", "",
+             f"{len(all_rows)} points, each imported from the ONNX model (sha256 {model['model_sha256'][:12]}, input "
+             f"{' x '.join(map(str, model['input_shape']))}, mean/std {scale}), calibrated on {model['calibration']} "
+             f"(no QAT) and evaluated bit-exactly by the emulator on {n_images:,} images of "
+             f"{model['test_images']} ({seconds:.0f} s).", "",
+             "## Summary", "", f"- Float model (onnxruntime, same images): **{_pct(float_err)}**"]
+    else:
+        L = [f"# Quantization sweep: LeNet-5 ({checkpoint})", "",
+             f"{len(all_rows)} points, each calibrated from the float checkpoint and evaluated bit-exactly by the "
+             f"emulator on {n_images:,} MNIST test images ({seconds:.0f} s).", "",
+             "## Summary", "", f"- Float model: **{_pct(float_err)}**"]
+    if failed:
+        L.append(f"- {len(failed)} point(s) could not be built for this model (listed under Failed points)")
     if base:
         L.append(f"- 8-bit weights and states (RND_CONV): {_pct(base['error_rate'])}")
     if summary["smallest_within_0.2pt"]:
@@ -241,8 +259,11 @@ def write_report(rows: list[dict], out: Path, float_err: float, checkpoint: str,
         L.append("")
     if plots.get("pareto_memory"):
         L += ["## Cost", "", f"![pareto memory]({plots['pareto_memory']})", "", f"![pareto luts]({plots['pareto_luts']})", ""]
-    L += ["## Saturation", "", "Clipped LUT addresses (`saturations`) are expected where |pre-activation| > 4 "
-          "(the squash is flat there). Wrapped accumulators (`acc_overflows`) are flagged ⚠ above.", ""]
+    clipped = ("Clipped outputs (`saturations`: ReLU or linear states beyond their format, calibrated to the "
+               "99.99th percentile, and LUT addresses where the function is flat) are expected in small numbers."
+               if model else "Clipped LUT addresses (`saturations`) are expected where |pre-activation| > 4 "
+               "(the squash is flat there).")
+    L += ["## Saturation", "", clipped + " Wrapped accumulators (`acc_overflows`) are flagged ⚠ above.", ""]
     if flagged:
         L.append(f"{len(flagged)} point(s) wrapped an accumulator: " + ", ".join(r["label"] for r in flagged[:20]))
     else:
@@ -252,5 +273,8 @@ def write_report(rows: list[dict], out: Path, float_err: float, checkpoint: str,
     for r in rows:
         L.append(f"| {r['label']} | {_pct(r['error_rate'])} | {r['weight_memory_bits']:,} | {r['est_luts']:,} | "
                  f"{r['est_brams']} | {r['total_saturations']:,} | {r['acc_overflows']:,}{' ⚠' if r['acc_overflows'] else ''} |")
+    if failed:
+        L += ["", "## Failed points", "", "| point | reason |", "|---|---|"]
+        L += [f"| {r['label']} | {r['failed'].replace('|', '/')} |" for r in failed]
     atomic_write_text(out / "report.md", "\n".join(L) + "\n")
     return {"report": str(out / "report.md"), **plots}

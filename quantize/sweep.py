@@ -1,9 +1,11 @@
 """``python -m quantize.sweep``: accuracy x bit widths x hardware cost, bit-exact on MNIST.
 
-Each point of the grid is a quantization config: the float checkpoint is calibrated with it and
-the emulator evaluates it on the test set (10,000 images by default). Points are cached one JSON
-file each under ``OUT/points/``, so an interrupted sweep resumes where it stopped and a larger grid
-reuses what is done. ``--jobs N`` evaluates points in N processes. The report (``report.md``,
+Each point of the grid is a quantization config: the float checkpoint (``--checkpoint``, a LeNet)
+or an imported ONNX model (``--model``, :mod:`quantize.sweep_model`) is calibrated with it and
+the emulator evaluates it on the test set (10,000 images by default). A point whose config cannot
+be built for the model is a failed row with the reason (the report lists it). Points are cached
+one JSON file each under ``OUT/points/``, so an interrupted sweep resumes where it stopped and a
+larger grid reuses what is done. ``--jobs N`` evaluates points in N processes. The report (``report.md``,
 ``results.json``, ``results.csv`` and PNG plots) is written by :mod:`quantize.report` at the end.
 """
 from __future__ import annotations
@@ -64,8 +66,8 @@ def _point(kind: str, label: str, cfg: dict, **tags) -> dict:
     return {"kind": kind, "label": label, "config": cfg, **tags}
 
 
-def make_points(grid: dict, layer_names: list[str], qat: bool = False) -> list[dict]:
-    """Every point of the grid, validated before anything runs."""
+def make_points(grid: dict, layer_names: list[str], qat: bool = False, anna_qat: bool = True) -> list[dict]:
+    """Every point of the grid, validated before anything runs (``anna_qat``: with the QAT ANNA point)."""
     base = {**PRESETS[grid["base"]], "preset": grid["base"], "qat_epochs": 0}
     pts = []
     for w, a, r in itertools.product(grid["weight_bits"], grid["act_bits"], grid["rounding"]):
@@ -84,14 +86,18 @@ def make_points(grid: dict, layer_names: list[str], qat: bool = False) -> list[d
     if grid["anna"]:
         anna = {**PRESETS["anna"], "preset": "anna"}
         pts.append(_point("anna", "ANNA (6-bit w, 3-bit states), no QAT", {**anna, "qat_epochs": 0}, qat=False))
-        pts.append(_point("anna", f"ANNA (6-bit w, 3-bit states), QAT {anna['qat_epochs']} epochs", anna, qat=True))
+        if anna_qat:
+            pts.append(_point("anna", f"ANNA (6-bit w, 3-bit states), QAT {anna['qat_epochs']} epochs", anna, qat=True))
     if not pts:
         raise UserError("grid: no points (every list is empty)")
     return pts
 
 
-def point_key(point: dict, ckpt_sha: str, images: int) -> str:
-    blob = json.dumps({"config": point["config"], "checkpoint": ckpt_sha, "images": images}, sort_keys=True)
+def point_key(point: dict, source, images: int) -> str:
+    """``source``: the checkpoint's sha256, or an imported model's identity (a dict: file sha256,
+    input scaling, test and calibration images)."""
+    ident = {"checkpoint": source} if isinstance(source, str) else {"model": source}
+    blob = json.dumps({"config": point["config"], **ident, "images": images}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -99,47 +105,70 @@ def point_key(point: dict, ckpt_sha: str, images: int) -> str:
 _STATE: dict = {}
 
 
-def _init_worker(ckpt: str, images: int, data_dir, threads: int):
+def _init_worker(ckpt: str | None, images: int, data_dir, threads: int, model: dict | None = None):
     import torch
 
+    torch.set_num_threads(threads)
+    if model is not None:  # an imported model: sweep_model.ImportedModel.context()
+        from .sweep_model import builder
+
+        _STATE.update(images=model["images"], labels=model["labels"], build=builder(model))
+        return
     from model import checkpoint, data
 
     from .calibrate import calibration_images, pre_activations
 
-    torch.set_num_threads(threads)
-    model, meta = checkpoint.load(ckpt)
+    net, meta = checkpoint.load(ckpt)
     cal = calibration_images({"seed": 0}, data_dir)
     test = data.load("test", data_dir)
-    _STATE.update(model=model, meta=meta, cal=cal, pre=pre_activations(model, cal),
+    _STATE.update(model=net, meta=meta, cal=cal, pre=pre_activations(net, cal), build=_build_lenet,
                   images=test.images[:images], labels=test.labels[:images], ckpt=ckpt, data_dir=data_dir)
 
 
-def evaluate_point(point: dict) -> dict:
-    """Quantize (and QAT if the config asks), evaluate bit-exactly; return the result row."""
+def _build_lenet(cfg: dict):
+    """Calibrate the checkpoint (and QAT if the config asks)."""
     from .__main__ import quantize
     from .calibrate import build_spec
+
+    s = _STATE
+    if cfg.get("qat_epochs", 0) > 0:
+        return quantize(s["ckpt"], cfg, s["data_dir"], progress=False, log=lambda m: None)
+    return build_spec(s["model"], cfg, s["cal"], pre=s["pre"])
+
+
+def evaluate_point(point: dict) -> dict:
+    """Quantize (and QAT if the config asks), evaluate bit-exactly; return the result row.
+
+    A config the model cannot take (a UserError: e.g. an accumulator past 64 bits) gives a failed
+    row with the reason (``failed``); anything else too, marked ``failed_internal`` (not cached)."""
     from .emulator import Emulator
     from .hwcost import estimate
 
     s = _STATE
     t0 = time.perf_counter()
     cfg = point["config"]
-    if cfg.get("qat_epochs", 0) > 0:
-        spec = quantize(s["ckpt"], cfg, s["data_dir"], progress=False, log=lambda m: None)
-    else:
-        spec = build_spec(s["model"], cfg, s["cal"], pre=s["pre"])
-    t1 = time.perf_counter()
-    r = Emulator(spec).run(s["images"], keep=False)
+    n = len(s["labels"])
+    tags = {k: v for k, v in point.items() if k != "config"}
+    try:
+        spec = s["build"](cfg)
+        t1 = time.perf_counter()
+        r = Emulator(spec).run(s["images"], keep=False)
+    except Exception as e:  # noqa: BLE001 - one point's failure must not lose the sweep
+        internal = not isinstance(e, UserError)
+        reason = f"internal error, please report: {type(e).__name__}: {e}" if internal else str(e)
+        return {**tags, "config": cfg, "images": n, "errors": None, "error_rate": None,
+                "failed": reason.splitlines()[0] if reason else type(e).__name__, "failed_internal": internal,
+                "seconds": round(time.perf_counter() - t0, 2)}
     t2 = time.perf_counter()
     errors = int((r.predictions != s["labels"]).sum())
     sat = r.saturations()
-    return {**{k: v for k, v in point.items() if k != "config"}, "config": cfg,
+    return {**tags, "config": cfg,
             "formats": {l.name: {k: str(f) for k, f in l.formats.items()} for l in spec.layers},
-            "images": int(len(s["labels"])), "errors": errors, "error_rate": errors / len(s["labels"]),
+            "images": n, "errors": errors, "error_rate": errors / n,
             "saturations": sat, "total_saturations": sum(v["saturations"] for v in sat.values()),
             "acc_overflows": sum(v["acc_overflows"] for v in sat.values()),
             "weight_memory_bits": spec.weight_bits(), **estimate(spec),
-            "emulator_images_per_s": round(len(s["labels"]) / (t2 - t1), 1),
+            "emulator_images_per_s": round(n / (t2 - t1), 1),
             "seconds": round(t2 - t0, 2)}
 
 
@@ -160,28 +189,42 @@ def _check_acc_points(points, model, data_dir) -> None:
 
 
 # -- driver ------------------------------------------------------------------------------------------
-def run_sweep(grid: dict, ckpt: str, out: Path, jobs: int = 1, qat: bool = False, data_dir=None,
-              progress: bool = True) -> list[dict]:
-    from model.lenet import LeNetConfig
-    from model import checkpoint
-
+def check_out(out: Path, jobs: int) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a directory")
     if jobs < 1:
         raise UserError("--jobs must be at least 1")
-    model, meta = checkpoint.load(ckpt)
-    names = [d.name for d in LeNetConfig(model.config.arch).layers]
-    points = make_points(grid, names)
-    if qat:
-        points += [p for p in make_points({**grid, "acc_bits": [], "sensitivity_bits": [], "anna": False}, names, qat=True)]
+
+
+def run_sweep(grid: dict, ckpt: str | None, out: Path, jobs: int = 1, qat: bool = False, data_dir=None,
+              progress: bool = True, model=None) -> list[dict]:
+    """The sweep of a LeNet checkpoint ``ckpt``, or of ``model`` (a :class:`quantize.sweep_model.ImportedModel`)."""
+    check_out(out, jobs)
     images = int(grid.get("images", 10000))
-    _check_acc_points(points, model, data_dir)
-    sha = sha256_file(ckpt)
+    ctx = None
+    if model is not None:
+        from .sweep_model import QAT_REFUSED
+
+        if qat:
+            raise UserError(QAT_REFUSED)
+        points = make_points(grid, model.layer_names(), anna_qat=False)  # too narrow acc_bits: failed rows
+        source, ctx, images = model.identity(), model.context(), len(model.labels)
+    else:
+        from model.lenet import LeNetConfig
+        from model import checkpoint
+
+        net, meta = checkpoint.load(ckpt)
+        names = [d.name for d in LeNetConfig(net.config.arch).layers]
+        points = make_points(grid, names)
+        if qat:
+            points += make_points({**grid, "acc_bits": [], "sensitivity_bits": [], "anna": False}, names, qat=True)
+        _check_acc_points(points, net, data_dir)
+        source = sha256_file(ckpt)
     cache = out / "points"
     cache.mkdir(parents=True, exist_ok=True)
     results, todo = {}, []
     for p in points:
-        key = point_key(p, sha, images)
+        key = point_key(p, source, images)
         if key in results or any(k == key for k, _ in todo):
             continue  # the same config listed twice is computed once
         f = cache / f"{key}.json"
@@ -201,46 +244,84 @@ def run_sweep(grid: dict, ckpt: str, out: Path, jobs: int = 1, qat: bool = False
 
     def finish(key, row):
         row["key"] = key
-        atomic_write_text(cache / f"{key}.json", json.dumps(row, indent=1))
+        if not row.get("failed_internal"):  # a bug's failure is retried by the next run
+            atomic_write_text(cache / f"{key}.json", json.dumps(row, indent=1))
         results[key] = row
-        bar.update(1, last=f"{row['label']}: {100 * row['error_rate']:.2f}%")
+        bar.update(1, last=f"{row['label']}: " + ("failed" if row.get("failed") else f"{100 * row['error_rate']:.2f}%"))
 
     if jobs == 1 or len(todo) <= 1:
-        _init_worker(ckpt, images, data_dir, threads=2 if jobs == 1 else 1)
+        _init_worker(ckpt, images, data_dir, 2 if jobs == 1 else 1, ctx)
         for key, p in todo:
             finish(key, evaluate_point(p))
     elif todo:
         with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_init_worker,
-                                 initargs=(ckpt, images, data_dir, 1)) as ex:
+                                 initargs=(ckpt, images, data_dir, 1, ctx)) as ex:
             futs = {ex.submit(evaluate_point, p): key for key, p in todo}
             for fut in as_completed(futs):
                 finish(futs[fut], fut.result())
     bar.close()
-    return [results[point_key(p, sha, images)] for p in points]
+    rows = [results[point_key(p, source, images)] for p in points]
+    failed = list({r["key"]: r for r in rows if r.get("failed")}.values())
+    if failed:
+        print(f"sweep: {len(failed)} point(s) failed: " + "; ".join(f"{r['label']}: {r['failed']}" for r in failed[:5])
+              + (" ..." if len(failed) > 5 else ""), file=sys.stderr)
+    return rows
+
+
+MODEL_FLAGS = ("--input-mean", "--input-std", "--images", "--labels", "--calibration-images")
 
 
 @cli
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m quantize.sweep", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", default="model/checkpoints/lenet5.pt")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", default="model/checkpoints/lenet5.pt",
+                     help="a LeNet checkpoint (the default: %(default)s)")
+    src.add_argument("--model", help="an ONNX model instead: imported as python -m quantize --model does "
+                                     "(see docs/import.md)")
     p.add_argument("--grid", default=None, help="JSON grid file (keys: " + ", ".join(sorted(GRID_KEYS)) + ")")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel processes")
-    p.add_argument("--qat", action="store_true", help="also run every grid point with QAT (slow)")
+    p.add_argument("--qat", action="store_true", help="also run every grid point with QAT (slow; checkpoints only)")
     p.add_argument("--out", default="build/reports/sweep")
     p.add_argument("--data", default=None, help="MNIST directory")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--synth", default="build/synth",
                    help="python -m hw.synth results to take measured hardware columns from (if present)")
+    from .importer.reference import add_model_arguments
+
+    add_model_arguments(p, "uint8 images .npy (N x C x H x W, or N x H x W): the test set and the calibration set "
+                           "(default: MNIST, when the model takes 1 x H x W, H, W <= 28)",
+                        "integer labels .npy for --images")
     args = p.parse_args(argv)
     from .report import attach_synthesis, write_report
 
+    if not args.model:
+        used = [f for f in MODEL_FLAGS if getattr(args, f[2:].replace("-", "_")) is not None]
+        if used:
+            raise UserError(f"{used[0]} is for --model (an imported ONNX model), not --checkpoint")
+    elif args.qat:
+        from .sweep_model import QAT_REFUSED
+
+        raise UserError(QAT_REFUSED)
     out = Path(args.out)
     grid = load_grid(args.grid)
     t0 = time.perf_counter()
-    rows = run_sweep(grid, args.checkpoint, out, args.jobs, args.qat, args.data, not args.no_progress)
-    float_err = _float_error(args.checkpoint, int(grid.get("images", 10000)), args.data)
+    model = None
+    if args.model:
+        from .sweep_model import prepare
+
+        check_out(out, args.jobs)
+        model = prepare(args.model, args.input_mean, args.input_std, args.images, args.labels,
+                        args.calibration_images, args.data, int(grid.get("images", 10000)), grid["base"])
+    ckpt = None if model else args.checkpoint
+    rows = run_sweep(grid, ckpt, out, args.jobs, args.qat, args.data, not args.no_progress, model=model)
+    if model:
+        float_err = model.float_error()
+    else:
+        float_err = _float_error(ckpt, int(grid.get("images", 10000)), args.data)
     attach_synthesis(rows, args.synth)
-    paths = write_report(rows, out, float_err, args.checkpoint, time.perf_counter() - t0, synth_dir=args.synth)
+    paths = write_report(rows, out, float_err, ckpt, time.perf_counter() - t0, synth_dir=args.synth,
+                         model=model.describe() if model else None)
     print(f"sweep: {len(rows)} points in {time.perf_counter() - t0:.0f} s; report {paths['report']}")
     return 0
 
@@ -249,8 +330,8 @@ def _float_error(ckpt, images, data_dir) -> float:
     from model import checkpoint
     from model.evaluate import evaluate
 
-    model, _ = checkpoint.load(ckpt)
-    return evaluate(model, data_dir, images)["error_rate"]
+    net, _ = checkpoint.load(ckpt)
+    return evaluate(net, data_dir, images)["error_rate"]
 
 
 if __name__ == "__main__":

@@ -164,6 +164,18 @@ LARGE = [  # (src_width, src_frac, target width, target frac, signed)
 ]
 
 
+@pytest.mark.parametrize("src_width", (2, 5, 7))
+def test_requantize_narrow_and_outside_point(src_width):
+    """Narrow-range targets (QONNX ``narrow``: no -2**(w-1), or no 2**w - 1 unsigned) and binary
+    points outside the word (frac < 0 or > width), every source code, every rounding mode."""
+    codes = np.arange(-(1 << (src_width - 1)), 1 << (src_width - 1), dtype=np.int64)
+    for src_frac in (-1, 1, 4):
+        fmts = [QFormat(tw, frac, sgn, r, "SAT", narrow) for tw in (2, 3, 5) for sgn in (True, False)
+                for frac in (-2, tw + 1, 1) for r in ROUNDING for narrow in (True, False)
+                if (narrow or frac != 1)]
+        check(src_width, src_frac, fmts, codes)
+
+
 @pytest.mark.parametrize("overflow", sorted(OVERFLOW))
 def test_requantize_random_large(overflow):
     """~2,000 values per (rounding, overflow) over 24..40-bit sources."""

@@ -559,12 +559,35 @@ def test_from_float_is_the_exact_quantization(fmt, v):
 # --------------------------------------------------------------------------- bad formats
 
 
+def test_narrow_range():
+    """QONNX's narrow range: -127..127 signed, 0..254 unsigned at 8 bits; saturation stops there;
+    the field is written only when set (specs without it stay byte-identical)."""
+    s = QFormat(8, 0, True, "RND_CONV", "SAT", narrow=True)
+    u = QFormat(8, 0, False, "RND_CONV", "SAT", narrow=True)
+    assert (s.code_min, s.code_max, u.code_min, u.code_max) == (-127, 127, 0, 254)
+    codes, n = s.requantize(np.array([-1000, -128, -127, 127, 1000]), 0)
+    assert codes.tolist() == [-127, -127, -127, 127, 127] and n == 3
+    assert u.from_float(np.array([254.6, 255.0, -3.0])).tolist() == [254, 254, 0]
+    assert "narrow" not in QFormat(8, 4).to_dict() and QFormat.from_dict(s.to_dict()) == s
+
+
+def test_binary_point_outside_the_word():
+    """Power-of-two scales from a model: frac above the width (small values) or below zero (large)."""
+    small = QFormat(4, 7)  # lsb 2**-7, codes -8..7
+    assert small.from_float(np.array([0.05, -0.0625, 1.0])).tolist() == [6, -8, 7]
+    big = QFormat(4, -2, False)  # lsb 4, codes 0..15
+    assert big.from_float(np.array([9.0, 10.0, 100.0])).tolist() == [2, 2, 15]  # 9/4 -> 2; 10/4 ties to even -> 2
+    assert big.requantize(np.array([37]), 0)[0].tolist() == [9]
+
+
 @pytest.mark.parametrize("kw, words", [
     ({"width": 0, "frac": 0}, ["width 0", "1..64"]),
     ({"width": 65, "frac": 0}, ["width 65", "1..64"]),
     ({"width": -3, "frac": 0}, ["width -3"]),
-    ({"width": 8, "frac": -1}, ["fraction bits -1", "0..width"]),
-    ({"width": 8, "frac": 9}, ["fraction bits 9", "0..width (8)"]),
+    ({"width": 8, "frac": -65}, ["fraction bits -65", "-64..64"]),
+    ({"width": 8, "frac": 65}, ["fraction bits 65", "-64..64"]),
+    ({"width": 8, "frac": 4, "narrow": True, "overflow": "WRAP"}, ["narrow-range", "SAT"]),
+    ({"width": 8, "frac": 4, "narrow": 1}, ["narrow must be true or false"]),
     ({"width": 1, "frac": 0, "signed": True}, ["signed", "at least 2 bits"]),
     ({"width": 8, "frac": 4, "rounding": "ROUND_UP"}, ["unknown rounding", "ROUND_UP", "RND_CONV"]),
     ({"width": 8, "frac": 4, "overflow": "CLAMP"}, ["unknown overflow", "CLAMP", "WRAP or SAT"]),

@@ -6,6 +6,10 @@ is tested. Grids are tiny and limited to 200 test images. The expensive sweep pr
 module fixture the tests share: grid A started by ``python -m quantize.sweep`` and SIGKILLed,
 resumed to completion (``run_sweep``, ``--jobs 1``, in-process to save a torch import), then grown to
 grid B by ``python -m quantize.sweep --jobs 2`` (its two new points come from worker processes).
+
+``--model``: a tiny untrained ONNX CNN (1 x 14 x 14 digits) swept twice in-process (the second run
+all cached), one point checked against ``python -m quantize --model``, a sweep on ``--images`` with
+points that cannot be built (failed rows), and the refusals (one error line each).
 """
 from __future__ import annotations
 
@@ -406,3 +410,191 @@ def test_report_takes_measured_hardware_from_synthesis(tmp_path):
     assert {h["target"] for h in rows[0]["synthesis"]} == {"ecp5-85k", "ice40-up5k"}
     assert "luts" not in rows[1] and "synthesis" not in rows[1]
     assert attach_synthesis([{"label": "c", "formats": fa}], tmp_path / "missing") == []
+
+
+# ------------------------------------------------------------------- 7. an imported ONNX model (--model)
+# 2 grid points + 2 sensitivity points (conv1, fc1: the pool has no weights, fc2 gives the scores)
+# + the ANNA point calibrated only = 5 points
+MODEL_GRID = {"weight_bits": [4, 8], "act_bits": [8], "rounding": ["RND_CONV"], "acc_bits": [], "sensitivity_bits": [4],
+              "anna": True, "images": IMAGES}
+MODEL_CAL = "200"  # calibration images (the default is 2,000)
+
+
+def _export(module, shape, path: Path) -> Path:
+    import torch
+
+    from quantize.importer import export_onnx
+
+    export_onnx(module, torch.zeros((1,) + shape), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory) -> Path:
+    """An untrained Conv-ReLU-MaxPool-Linear-ReLU-Linear on 1 x 14 x 14 digits (seed 0), as ONNX."""
+    import torch
+    import torch.nn as nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(144, 16), nn.ReLU(),
+                        nn.Linear(16, 10))
+    return _export(net, (1, 14, 14), tmp_path_factory.mktemp("sweep_model") / "tiny.onnx")
+
+
+def _model_args(path, grid, out, mnist_dir, *extra):
+    return ["--model", str(path), "--input-mean", "0.1307", "--input-std", "0.3081", "--grid", str(grid),
+            "--out", str(out), "--jobs", "1", "--no-progress", "--data", str(mnist_dir),
+            "--calibration-images", MODEL_CAL, *map(str, extra)]
+
+
+def _run_main(argv) -> tuple[int, str]:
+    """``python -m quantize.sweep``'s main in this process: (exit code, stderr); torch's threads restored."""
+    import torch
+
+    from quantize.sweep import main
+
+    threads, err = torch.get_num_threads(), io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            rc = main(list(map(str, argv)))
+    finally:
+        torch.set_num_threads(threads)
+    return rc, err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def model_sweep(tiny_onnx, mnist_dir, tmp_path_factory):
+    """The tiny model swept twice into the same directory (the second run finds every point cached)."""
+    tmp = tmp_path_factory.mktemp("model_sweep")
+    grid, out = _write_json(tmp / "grid.json", MODEL_GRID), tmp / "out"
+    rc, first = _run_main(_model_args(tiny_onnx, grid, out, mnist_dir))
+    assert rc == 0, first
+    after_first = _snapshot(out / "points")
+    rc, second = _run_main(_model_args(tiny_onnx, grid, out, mnist_dir))
+    assert rc == 0, second
+    return {"out": out, "grid": grid, "first": first, "second": second, "after_first": after_first,
+            "after_second": _snapshot(out / "points")}
+
+
+def test_model_sweep_rows_report_and_float_error(model_sweep, tiny_onnx, mnist_dir, capsys):
+    import quantize.evaluate
+
+    out = model_sweep["out"]
+    res = json.loads((out / "results.json").read_text())
+    rows = res["points"]
+    assert sorted(r["label"] for r in rows if r["kind"] == "grid") == ["w4 a8 RND_CONV", "w8 a8 RND_CONV"]
+    assert [r["layer"] for r in rows if r["kind"] == "sensitivity"] == ["conv1", "fc1"]
+    anna = [(r["label"], r["qat"]) for r in rows if r["kind"] == "anna"]
+    assert anna == [("ANNA (6-bit w, 3-bit states), no QAT", False)]  # calibrated only: no QAT point
+    for r in rows:
+        assert "failed" not in r and r["images"] == IMAGES and 0 <= r["error_rate"] <= 1
+        assert r["error_rate"] == r["errors"] / IMAGES
+        assert list(r["formats"]) == ["conv1", "pool1", "fc1", "fc2"]
+    assert "checkpoint" not in res
+    assert res["model"]["model"] == str(tiny_onnx) and res["model"]["input_mean"] == [0.1307]
+    # the float error is quantize.evaluate --model's (onnxruntime) on the same images
+    assert quantize.evaluate.main(["--model", str(tiny_onnx), "--input-mean", "0.1307", "--input-std", "0.3081",
+                                   "--limit", str(IMAGES), "--data", str(mnist_dir), "--json"]) == 0
+    assert res["summary"]["float_error"] == json.loads(capsys.readouterr().out)["error_rate"]
+    md = (out / "report.md").read_text()
+    assert md.splitlines()[0] == f"# Quantization sweep: tiny ({tiny_onnx})"
+    assert "LeNet" not in md and "checkpoint" not in md
+    for name in PLOTS:
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_model_sweep_second_run_is_cached(model_sweep):
+    assert _summary(model_sweep["first"]) == (5, 0, 5, 1, IMAGES)
+    assert _summary(model_sweep["second"]) == (5, 5, 0, 1, IMAGES)
+    assert len(model_sweep["after_first"]) == 5
+    assert model_sweep["after_second"] == model_sweep["after_first"]  # nothing recomputed or rewritten
+
+
+def test_model_sweep_point_matches_quantize_cli(model_sweep, tiny_onnx, mnist_dir, tmp_path, capsys, torch_globals):
+    """A sensitivity point through ``python -m quantize --model --config`` + ``quantize.evaluate --spec``."""
+    import quantize.__main__
+    import quantize.evaluate
+    from quantize import spec as qspec
+
+    row = next(r for r in json.loads((model_sweep["out"] / "results.json").read_text())["points"]
+               if r["label"] == "conv1 at 4 bits")
+    config = _write_json(tmp_path / "config.json", row["config"])
+    spec_dir = tmp_path / "spec"
+    assert quantize.__main__.main(["--model", str(tiny_onnx), "--input-mean", "0.1307", "--input-std", "0.3081",
+                                   "--config", str(config), "--calibration-images", MODEL_CAL, "--out", str(spec_dir),
+                                   "--data", str(mnist_dir)]) == 0
+    spec = qspec.load(spec_dir)
+    assert {l.name: {k: str(f) for k, f in l.formats.items()} for l in spec.layers} == row["formats"]
+    capsys.readouterr()
+    assert quantize.evaluate.main(["--spec", str(spec_dir), "--json", "--limit", str(IMAGES),
+                                   "--data", str(mnist_dir)]) == 0
+    assert json.loads(capsys.readouterr().out)["errors"] == row["errors"]
+
+
+def test_model_sweep_user_images_and_failed_point(model_sweep, tiny_onnx, mnist_dir, tmp_path):
+    """--images/--labels are the test (and calibration) set: a point the MNIST sweep cached is computed
+    again. w32 a32 needs an accumulator past 64 bits, acc 4 cannot hold the accumulator's fraction:
+    failed rows with the reason, in the report."""
+    import shutil
+
+    import numpy as np
+
+    import model.data
+
+    test = model.data.load("test", mnist_dir)
+    x, y = tmp_path / "x.npy", tmp_path / "y.npy"
+    np.save(x, model.data.fit_images(test.images[:150], (1, 14, 14))[:, 0])  # N x H x W
+    np.save(y, test.labels[:150].astype(np.int64))
+    out = tmp_path / "out"
+    shutil.copytree(model_sweep["out"] / "points", out / "points")
+    grid = _write_json(tmp_path / "grid.json", {**MODEL_GRID, "weight_bits": [8, 32], "act_bits": [8, 32],
+                                                "acc_bits": [4], "sensitivity_bits": [], "anna": False})
+    rc, err = _run_main(_model_args(tiny_onnx, grid, out, mnist_dir, "--images", x, "--labels", y))
+    assert rc == 0, err
+    assert _summary(err) == (5, 0, 5, 1, 150)
+    res = json.loads((out / "results.json").read_text())
+    assert res["model"]["test_images"] == str(x) and res["model"]["images"] == 150
+    bad = [r for r in res["points"] if r.get("failed")]
+    assert [r["label"] for r in bad] == ["w32 a32 RND_CONV", "acc 4"]
+    assert "accumulator" in bad[0]["failed"] and "acc_bits 4" in bad[1]["failed"]
+    assert all(0 <= r["error_rate"] <= 1 for r in res["points"] if not r.get("failed"))
+    md = (out / "report.md").read_text()
+    assert "## Failed points" in md and "| w32 a32 RND_CONV | " in md
+    assert (out / "points" / f"{bad[0]['key']}.json").is_file()  # a config failure is cached too
+
+
+@pytest.fixture(scope="module")
+def rgb_onnx(tmp_path_factory) -> Path:
+    """A 3 x 8 x 8 input: not MNIST digits."""
+    import torch
+    import torch.nn as nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(72, 10))
+    return _export(net, (3, 8, 8), tmp_path_factory.mktemp("sweep_rgb") / "rgb.onnx")
+
+
+MODEL_REFUSALS = {  # which model, extra arguments -> what the one error line mentions
+    "--qat": ("tiny", ["--qat"], "--qat applies to LeNet checkpoints only"),
+    "--images of the wrong shape": ("tiny", ["--images", "bad.npy", "--labels", "labels.npy"], "--images"),
+    "--images without --labels": ("tiny", ["--images", "bad.npy"], "--labels"),
+    "a model that does not take digits": ("rgb", [], "--images"),
+    "--input-mean with --checkpoint": ("checkpoint", [], "--input-mean"),
+}
+
+
+@pytest.mark.parametrize("case", list(MODEL_REFUSALS))
+def test_model_sweep_refusal_is_one_line(case, tiny_onnx, rgb_onnx, sweep_checkpoint, mnist_dir, tmp_path):
+    import numpy as np
+
+    which, extra, mention = MODEL_REFUSALS[case]
+    np.save(tmp_path / "bad.npy", np.zeros((10, 3, 9, 9), np.uint8))
+    np.save(tmp_path / "labels.npy", np.zeros(10, np.int64))
+    grid, out = _write_json(tmp_path / "grid.json", MODEL_GRID), tmp_path / "out"
+    extra = [tmp_path / a if a.endswith(".npy") else a for a in extra]
+    args = _model_args(rgb_onnx if which == "rgb" else tiny_onnx, grid, out, mnist_dir, *extra)
+    if which == "checkpoint":
+        args[:2] = ["--checkpoint", str(sweep_checkpoint)]
+    rc, err = _run_main(args)
+    _assert_one_error(rc, err, out, mention)
+    assert not (out / "points").exists()

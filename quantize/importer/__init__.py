@@ -143,7 +143,25 @@ def quantize_net(net: FloatNet, cfg: dict, images_u8: np.ndarray, source: str = 
     clips = {l.name: list(l.clip) for l in net.layers if l.activation == "hard_tanh"}
     if clips:
         prov["clip"] = clips
+    if net.input_format is not None or any(l.formats for l in net.layers):
+        prov["format"] = "qonnx"
+        prov["formats_from_model"], prov["formats_calibrated"] = _format_sources(net)
     return build_spec(net, cfg, images_u8, prov)
+
+
+def _format_sources(net: FloatNet) -> tuple[list[str], list[str]]:
+    """Which formats a QONNX model fixed ("conv1.weight"...) and which were calibrated."""
+    given, calibrated = [], []
+    (given if net.input_format is not None else calibrated).append("input")
+    for i, l in enumerate(net.layers):
+        if l.kind == "maxpool":
+            continue
+        keys = ["weight"] if l.kind == "avgpool" else ["weight", "bias"]
+        if i < len(net.layers) - 1:
+            keys += ["act"] + (["index"] if l.activation not in (None, "relu") else [])
+        for k in keys:
+            (given if k in l.formats else calibrated).append(f"{l.name}.{k}")
+    return given, calibrated
 
 
 def _feed(net: FloatNet, which: str) -> np.ndarray:

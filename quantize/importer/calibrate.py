@@ -17,6 +17,10 @@ config fixes the widths; a float forward pass on the calibration images fixes th
   its bounds); ``act`` the function's range: tanh signed [-1, 1), sigmoid unsigned [0, 1), a clip
   [lo, hi]; the table is f sampled at every address (:func:`quantize.calibrate.function_table`);
 - max-pools keep their input format; the last layer's accumulators are the scores.
+
+A quantized model (QONNX) fixes formats itself (``FloatNet.input_format``, ``FloatLayer.formats``):
+those are taken as they are, and only the rest is calibrated (a table's index, a float bias:
+rounded to the accumulator's lsb). A given bias format is narrowed to the bits its codes use.
 """
 from __future__ import annotations
 
@@ -70,13 +74,23 @@ def table_formats(act: str, clip, pre: np.ndarray, idx_bits: int, act_bits: int,
     return index, out
 
 
+def _given_bias(bf: QFormat, codes: np.ndarray, acc_frac: int, l) -> QFormat:
+    """A bias format from the model: at most the accumulator's fraction bits; as narrow as its codes."""
+    if bf.frac > acc_frac:
+        raise UserError(f"layer {l.name} ({l.nodes[0]!r}): its bias quantizer has a finer lsb (2**-{bf.frac}) than "
+                        f"the products (2**-{acc_frac}); a bias scale of input scale x weight scale is supported "
+                        "(Brevitas Int32Bias / Int16Bias)")
+    need = max(2, int(np.abs(codes).max(initial=0)).bit_length() + 1)
+    return bf.with_(width=min(bf.width, need), narrow=False) if need < bf.width else bf
+
+
 def build_spec(net: FloatNet, cfg: dict, images_u8: np.ndarray, provenance: dict | None = None) -> QuantSpec:
     """Quantize ``net`` with the widths of ``cfg``; binary points from a float pass over ``images_u8``
     (uint8 N x C x H x W, the spec's input shape)."""
     rnd = cfg["rounding"]
     _, pres = net.forward(images_u8, collect=True)
     values = net.input_values()
-    in_fmt = input_format(values, cfg["input_bits"], rnd)
+    in_fmt = net.input_format or input_format(values, cfg["input_bits"], rnd)
     input_lut = in_fmt.from_float(values)
     prev = in_fmt
     layers = []
@@ -102,17 +116,26 @@ def build_spec(net: FloatNet, cfg: dict, images_u8: np.ndarray, provenance: dict
             bound = ops.subsample_bound(w, np.zeros(c_in, np.int64), in_max, l.kernel)
             formats, b = {"input": prev, "weight": wf}, None
         else:
-            wf = fit_format(float(np.abs(l.weight).max()), lc["weight_bits"], rnd)
+            given = l.formats
+            wf = given.get("weight") or fit_format(float(np.abs(l.weight).max()), lc["weight_bits"], rnd)
             acc_frac = prev.frac + wf.frac
-            bf = fit_format(float(np.abs(l.bias).max()), lc["bias_bits"], rnd, max_frac=acc_frac)
+            bf = given.get("bias") or fit_format(float(np.abs(l.bias).max()), lc["bias_bits"], rnd, max_frac=acc_frac)
             w, b = wf.from_float(l.weight), bf.from_float(l.bias)
+            if "bias" in given:
+                bf = _given_bias(bf, b, acc_frac, l)
             bound = ops.conv_bound(w, b << (acc_frac - bf.frac), in_max)
             formats = {"input": prev, "weight": wf, "bias": bf}
         formats["acc"] = acc_format(bound, acc_frac, lc.get("acc_bits"))
         lut = None
         if not last:
             act = l.activation
-            if act == "relu":
+            if "act" in l.formats:  # the model's own output quantizer
+                formats["act"] = l.formats["act"]
+                if act not in (None, "relu"):
+                    formats["index"] = table_formats(act, l.clip, pre, lc["index_bits"], lc["act_bits"], rnd)[0]
+                    lo, hi = l.clip if l.clip else (-1.0, 1.0)
+                    lut = function_table(formats["index"], formats["act"], lambda v: FUNCTIONS[act](v, lo, hi))
+            elif act == "relu":
                 formats["act"] = fit_format(_pct(np.maximum(pre, 0)), lc["act_bits"], rnd, signed=False)
             elif act is None and l.kind == "avgpool":
                 formats["act"] = prev

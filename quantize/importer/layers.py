@@ -1,6 +1,7 @@
 """The chain of ops -> the layers of a :class:`~quantize.floatnet.FloatNet`: BatchNorm and biases
 folded into the Conv/Gemm before them (or into the input scaling before the first layer),
-activations attached to the layer that computes their input, the final softmax dropped."""
+activations and QONNX output formats attached to the layer that computes their input, the final
+softmax (and a final Quant) dropped."""
 from __future__ import annotations
 
 import numpy as np
@@ -17,15 +18,17 @@ STRICT = ("tanh", "sigmoid")
 
 def build_layers(ops: list[Op], where: str, image: tuple):
     """Group the chain into layers; return them, the dropped final nodes, the logits tensor and the
-    input scaling ops before the first layer as (a, b, nodes): v -> a * v + b per channel."""
+    input scaling ops before the first layer as (a, b, nodes): v -> a * v + b per channel, and the
+    input format a QONNX Quant node gives the image (or None)."""
     layers: list[FloatLayer] = []
+    in_fmt = None
     a_in, b_in, input_nodes = np.ones(image[0]), np.zeros(image[0]), []
     counts = {"conv": 0, "pool": 0, "fc": 0}
     prev = None  # the last op that is not a pass-through
     final: list[Op] = []
     logits = None  # the tensor the last layer writes (after its BN/bias)
     for op in ops:
-        if final and op.kind not in ("final", "pass", "act"):
+        if final and op.kind not in ("final", "pass", "act", "quant"):
             raise UserError(f"{where}: {final[0].label}: only allowed at the end of the graph")
         if op.kind in ("conv", "dense", "maxpool", "avgpool"):
             key = {"conv": "conv", "dense": "fc"}.get(op.kind, "pool")
@@ -39,9 +42,23 @@ def build_layers(ops: list[Op], where: str, image: tuple):
             l = FloatLayer(name=f"{key}{counts[key]}", kind=op.kind, in_shape=in_shape, out_shape=op.shape,
                            weight=op.p.get("weight"), bias=op.p.get("bias"), kernel=op.p.get("kernel", 1),
                            stride=op.p.get("stride", op.p.get("kernel", 1) if op.kind.endswith("pool") else 1),
-                           pad=op.p.get("pad", 0), nodes=[op.node.name])
+                           pad=op.p.get("pad", 0), nodes=[op.node.name], formats=dict(op.p.get("formats", {})))
             layers.append(l)
             logits = op.node.output[0]
+        elif op.kind == "quant":
+            if final:
+                final.append(op)
+                continue
+            if not layers:
+                if in_fmt is not None:
+                    _twice(op, input_nodes[-1], where)
+                in_fmt = op.p["format"]
+                input_nodes.append(op.node.name)
+            else:
+                _attach_format(layers, op, where)
+        elif op.kind in ("bn", "bias") and not layers and in_fmt is not None:
+            raise UserError(f"{where}: {op.label}: scales the image after its Quant node; only scaling before "
+                            "the input Quant is supported")
         elif op.kind in ("bn", "bias") and not layers:  # scaling of the input: folded into its table
             def per_channel(v):
                 if len(op.in_shape) == 3:
@@ -62,6 +79,13 @@ def build_layers(ops: list[Op], where: str, image: tuple):
                     or len(op.p.get("scale", op.p.get("bias"))) != len(l.bias)):
                 raise UserError(f"{where}: {op.label}: must directly follow a Conv, Gemm or MatMul (to be folded "
                                 "into it) or come before the first layer (input scaling)")
+            if op.kind == "bn" and l.formats:
+                raise UserError(f"{where}: {op.label}: folding it into {l.nodes[0]!r} would change that layer's "
+                                "quantized weights; fold the BatchNorm before quantizing (or export it unquantized)")
+            if op.kind == "bias" and op.p.get("formats"):
+                if "bias" in l.formats or np.any(l.bias):
+                    raise UserError(f"{where}: {op.label}: a second (quantized) bias for {l.nodes[0]!r}")
+                l.formats["bias"] = op.p["formats"]["bias"]
             if op.kind == "bn":
                 s = op.p["scale"]
                 l.weight = l.weight * s.reshape((-1,) + (1,) * (l.weight.ndim - 1))
@@ -90,6 +114,10 @@ def build_layers(ops: list[Op], where: str, image: tuple):
         raise UserError(f"{where}: no Conv, Gemm or MatMul layer")
     last = layers[-1]
     dropped = [op.node.name for op in final]
+    if "act" in last.formats:  # a Quant on the scores: dropped like a softmax (the class is the argmax)
+        dropped.insert(0, last.quant_node)
+        last.nodes.remove(last.quant_node)
+        del last.formats["act"]
     for op in final:
         if op.kind == "act" and op.p["activation"] not in STRICT:
             raise UserError(f"{where}: {op.label} after the final softmax changes the class ranking; not supported")
@@ -101,7 +129,7 @@ def build_layers(ops: list[Op], where: str, image: tuple):
         dropped.insert(0, last.act_node)
         last.nodes.remove(last.act_node)
         last.activation, last.clip, last.act_node = None, None, None
-    return layers, dropped, logits, (a_in, b_in, input_nodes)
+    return layers, dropped, logits, (a_in, b_in, input_nodes), in_fmt
 
 
 def _attach(layers, op: Op, prev, where: str) -> None:
@@ -113,6 +141,9 @@ def _attach(layers, op: Op, prev, where: str) -> None:
     if i < 0 or prev is None:
         raise UserError(f"{where}: {op.label}: an activation needs a Conv, Gemm, MatMul or AveragePool before it")
     l = layers[i]
+    if "act" in l.formats:
+        raise UserError(f"{where}: {op.label}: an activation after the Quant node {l.quant_node!r} of {l.nodes[0]!r}; "
+                        "only Quant after the activation (as Brevitas exports QuantReLU) is supported")
     if l.activation:
         if act == "relu" and l.activation == "relu":  # relu(relu(x)) == relu(x)
             layers[-1].nodes.append(op.node.name)
@@ -121,3 +152,24 @@ def _attach(layers, op: Op, prev, where: str) -> None:
                         "supported")
     l.activation, l.clip, l.act_node = act, clip, op.node.name
     l.nodes.append(op.node.name)
+
+
+def _attach_format(layers, op: Op, where: str) -> None:
+    """A QONNX Quant after a layer (and its activation; across max-pools, which commute with a
+    monotone quantizer) fixes that layer's output format."""
+    i = len(layers) - 1
+    while i >= 0 and layers[i].kind == "maxpool":
+        i -= 1
+    if i < 0:
+        raise UserError(f"{where}: {op.label}: after a max-pool of the image; put the Quant on the image instead")
+    l = layers[i]
+    if "act" in l.formats:
+        _twice(op, l.quant_node, where)
+    l.formats["act"] = op.p["format"]
+    l.quant_node = op.node.name
+    l.nodes.append(op.node.name)
+
+
+def _twice(op: Op, first: str, where: str):
+    raise UserError(f"{where}: {op.label}: quantizes again what Quant node {first!r} quantized; one Quant per "
+                    "tensor is supported")

@@ -82,7 +82,16 @@ class NodeHandlers:
         if oh < 1 or ow < 1:
             raise self.err(node, f"kernel {kh} (pad {pad}) larger than the input {h}x{w}")
         bias = np.zeros(o) if b is None else b.reshape(-1)
-        return Op("conv", node, (o, oh, ow), dict(weight=wt, bias=bias, kernel=kh, stride=s, pad=pad))
+        return Op("conv", node, (o, oh, ow), dict(weight=wt, bias=bias, kernel=kh, stride=s, pad=pad,
+                                                  formats=self._given(node, 1, 2)))
+
+    def _given(self, node, w: int | None, b: int | None = None) -> dict:
+        """The formats QONNX ``Quant`` nodes give this node's weight (input ``w``) and bias (``b``)."""
+        out = {}
+        for key, k in (("weight", w), ("bias", b)):
+            if k is not None and k < len(node.input) and node.input[k] in self.quantized:
+                out[key] = self.quantized[node.input[k]]
+        return out
 
     def _pads(self, node, a, k, s, h, w) -> int:
         auto = a.get("auto_pad", b"NOTSET")
@@ -159,7 +168,10 @@ class NodeHandlers:
         o = wt.shape[0]
         c = self.const(node, 2, "bias", optional=True)
         bias = np.zeros(o) if c is None else self._bias_vector(node, c, o) * a.get("beta", 1.0)
-        return Op("dense", node, (o,), dict(weight=wt, bias=bias))
+        given = self._given(node, 1, 2)
+        if given and (a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0):
+            raise self.err(node, "alpha/beta other than 1 rescale its quantized weight or bias; not supported")
+        return Op("dense", node, (o,), dict(weight=wt, bias=bias, formats=given))
 
     def _MatMul(self, node, k, shape):
         if k != 0:
@@ -168,7 +180,8 @@ class NodeHandlers:
         wm = self.const(node, 1, "weight")
         if wm.ndim != 2 or wm.shape[0] != d:
             raise self.err(node, f"weight of shape {wm.shape}, expected {d} x outputs")
-        return Op("dense", node, (wm.shape[1],), dict(weight=wm.T, bias=np.zeros(wm.shape[1])))
+        return Op("dense", node, (wm.shape[1],), dict(weight=wm.T, bias=np.zeros(wm.shape[1]),
+                                                      formats=self._given(node, 1)))
 
     def _bias_vector(self, node, c, o):
         if c.size == 1:
@@ -192,7 +205,8 @@ class NodeHandlers:
         return b.reshape(-1)
 
     def _Add(self, node, k, shape):
-        return Op("bias", node, shape, dict(bias=self._channel_const(node, 1 - k, shape, "adds")))
+        return Op("bias", node, shape, dict(bias=self._channel_const(node, 1 - k, shape, "adds"),
+                                            formats=self._given(node, None, 1 - k)))
 
     def _Sub(self, node, k, shape):
         if k != 0:
@@ -306,3 +320,8 @@ class NodeHandlers:
         return Op("final", node, shape)
 
     _LogSoftmax = _Softmax
+
+    def _Quant(self, node, k, shape):
+        """A QONNX Quant on image data: the format of the layer output (or image) it quantizes."""
+        self._data_first(node, k)
+        return Op("quant", node, shape, dict(format=self.quant_format(node)))

@@ -18,7 +18,11 @@ are evaluated as constants. Along the chain:
   (monotone functions commute with max);
 - ``Flatten``/``Reshape``/``Squeeze`` to one vector per image, ``Dropout`` and ``Identity`` pass;
   a final ``Softmax``/``LogSoftmax`` (and a final ``Sigmoid``/``Tanh``: strictly increasing) is
-  dropped: the class is the argmax of the last layer's outputs.
+  dropped: the class is the argmax of the last layer's outputs;
+- QONNX ``Quant`` nodes (Brevitas' QONNX export, :mod:`.qonnx`) with power-of-two scales: on a
+  weight or bias they fix that tensor's format; on the image, the input format; after a layer (and
+  its activation), the layer's output format. A ``Quant`` after the last layer is dropped like a
+  softmax.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ from model.util import UserError
 
 from ..floatnet import FloatNet
 from ..spec_check import CLASSES, MAX_CHANNELS, MAX_SIDE
+from . import qonnx
 from .layers import build_layers
 from .nodes import NodeHandlers, Op
 
@@ -41,7 +46,7 @@ SUPPORTED = ("Conv", "MaxPool", "AveragePool", "GlobalMaxPool", "GlobalAveragePo
 SUPPORTED_TEXT = ("Conv, MaxPool, AveragePool, GlobalMaxPool/GlobalAveragePool (2x2, 3x3), Gemm, MatMul+Add, "
                   "BatchNormalization and Add/Sub/Mul/Div by per-channel constants (after Conv/Gemm, or on the input), "
                   "Relu, Tanh, Sigmoid, Clip (HardTanh), Flatten/Reshape/Squeeze (to a vector), Dropout, Identity, "
-                  "a final Softmax/LogSoftmax")
+                  "a final Softmax/LogSoftmax, QONNX Quant (power-of-two scales)")
 #: ops that only read a tensor's shape: their outputs are constants, not image data
 SHAPE_OPS = ("Shape", "Size")
 
@@ -167,6 +172,8 @@ class _Graph(NodeHandlers):
                 if i in self.data:
                     self.consumers.setdefault(i, []).append((n, k))
         self._evaluated = None
+        self.quantized: dict[str, object] = {}  # constant tensor -> the QFormat of the Quant node making it
+        self.m_eval = qonnx.lower(m) if qonnx.has_quant(m) else m  # what onnx's evaluators can run
 
     def label(self, node) -> str:
         return f"{self.where}: node {node.name!r} (op {node.op_type})"
@@ -187,7 +194,11 @@ class _Graph(NodeHandlers):
             a = self.to_array(self.inits[name])
         else:
             prod = self.producer.get(name)
-            if prod is not None and prod.op_type == "Constant":
+            if prod is not None and qonnx.is_quant(prod):  # a quantized weight or bias: its format, its values
+                fmt = self.quant_format(prod)
+                self.quantized[name] = fmt
+                a = qonnx.quantize_const(fmt, self.const(prod, 0, "input"))
+            elif prod is not None and prod.op_type == "Constant":
                 import onnx
 
                 (attr,) = prod.attribute
@@ -207,13 +218,21 @@ class _Graph(NodeHandlers):
             elem = self.input.type.tensor_type.elem_type
             dtype = np.float64 if elem == 11 else np.float32
             try:
-                self._evaluated = ReferenceEvaluator(self.m).run(
+                self._evaluated = ReferenceEvaluator(self.m_eval).run(
                     None, {self.input.name: np.zeros((1,) + self.model_shape, dtype)}, intermediate=True)
             except Exception as e:
                 raise self.err(node, f"could not evaluate the constant {name!r} ({_first_line(e)})") from None
         if name not in self._evaluated:
             raise self.err(node, f"could not evaluate the constant {name!r}")
         return self._evaluated[name]
+
+    def quant_format(self, node):
+        """The QFormat of a ``Quant`` node (its scale, zero point and bit width are constants)."""
+        from .nodes import attrs
+
+        scale, zeropt, bits = (self.const(node, i, what) for i, what in ((1, "scale"), (2, "zero point"),
+                                                                            (3, "bit width")))
+        return qonnx.quant_format(node, scale, zeropt, bits, attrs(node), self.label(node))
 
     # -- the chain -----------------------------------------------------------------------------
     def chain(self) -> list[Op]:
@@ -232,7 +251,9 @@ class _Graph(NodeHandlers):
                 raise self.err(cons[0][0], f"tensor {x!r} feeds {len(cons)} nodes ({names}); only a chain of layers "
                                            "is supported (no branches or skip connections)")
             node, k = cons[0]
-            if node.domain not in ("", "ai.onnx") or node.op_type not in SUPPORTED:
+            if qonnx.is_quant(node):
+                pass
+            elif node.domain not in ("", "ai.onnx") or node.op_type not in SUPPORTED:
                 op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
                 raise UserError(f"{self.where}: node {node.name!r} (op {op}) is not supported; "
                                 f"supported: {SUPPORTED_TEXT}")
@@ -254,8 +275,8 @@ def parse(m, where: str, mean=None, std=None, name: str | None = None) -> tuple[
     g = _Graph(m, where)
     c, h, w = image_shape(g.model_shape, where, g.input.name)
     ops = g.chain()
-    layers, dropped, logits, (a_in, b_in, input_nodes) = build_layers(ops, where, (c, h, w))
-    infer_shapes(m, where)
+    layers, dropped, logits, (a_in, b_in, input_nodes), in_fmt = build_layers(ops, where, (c, h, w))
+    infer_shapes(g.m_eval, where)
     shape = (c, h, w)
     for l in layers:
         l.in_shape = (int(np.prod(shape)),) if l.kind == "dense" else shape
@@ -277,9 +298,10 @@ def parse(m, where: str, mean=None, std=None, name: str | None = None) -> tuple[
     mean, std = mean - b_in * std / a_in, std / a_in
     producer = f"{m.producer_name} {m.producer_version}".strip()
     net = FloatNet(name=name or Path(where).stem, input_shape=(c, h, w), layers=layers, mean=mean, std=std,
-                   model_input_shape=g.model_shape, feed_mean=feed_mean, feed_std=feed_std,
+                   model_input_shape=g.model_shape, feed_mean=feed_mean, feed_std=feed_std, input_format=in_fmt,
                    source={"opset": opset_version(m), "producer": producer, "input": g.input.name,
-                           "dropped": dropped, "input_nodes": input_nodes})
+                           "dropped": dropped, "input_nodes": input_nodes,
+                           "quant_nodes": sum(qonnx.is_quant(n) for n in m.graph.node)})
     return net, logits
 
 

@@ -17,6 +17,18 @@ from model.util import UserError
 from .onnxgraph import image_input, image_shape
 
 
+def add_model_arguments(parser, images_help: str, labels_help: str):
+    """The ``--model only`` flags of ``python -m quantize`` and ``python -m quantize.sweep``."""
+    m = parser.add_argument_group("--model only")
+    m.add_argument("--input-mean", help="pixel p enters the model as (p/255 - mean)/std: one value or one per "
+                                        "channel, comma-separated (default 0)")
+    m.add_argument("--input-std", help="see --input-mean (default 1)")
+    m.add_argument("--images", help=images_help)
+    m.add_argument("--labels", help=labels_help)
+    m.add_argument("--calibration-images", type=int, default=None, help="how many calibration images (default 2000)")
+    return m
+
+
 def parse_floats(text: str | None, flag: str) -> list[float] | None:
     """``--input-mean 0.5`` or ``0.5,0.4,0.3``: one value or one per channel."""
     if text is None:
@@ -96,7 +108,9 @@ class OnnxModel:
         self.dtype = np.float64 if inp.type.tensor_type.elem_type == onnx.TensorProto.DOUBLE else np.float32
         b = inp.type.tensor_type.shape.dim[0]
         self.batch = b.dim_value if b.HasField("dim_value") and b.dim_value > 0 else None
-        m = onnx.ModelProto.FromString(m.SerializeToString())
+        from .qonnx import has_quant, lower
+
+        m = lower(m) if has_quant(m) else onnx.ModelProto.FromString(m.SerializeToString())
         for name in outputs:
             if name not in {o.name for o in m.graph.output}:
                 m.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
