@@ -14,7 +14,7 @@ SIM ?= verilator
 IMAGES ?= $(if $(filter icarus,$(SIM)),100,1000)
 VERILATOR_WAIVERS := -Wno-WIDTHEXPAND -Wno-WIDTHTRUNC -Wno-CASEINCOMPLETE -Wno-CMPCONST
 
-.PHONY: all install train train-all evaluate quantize verilog lint sim sim-full sim-layers bench bench-sim sweep example qonnx qonnx-models test test-slow clean help
+.PHONY: all install train train-all evaluate quantize verilog lint sim sim-full sim-layers bench bench-sim sweep bench-dask example qonnx qonnx-models test test-slow clean help
 
 help:
 	@echo "make all        main job: evaluate, quantize (q8, anna), verilog, sim; ends with a summary"
@@ -33,7 +33,8 @@ help:
 	@echo "make bench      emulator vs torch float32 throughput; cycle model for lanes 1, 8, 32"
 	@echo "make bench-sim  simulator speed: Icarus (10 images, 1 process) and Verilator (1,000 images, JOBS), cycles/s"
 	@echo "make synth      bitstreams + resources/Fmax/images/s: iCE40 UP5K, ECP5-25F, ECP5-85F (build/reports/synth.md)"
-	@echo "make sweep      quantization sweep report in build/reports/sweep/ (JOBS=$(JOBS))"
+	@echo "make sweep      quantization sweep report in build/reports/sweep/ (JOBS=$(JOBS); EXECUTOR=dask SCHEDULER=tcp://...)"
+	@echo "make bench-dask the 142-point sweep on the local executor and on Dask (scheduler + JOBS workers here): times, same results"
 	@echo "make example    bring your own model: train a small ReLU/max-pool CNN, ONNX, q8 spec, Verilog, Verilator (docs/import.md)"
 	@echo "make qonnx      the committed Brevitas/QONNX models (examples/qonnx/): spec, emulator vs model, Verilator (QONNX_IMAGES=$(QONNX_IMAGES))"
 	@echo "make qonnx-models  retrain and re-export them (examples/brevitas_cnn.py, about 3 minutes each)"
@@ -130,6 +131,8 @@ synth: build/quant/lenet5-q8/spec.json
 example: $(STAMP)
 	$(PY) examples/import_walkthrough.py --out build/example $(EXAMPLE_ARGS)
 
+EXECUTOR ?= local
+SCHEDULER ?=
 QONNX_MODELS ?= cnn_w8a8 cnn_w4a4
 QONNX_IMAGES ?= 10000
 qonnx: $(STAMP)
@@ -145,7 +148,11 @@ qonnx-models: $(STAMP)
 	$(PY) examples/brevitas_cnn.py --bits 4 --out examples/qonnx/cnn_w4a4.onnx
 
 sweep: $(STAMP)
-	$(PY) -m quantize.sweep --checkpoint model/checkpoints/lenet5.pt --jobs $(JOBS) --out build/reports/sweep
+	$(PY) -m quantize.sweep --checkpoint model/checkpoints/lenet5.pt --jobs $(JOBS) --out build/reports/sweep \
+	  --executor $(EXECUTOR) $(if $(SCHEDULER),--scheduler $(SCHEDULER))
+
+bench-dask: $(STAMP)
+	$(PY) -m tasks.bench --jobs $(JOBS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

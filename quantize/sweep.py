@@ -17,12 +17,11 @@ import json
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
 from pathlib import Path
 
 
 from model.progress import Progress
+from tasks import executor
 from model.util import UserError, load_json_object, atomic_write_text, cli, sha256_file
 
 from .calibrate import PRESETS, check_config
@@ -102,27 +101,49 @@ def point_key(point: dict, source, images: int) -> str:
 
 
 # -- worker ------------------------------------------------------------------------------------------
+#: per worker process: the state built from a context (its token -> the loaded model, images...)
 _STATE: dict = {}
 
 
-def _init_worker(ckpt: str | None, images: int, data_dir, threads: int, model: dict | None = None):
-    import torch
+def lenet_context(ckpt: str, images: int, data_dir=None) -> dict:
+    """What every task of a checkpoint's sweep reads: the checkpoint's bytes, the test and calibration
+    images (so a cluster worker needs neither the file nor MNIST; QAT points read MNIST training
+    digits there: ``LENET_DATA``)."""
+    from model import data
 
-    torch.set_num_threads(threads)
-    if model is not None:  # an imported model: sweep_model.ImportedModel.context()
+    from .calibrate import calibration_images
+
+    raw = Path(ckpt).read_bytes()
+    test = data.load("test", data_dir)
+    return {"token": hashlib.sha256(raw).hexdigest() + f"-{images}", "checkpoint": raw, "name": Path(ckpt).name,
+            "cal": calibration_images({"seed": 0}, data_dir), "images": test.images[:images],
+            "labels": test.labels[:images], "data_dir": None if data_dir is None else str(data_dir)}
+
+
+def _state(ctx: dict) -> dict:
+    """The worker's state for ``ctx`` (built once per process and context)."""
+    if _STATE.get("token") == ctx["token"]:
+        return _STATE
+    _STATE.clear()
+    _STATE["token"] = ctx["token"]
+    if "checkpoint" not in ctx:  # an imported model: sweep_model.ImportedModel.context()
         from .sweep_model import builder
 
-        _STATE.update(images=model["images"], labels=model["labels"], build=builder(model))
-        return
-    from model import checkpoint, data
+        _STATE.update(images=ctx["images"], labels=ctx["labels"], build=builder(ctx))
+        return _STATE
+    import tempfile
 
-    from .calibrate import calibration_images, pre_activations
+    from model import checkpoint
 
-    net, meta = checkpoint.load(ckpt)
-    cal = calibration_images({"seed": 0}, data_dir)
-    test = data.load("test", data_dir)
-    _STATE.update(model=net, meta=meta, cal=cal, pre=pre_activations(net, cal), build=_build_lenet,
-                  images=test.images[:images], labels=test.labels[:images], ckpt=ckpt, data_dir=data_dir)
+    from .calibrate import pre_activations
+
+    d = Path(tempfile.mkdtemp(prefix="lenet-hw-sweep-"))
+    path = d / ctx["name"]
+    path.write_bytes(ctx["checkpoint"])
+    net, meta = checkpoint.load(path)
+    _STATE.update(model=net, meta=meta, cal=ctx["cal"], pre=pre_activations(net, ctx["cal"]), build=_build_lenet,
+                  images=ctx["images"], labels=ctx["labels"], ckpt=str(path), data_dir=ctx["data_dir"])
+    return _STATE
 
 
 def _build_lenet(cfg: dict):
@@ -136,7 +157,7 @@ def _build_lenet(cfg: dict):
     return build_spec(s["model"], cfg, s["cal"], pre=s["pre"])
 
 
-def evaluate_point(point: dict) -> dict:
+def evaluate_point(ctx: dict, point: dict) -> dict:
     """Quantize (and QAT if the config asks), evaluate bit-exactly; return the result row.
 
     A config the model cannot take (a UserError: e.g. an accumulator past 64 bits) gives a failed
@@ -144,7 +165,7 @@ def evaluate_point(point: dict) -> dict:
     from .emulator import Emulator
     from .hwcost import estimate
 
-    s = _STATE
+    s = _state(ctx)
     t0 = time.perf_counter()
     cfg = point["config"]
     n = len(s["labels"])
@@ -197,8 +218,11 @@ def check_out(out: Path, jobs: int) -> None:
 
 
 def run_sweep(grid: dict, ckpt: str | None, out: Path, jobs: int = 1, qat: bool = False, data_dir=None,
-              progress: bool = True, model=None) -> list[dict]:
-    """The sweep of a LeNet checkpoint ``ckpt``, or of ``model`` (a :class:`quantize.sweep_model.ImportedModel`)."""
+              progress: bool = True, model=None, executor=None) -> list[dict]:
+    """The sweep of a LeNet checkpoint ``ckpt``, or of ``model`` (a :class:`quantize.sweep_model.ImportedModel`),
+    each point a task of ``executor`` (:mod:`tasks.executor`; default ``jobs`` local processes)."""
+    from tasks.executor import LocalExecutor
+
     check_out(out, jobs)
     images = int(grid.get("images", 10000))
     ctx = None
@@ -209,6 +233,7 @@ def run_sweep(grid: dict, ckpt: str | None, out: Path, jobs: int = 1, qat: bool 
             raise UserError(QAT_REFUSED)
         points = make_points(grid, model.layer_names(), anna_qat=False)  # too narrow acc_bits: failed rows
         source, ctx, images = model.identity(), model.context(), len(model.labels)
+        ctx["token"] = json.dumps(source, sort_keys=True)
     else:
         from model.lenet import LeNetConfig
         from model import checkpoint
@@ -236,29 +261,35 @@ def run_sweep(grid: dict, ckpt: str | None, out: Path, jobs: int = 1, qat: bool 
                 pass  # a damaged cache entry is recomputed
         todo.append((key, p))
     done = len(results)
-    print(f"sweep: {done + len(todo)} points, {done} cached, {len(todo)} to run, {jobs} job(s), {images} test images",
-          file=sys.stderr)
+    executor = executor or LocalExecutor(jobs)
+    print(f"sweep: {done + len(todo)} points, {done} cached, {len(todo)} to run, {executor.describe()}, "
+          f"{images} test images", file=sys.stderr)
     # slow (QAT) points first so the parallel tail stays short
     todo.sort(key=lambda kp: -kp[1]["config"].get("qat_epochs", 0))
     bar = Progress(len(todo), "point", "sweep", enabled=progress)
+    failed = 0
 
     def finish(key, row):
+        nonlocal failed
         row["key"] = key
         if not row.get("failed_internal"):  # a bug's failure is retried by the next run
             atomic_write_text(cache / f"{key}.json", json.dumps(row, indent=1))
         results[key] = row
-        bar.update(1, last=f"{row['label']}: " + ("failed" if row.get("failed") else f"{100 * row['error_rate']:.2f}%"))
+        failed += bool(row.get("failed"))
+        bar.update(1, running=min(executor.workers, len(todo) - bar.done - 1), failed=failed,
+                   last=f"{row['label']}: " + ("failed" if row.get("failed") else f"{100 * row['error_rate']:.2f}%"))
 
-    if jobs == 1 or len(todo) <= 1:
-        _init_worker(ckpt, images, data_dir, 2 if jobs == 1 else 1, ctx)
-        for key, p in todo:
-            finish(key, evaluate_point(p))
-    elif todo:
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_init_worker,
-                                 initargs=(ckpt, images, data_dir, 1, ctx)) as ex:
-            futs = {ex.submit(evaluate_point, p): key for key, p in todo}
-            for fut in as_completed(futs):
-                finish(futs[fut], fut.result())
+    if todo:
+        if ctx is None:
+            ctx = lenet_context(ckpt, images, data_dir)
+        labels = {key: p for key, p in todo}
+        for key, row in executor.run(evaluate_point, ctx, todo, name="sweep"):
+            if isinstance(row, BaseException):  # the task itself could not run (a lost worker, a bug)
+                p = labels[key]
+                row = {**{k: v for k, v in p.items() if k != "config"}, "config": p["config"], "images": images,
+                       "errors": None, "error_rate": None, "failed_internal": True,
+                       "failed": f"task error, please report: {type(row).__name__}: {str(row).splitlines()[0] if str(row) else ''}"}
+            finish(key, row)
     bar.close()
     rows = [results[point_key(p, source, images)] for p in points]
     failed = list({r["key"]: r for r in rows if r.get("failed")}.values())
@@ -280,7 +311,8 @@ def main(argv=None):
     src.add_argument("--model", help="an ONNX model instead: imported as python -m quantize --model does "
                                      "(see docs/import.md)")
     p.add_argument("--grid", default=None, help="JSON grid file (keys: " + ", ".join(sorted(GRID_KEYS)) + ")")
-    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel processes")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel processes (--executor local)")
+    executor.add_arguments(p)
     p.add_argument("--qat", action="store_true", help="also run every grid point with QAT (slow; checkpoints only)")
     p.add_argument("--out", default="build/reports/sweep")
     p.add_argument("--data", default=None, help="MNIST directory")
@@ -314,7 +346,11 @@ def main(argv=None):
         model = prepare(args.model, args.input_mean, args.input_std, args.images, args.labels,
                         args.calibration_images, args.data, int(grid.get("images", 10000)), grid["base"])
     ckpt = None if model else args.checkpoint
-    rows = run_sweep(grid, ckpt, out, args.jobs, args.qat, args.data, not args.no_progress, model=model)
+    if ckpt and not Path(ckpt).is_file():
+        raise UserError(f"--checkpoint {ckpt}: no such file")
+    with executor.make(args.executor, args.scheduler, args.jobs) as ex:
+        rows = run_sweep(grid, ckpt, out, args.jobs, args.qat, args.data, not args.no_progress, model=model,
+                         executor=ex)
     if model:
         float_err = model.float_error()
     else:

@@ -14,6 +14,7 @@ import os
 
 from model import data
 from model.util import UserError, cli
+from tasks import executor
 
 from .runner import SIMULATORS, run
 
@@ -36,6 +37,10 @@ def main(argv=None):
     p.add_argument("--out", default="build/sim")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    executor.add_arguments(p)
+    p.add_argument("--shards", type=int, default=None,
+                   help="--executor dask: tasks to split the images into (default 2 per worker, at most 2,000 "
+                        "images each)")
     p.add_argument("--report", default=None, metavar="FILE",
                    help="append the result as one JSON line to FILE (read by python -m sim.summary)")
     args = p.parse_args(argv)
@@ -57,8 +62,17 @@ def main(argv=None):
         raise UserError("--jobs must be at least 1")
     if args.duts is not None and not 1 <= args.duts <= 64:
         raise UserError("--duts must be in 1..64")
-    res = run(args.spec, images, args.simulator, args.lanes, args.waves, args.out, jobs=args.jobs,
-              progress=not args.quiet, duts=args.duts)
+    if args.shards is not None and args.shards < 1:
+        raise UserError("--shards must be at least 1")
+    if args.executor == "local" and not args.scheduler:
+        res = run(args.spec, images, args.simulator, args.lanes, args.waves, args.out, jobs=args.jobs,
+                  progress=not args.quiet, duts=args.duts)
+    else:
+        from .shards import run_distributed
+
+        with executor.make(args.executor, args.scheduler, args.jobs) as ex:  # local + --scheduler: refused
+            res = run_distributed(args.spec, images, args.simulator, args.lanes, ex, args.out, duts=args.duts,
+                                  shards=args.shards, progress=not args.quiet)
     if args.report:
         os.makedirs(os.path.dirname(os.path.abspath(args.report)), exist_ok=True)
         with open(args.report, "a") as f:
@@ -68,7 +82,8 @@ def main(argv=None):
     else:
         print(f"{res['simulator']}: {res['images'] - res['mismatches']}/{res['images']} images bit-exact, "
               f"{res['cycles_per_image']} cycles/image (model {res['cycles_per_image_model']}), "
-              f"{res['images_per_s']} images/s ({res['cycles_per_s']:,} cycles/s) with {res['jobs']} process{'es' if res['jobs'] != 1 else ''}, "
+              f"{res['images_per_s']} images/s ({res['cycles_per_s']:,} cycles/s) with {res['jobs']} process{'es' if res['jobs'] != 1 else ''}"
+              + (f" ({res['shards']} shards on Dask)" if res.get("executor") == "dask" else "") + ", "
               f"{res['sim_seconds']} s + {res['build_seconds']} s build")
         if res["first_mismatch"]:
             print("first mismatch: " + json.dumps(res["first_mismatch"]))

@@ -33,7 +33,7 @@ from quantize.report import pareto, summarize
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = 200
 POINT_FILE = re.compile(r"[0-9a-f]{16}\.json")
-SUMMARY_LINE = re.compile(r"^sweep: (\d+) points, (\d+) cached, (\d+) to run, (\d+) job\(s\), (\d+) test images$", re.M)
+SUMMARY_LINE = re.compile(r"^sweep: (\d+) points, (\d+) cached, (\d+) to run, (\d+) (?:job\(s\)|Dask worker\(s\) at \S+), (\d+) test images$", re.M)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PLOTS = ["heatmap.png", "sensitivity.png", "pareto_memory.png", "pareto_luts.png"]
 REPORT_FILES = ["results.json", "results.csv", "report.md", *PLOTS]

@@ -1,0 +1,1 @@
+"""Fan-out work (sweeps, explorations, regressions) on this machine or a Dask cluster: :mod:`.executor`."""
