@@ -14,7 +14,7 @@ SIM ?= verilator
 IMAGES ?= $(if $(filter icarus,$(SIM)),100,1000)
 VERILATOR_WAIVERS := -Wno-WIDTHEXPAND -Wno-WIDTHTRUNC -Wno-CASEINCOMPLETE -Wno-CMPCONST
 
-.PHONY: all install train train-all evaluate quantize verilog lint sim sim-full sim-layers bench bench-sim sweep bench-dask example qonnx qonnx-models test test-slow clean help
+.PHONY: all install train train-all evaluate quantize verilog lint sim sim-full sim-layers bench bench-sim sweep bench-dask explore example qonnx qonnx-models test test-slow clean help
 
 help:
 	@echo "make all        main job: evaluate, quantize (q8, anna), verilog, sim; ends with a summary"
@@ -35,6 +35,7 @@ help:
 	@echo "make synth      bitstreams + resources/Fmax/images/s: iCE40 UP5K, ECP5-25F, ECP5-85F (build/reports/synth.md)"
 	@echo "make sweep      quantization sweep report in build/reports/sweep/ (JOBS=$(JOBS); EXECUTOR=dask SCHEDULER=tcp://...)"
 	@echo "make bench-dask the 142-point sweep on the local executor and on Dask (scheduler + JOBS workers here): times, same results"
+	@echo "make explore    hardware design space (hw.explore): specs x targets x lanes x batch x clock builds + Verilator, build/reports/explore/ (JOBS, EXECUTOR, SCHEDULER, EXPLORE_ARGS)"
 	@echo "make example    bring your own model: train a small ReLU/max-pool CNN, ONNX, q8 spec, Verilog, Verilator (docs/import.md)"
 	@echo "make qonnx      the committed Brevitas/QONNX models (examples/qonnx/): spec, emulator vs model, Verilator (QONNX_IMAGES=$(QONNX_IMAGES))"
 	@echo "make qonnx-models  retrain and re-export them (examples/brevitas_cnn.py, about 3 minutes each)"
@@ -153,6 +154,12 @@ sweep: $(STAMP)
 
 bench-dask: $(STAMP)
 	$(PY) -m tasks.bench --jobs $(JOBS)
+
+# hardware design-space exploration: hw/explore.py's default grid (docs/cluster.md); EXPLORE_ARGS e.g.
+# "--grid my-grid.json" or "--sim-images 1000"
+explore: build/quant/lenet5-q8/spec.json build/quant/lenet5-anna/spec.json
+	$(PY) -m hw.explore --out build/reports/explore --jobs $(JOBS) \
+	  --executor $(EXECUTOR) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(EXPLORE_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -72,6 +73,10 @@ class LocalDask:
         self.tmp.cleanup()
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 @cli
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m tasks.bench", description=__doc__.split("\n\n")[0])
@@ -81,6 +86,14 @@ def main(argv=None):
     p.add_argument("--out", default="build/reports/bench-dask")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # a kill stops the scheduler and workers started here
+    try:
+        return _bench(a)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _bench(a) -> int:
     if a.jobs < 1:
         raise UserError("--jobs must be at least 1")
     out = Path(a.out)
