@@ -23,7 +23,7 @@ from model.util import UserError, atomic_path, atomic_write_text, load_json_obje
 # -- the grid ----------------------------------------------------------------------------------------
 POINT_KEYS = ("spec", "target", "lanes", "batch", "freq")
 GRID_KEYS = set(POINT_KEYS) | {"seed", "sim_images", "groups"}
-#: ``make explore``: 18 points, 11 of them build (about 20 min on 2 cores; docs/cluster.md)
+#: ``make explore``: 18 points, 10 of them build (36-44 min with 2 jobs on this loaded 2-core machine; docs/cluster.md)
 Q8, ANNA = "build/quant/lenet5-q8", "build/quant/lenet5-anna"
 DEFAULT_GRID = {
     "seed": 1,
