@@ -42,10 +42,7 @@ def import_model(args, cfg: dict, log) -> tuple:
     from . import importer
     from .importer.reference import OnnxModel, load_images, parse_floats
 
-    if cfg.get("qat_epochs", 0):
-        log(f"note: preset {cfg.get('preset')}: an imported model is calibrated only (no QAT; "
-            f"qat_epochs {cfg['qat_epochs']} ignored)")
-    cfg = {**cfg, "qat_epochs": 0}
+    cfg = importer.config_for_import(cfg, log)
     mean, std = parse_floats(args.input_mean, "--input-mean"), parse_floats(args.input_std, "--input-std")
     net = importer.read(args.model, mean, std)
     images = labels = None

@@ -89,6 +89,11 @@ class FloatNet:
     input_format: object = None
 
     @property
+    def quantized(self) -> bool:
+        """Whether the model fixes formats itself (QONNX Quant nodes)."""
+        return self.input_format is not None or any(l.formats for l in self.layers)
+
+    @property
     def classes(self) -> int:
         return int(self.layers[-1].out_shape[0])
 

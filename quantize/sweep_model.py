@@ -104,7 +104,7 @@ def prepare(path: str, input_mean=None, input_std=None, images_path=None, labels
         raise UserError(f"--calibration-images {calibration_images}: must be at least 1")
     mean, std = parse_floats(input_mean, "--input-mean"), parse_floats(input_std, "--input-std")
     net = importer.read(path, mean, std)
-    if net.input_format is not None or any(l.formats for l in net.layers):
+    if net.quantized:
         raise UserError(f"{path}: a quantized (QONNX) model fixes its own formats in its Quant nodes, so every "
                         "grid point would be the same spec; sweep the float model, or retrain at other bit widths")
     images = labels = None

@@ -122,7 +122,7 @@ def from_onnx(path, *, preset: str | None = "q8", config=None, input_mean=None, 
     log : callable, optional
         Gets notes (e.g. that a QAT preset is calibrated only).
     """
-    cfg = _config_for_import(preset, config, log)
+    cfg = _import_config(preset, config, log)
     net = read(path, input_mean, input_std, name=name, where=where)
     x, source = calibration_set(net, cfg, images, calibration_images, data_dir)
     return quantize_net(net, cfg, x, source)
@@ -143,7 +143,7 @@ def quantize_net(net: FloatNet, cfg: dict, images_u8: np.ndarray, source: str = 
     clips = {l.name: list(l.clip) for l in net.layers if l.activation == "hard_tanh"}
     if clips:
         prov["clip"] = clips
-    if net.input_format is not None or any(l.formats for l in net.layers):
+    if net.quantized:
         prov["format"] = "qonnx"
         prov["formats_from_model"], prov["formats_calibrated"] = _format_sources(net)
     return build_spec(net, cfg, images_u8, prov)
@@ -169,8 +169,12 @@ def _feed(net: FloatNet, which: str) -> np.ndarray:
     return getattr(net, which) if v is None else v
 
 
-def _config_for_import(preset, cfg_in, log) -> dict:
-    cfg = config(preset, cfg_in)
+def _import_config(preset, cfg_in, log) -> dict:
+    return config_for_import(config(preset, cfg_in), log)
+
+
+def config_for_import(cfg: dict, log=None) -> dict:
+    """``cfg`` without QAT (an imported model is calibrated only), saying so through ``log``."""
     if cfg.get("qat_epochs", 0):
         if log:
             log(f"note: preset {cfg.get('preset')}: an imported model is calibrated only (no QAT; "
