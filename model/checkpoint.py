@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .lenet import ARCHS, LeNet, LeNetConfig
+from .lenet import ALL_ARCHS, LeNet, LeNetConfig, unknown_arch
 from .util import UserError, atomic_path
 
 FORMAT = "lenet-hw-checkpoint"
@@ -31,8 +31,8 @@ def save(path: str | os.PathLike, model: LeNet, **meta) -> None:
 
 def load(path: str | os.PathLike | None, arch: str | None = None) -> tuple[LeNet, dict]:
     """Load a checkpoint; if ``arch`` is given it must match the checkpoint's architecture."""
-    if arch is not None and arch not in ARCHS:
-        raise UserError(f"unknown --arch {arch!r} (choose {', '.join(ARCHS)})")
+    if arch is not None and arch not in ALL_ARCHS:
+        raise unknown_arch(arch)
     if path is None:
         if arch is None:
             raise UserError("give --checkpoint or --arch")

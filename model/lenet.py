@@ -1,10 +1,13 @@
-"""LeNet-1, LeNet-4 and LeNet-5 as in LeCun et al. (1989, 1998), in one readable file.
+"""LeNet-1, LeNet-4 and LeNet-5 as in LeCun et al. (1989, 1998), in one readable file, and the
+:class:`LeNet` module that also runs the 1989 networks of :mod:`model.lineage` (``zip1989``,
+``net1`` .. ``net5``).
 
-Every network is a list of layers of four kinds, which is also what the quantizer and the hardware
-understand: ``conv`` (5x5, valid, with an optional connection table), ``subsample`` (2x2 sum times a
-trainable per-map coefficient plus a trainable bias), ``dense`` and ``rbf`` (LeNet-5's output: fixed
-+-1 7x12 bitmap centres, class = nearest centre). Every layer up to the last is followed by the
-squashing function f(a) = 1.7159 tanh(2a/3).
+Every network is a list of layers (:class:`model.layers.LayerDef`), which is also what the
+quantizer and the hardware understand: ``conv`` (the LeNets: 5x5, valid, with an optional
+connection table; strided, padded, with per-unit biases in the 1989 networks), ``local`` (locally
+connected), ``subsample`` (2x2 sum times a trainable per-map coefficient plus a trainable bias),
+``dense`` and ``rbf`` (LeNet-5's output: fixed +-1 7x12 bitmap centres, class = nearest centre).
+Every layer up to the last is followed by the squashing function f(a) = 1.7159 tanh(2a/3).
 """
 from __future__ import annotations
 
@@ -16,10 +19,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import lineage
+from .data import BACKGROUND
+from .layers import A, S, LayerDef, LocalConv, Subsample, TableConv, out_side, squash  # noqa: F401 (re-exported)
 from .util import UserError, cli
-
-A = 1.7159
-S = 2.0 / 3.0
 
 # C3 of LeNet-5 (1998, table I): C3 map -> S2 maps it reads.
 C3_TABLE_LENET5 = [
@@ -76,64 +79,6 @@ def rbf_centres() -> np.ndarray:
     return np.array(rows, dtype=np.float32)
 
 
-def out_side(kind: str, in_size: int, kernel: int) -> int:
-    """Spatial side of a layer's output: valid conv, 2x2 subsampling, or 1 for dense/rbf."""
-    if kind == "conv":
-        return in_size - kernel + 1
-    if kind == "subsample":
-        return in_size // 2
-    return 1
-
-
-@dataclass(frozen=True)
-class LayerDef:
-    name: str
-    kind: str  # conv | subsample | dense | rbf
-    in_maps: int
-    out_maps: int
-    in_size: int  # spatial side (1 for dense/rbf)
-    kernel: int = 1
-    table: tuple[tuple[int, ...], ...] | None = None  # conv only: out map -> input maps
-    squash: bool = True
-
-    @property
-    def out_size(self) -> int:
-        return out_side(self.kind, self.in_size, self.kernel)
-
-    def connections_per_map(self) -> list[tuple[int, ...]]:
-        if self.table is not None:
-            return [tuple(t) for t in self.table]
-        return [tuple(range(self.in_maps))] * self.out_maps
-
-    def params(self) -> int:
-        if self.kind == "conv":
-            return sum(len(t) for t in self.connections_per_map()) * self.kernel**2 + self.out_maps
-        if self.kind == "subsample":
-            return 2 * self.out_maps
-        if self.kind == "dense":
-            return self.in_maps * self.out_maps + self.out_maps
-        return 0  # rbf: fixed centres
-
-    def connections(self) -> int:
-        n = self.out_size**2
-        if self.kind == "conv":
-            return n * sum(len(t) * self.kernel**2 + 1 for t in self.connections_per_map())
-        if self.kind == "subsample":
-            return n * self.out_maps * 5
-        if self.kind == "dense":
-            return self.in_maps * self.out_maps + self.out_maps
-        return self.in_maps * self.out_maps
-
-    def macs(self) -> int:
-        """Multiply-accumulates per image (bias adds excluded)."""
-        n = self.out_size**2
-        if self.kind == "conv":
-            return n * sum(len(t) for t in self.connections_per_map()) * self.kernel**2
-        if self.kind == "subsample":
-            return n * self.out_maps  # one multiply by the coefficient per output (4 adds)
-        return self.in_maps * self.out_maps
-
-
 def _layers(arch: str) -> list[LayerDef]:
     if arch == "lenet1":
         return [
@@ -163,10 +108,20 @@ def _layers(arch: str) -> list[LayerDef]:
             LayerDef("F6", "dense", 120, 84, 1),
             LayerDef("OUT", "rbf", 84, 10, 1, squash=False),
         ]
-    raise UserError(f"unknown --arch {arch!r} (choose lenet1, lenet4 or lenet5)")
+    if arch in lineage.NAMES:
+        return lineage.layers(arch)
+    raise unknown_arch(arch)
 
 
+#: the LeNets (MNIST 28x28 networks of 1989-1998)
 ARCHS = ("lenet1", "lenet4", "lenet5")
+#: every network this package builds: the LeNets and the 1989 lineage (16x16 inputs)
+ALL_ARCHS = ARCHS + lineage.NAMES
+
+
+def unknown_arch(arch) -> UserError:
+    """The one-line error for a network name that does not exist, listing the valid names."""
+    return UserError(f"unknown --arch {arch!r} (choose {', '.join(ALL_ARCHS)})")
 
 
 @dataclass(frozen=True)
@@ -177,7 +132,8 @@ class LeNetConfig:
     def __post_init__(self):
         _layers(self.arch)  # validates the name
         if self.input_size == 0:
-            object.__setattr__(self, "input_size", 28 if self.arch == "lenet1" else 32)
+            size = lineage.SIDE if self.arch in lineage.NAMES else 28 if self.arch == "lenet1" else 32
+            object.__setattr__(self, "input_size", size)
 
     @property
     def layers(self) -> list[LayerDef]:
@@ -185,54 +141,6 @@ class LeNetConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def squash(a: torch.Tensor) -> torch.Tensor:
-    return A * torch.tanh(S * a)
-
-
-class TableConv(nn.Module):
-    """5x5 valid convolution where output map o reads only the input maps in ``table[o]``."""
-
-    def __init__(self, d: LayerDef):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(d.out_maps, d.in_maps, d.kernel, d.kernel))
-        self.bias = nn.Parameter(torch.empty(d.out_maps))
-        mask = torch.zeros(d.out_maps, d.in_maps)
-        for o, ins in enumerate(d.connections_per_map()):
-            mask[o, list(ins)] = 1.0
-        self.register_buffer("mask", mask, persistent=False)
-        fan_in = mask.sum(1)[:, None, None, None] * d.kernel**2
-        with torch.no_grad():  # the paper's init: uniform +-2.4 / fan-in
-            self.weight.uniform_(-1, 1).mul_(2.4 / fan_in).mul_(mask[:, :, None, None])
-            self.bias.uniform_(-1, 1).mul_(2.4 / fan_in.flatten())
-
-    def masked_weight(self) -> torch.Tensor:
-        return self.weight * self.mask[:, :, None, None]
-
-    def forward(self, x):
-        return F.conv2d(x, self.masked_weight(), self.bias)
-
-
-class Subsample(nn.Module):
-    """2x2 non-overlapping sum times a trainable coefficient plus a trainable bias, per map.
-
-    ``source[j]`` is the input map of output map j (LeNet-4 has two subsampling maps per C1 map).
-    """
-
-    def __init__(self, d: LayerDef):
-        super().__init__()
-        self.coef = nn.Parameter(torch.full((d.out_maps,), 0.25))
-        self.bias = nn.Parameter(torch.zeros(d.out_maps))
-        ratio = d.out_maps // d.in_maps
-        self.register_buffer("source", torch.arange(d.out_maps) // ratio, persistent=False)
-        self.expand = ratio != 1
-
-    def forward(self, x):
-        if self.expand:
-            x = x[:, self.source]
-        s = F.avg_pool2d(x, 2) * 4.0
-        return s * self.coef[None, :, None, None] + self.bias[None, :, None, None]
 
 
 class RBF(nn.Module):
@@ -256,9 +164,13 @@ class LeNet(nn.Module):
         self.config = config
         self.defs = config.layers
         mods = []
-        for d in self.defs:
+        for i, d in enumerate(self.defs):
+            # the first layer pads the image with the background, later ones pad with 0
+            pad_value = BACKGROUND if i == 0 else 0.0
             if d.kind == "conv":
-                mods.append(TableConv(d))
+                mods.append(TableConv(d, pad_value))
+            elif d.kind == "local":
+                mods.append(LocalConv(d, pad_value))
             elif d.kind == "subsample":
                 mods.append(Subsample(d))
             elif d.kind == "dense":
@@ -279,7 +191,7 @@ class LeNet(nn.Module):
             x = m(x)
             if d.squash:
                 x = squash(x)
-            if d.kind in ("conv",) and d.out_size == 1 and x.ndim == 4:
+            if d.kind in ("conv", "local") and d.out_size == 1 and x.ndim == 4:
                 x = x.flatten(1)
             outs.append(x)
         logits = -x if self.defs[-1].kind == "rbf" else x
@@ -296,9 +208,14 @@ class LeNet(nn.Module):
         """Free parameters (masked-out C3 weights and fixed RBF centres excluded)."""
         return sum(d.params() for d in self.defs)
 
+    def units(self) -> int:
+        """Units (neurons), the input pixels included, as the 1989 papers count them."""
+        return self.config.input_size**2 + sum(d.units for d in self.defs)
 
-#: side of the digit a network reads when it is not MNIST's 28: LeNet-1 (1989) takes 16x16 digits
-DIGIT_SIDE = {"lenet1": 16}
+
+#: side of the digit a network reads when it is not MNIST's 28: LeNet-1 (1989) and the 1989
+#: lineage take 16x16 digits
+DIGIT_SIDE = {"lenet1": 16, **{a: lineage.SIDE for a in lineage.NAMES}}
 
 
 def input_geometry(config: "LeNetConfig | str") -> tuple[int, int]:
@@ -313,18 +230,24 @@ def input_geometry(config: "LeNetConfig | str") -> tuple[int, int]:
 
 
 def preprocess(images_u8, arch: str) -> torch.Tensor:
-    """uint8 N x 28 x 28 (or N x 32 x 32 with a blank border) -> float32 N x 1 x S x S in the
-    paper's input range.
+    """uint8 N x 28 x 28 (or N x 32 x 32 with a blank border; or N x 16 x 16 for a network that
+    reads 16x16 digits) -> float32 N x 1 x S x S in the paper's input range.
 
-    The digit is brought to the network's side with :func:`model.data.fit_images` (LeNet-1: the
-    integer area resampling to 16x16, so the float model and the integer emulator read the same
-    grey levels), scaled, then padded with the background value to the input field (32x32 for
-    LeNet-4/5, 28x28 for LeNet-1, as in the 1989 network).
+    The digit is brought to the network's side with :func:`model.data.fit_images` (LeNet-1 and the
+    1989 networks: the integer area resampling to 16x16, so the float model and the integer
+    emulator read the same grey levels), scaled, then padded with the background value to the
+    input field (32x32 for LeNet-4/5, 28x28 for LeNet-1, as in the 1989 network; none for the
+    1989 lineage, whose first layer pads). Any other shape is refused in one line.
     """
-    from .data import BACKGROUND, check_images, fit_images, scale
+    from .data import check_images, fit_images, scale
 
-    images_u8 = check_images(np.asarray(images_u8))
     side, pad = input_geometry(arch)
+    a = np.asarray(images_u8)
+    if side != 28 and a.dtype == np.uint8 and a.shape[-2:] == (side, side) and a.ndim in (2, 3):
+        digits = a.reshape(-1, 1, side, side)  # already the network's digit (a model.usps split)
+        x = torch.from_numpy(scale(digits))
+        return F.pad(x, (pad, pad, pad, pad), value=BACKGROUND) if pad else x
+    images_u8 = check_images(a)
     if images_u8.shape[1] == 32:  # the old padded input: blank border required
         images_u8 = fit_images(images_u8, (1, 28, 28))[:, 0]
     digits = fit_images(images_u8, (1, side, side))
@@ -339,13 +262,25 @@ def summary(model: LeNet) -> str:
     for r in rows:
         lines.append(f"{r['layer']:6} {r['kind']:10} {r['output']:12} {r['params']:>8,} {r['connections']:>12,} {r['macs']:>9,}")
     lines.append(f"{'total':30} {sum(r['params'] for r in rows):>8,} {sum(r['connections'] for r in rows):>12,} {sum(r['macs'] for r in rows):>9,}")
+    published = lineage.PUBLISHED.get(model.config.arch)
+    if published is not None:
+        ours = {"units": model.units(), "connections": sum(r["connections"] for r in rows),
+                "params": model.trainable_params()}
+        names = {"units": "units (inputs included)", "connections": "connections", "params": "free parameters"}
+        lines.append("; ".join(f"{names[k]} {ours[k]:,}" for k in names))
+        known = [k for k in names if k in published]
+        lines.append("published: " + ("; ".join(
+            f"{names[k]} {published[k]:,}" + ("" if published[k] == ours[k] else f" (ours {ours[k]:,})")
+            for k in known) if known else "no counts") + (
+            f"; test error {published['test_error']}%" if "test_error" in published else
+            f"; {published['accuracy']}% correct" if "accuracy" in published else ""))
     return "\n".join(lines)
 
 
 @cli
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m model.lenet", description="Describe a LeNet architecture.")
-    p.add_argument("--arch", default="lenet5", help="lenet1, lenet4 or lenet5")
+    p.add_argument("--arch", default="lenet5", help=", ".join(ALL_ARCHS))
     p.add_argument("--summary", action="store_true", help="print the per-layer parameter table")
     args = p.parse_args(argv)
     model = LeNet(LeNetConfig(args.arch))

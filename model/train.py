@@ -1,4 +1,9 @@
-"""Train a LeNet on MNIST: ``python -m model.train --arch lenet5 [--epochs N] [--seed S] [--[no-]distort]``.
+"""Train a network: ``python -m model.train --arch lenet5 [--epochs N] [--seed S] [--[no-]distort]``.
+
+The LeNets train on the 60,000 MNIST training digits; ``zip1989`` on the 7,291 training digits
+of the USPS stand-in, ``net1`` .. ``net5`` on the 320 of the 480-digit stand-in (:mod:`model.usps`).
+The checkpoint records the error on the network's own test split (``test_error``, ``split``) and,
+for the 16x16 networks, on the full MNIST test set at 16x16 (``mnist_test_error``).
 
 Deterministic for a given seed on a given machine: fixed thread count, seeded shuffling and
 distortions, deterministic kernels.
@@ -16,9 +21,9 @@ import torch
 from model.progress import Progress
 import torch.nn.functional as F
 
-from . import checkpoint, data
+from . import checkpoint, data, lineage, usps
 from .evaluate import evaluate
-from .lenet import ARCHS, LeNet, LeNetConfig, preprocess
+from .lenet import ALL_ARCHS, LeNet, LeNetConfig, preprocess, unknown_arch
 from .util import UserError, cli
 
 #: each network's training recipe (the committed checkpoints were made with exactly these, seed 0)
@@ -28,18 +33,23 @@ RECIPES = {
     # logits are minus the RBF distances (hundreds): scaled by 0.1 the loss keeps training
     # examples that are already right, and the training error falls from ~0.9% to ~0.1%
     "lenet5": {"epochs": 20, "distort": True, "logit_scale": 0.1},
+    **{a: dict(r) for a, r in lineage.RECIPES.items()},
 }
 
 
-def distort(x: torch.Tensor, gen: torch.Generator, background: float) -> torch.Tensor:
-    """Random affine distortions (the paper's: small shifts, scaling, squeezing, shearing)."""
+def distort(x: torch.Tensor, gen: torch.Generator, background: float, strength: float = 1.0) -> torch.Tensor:
+    """Random affine distortions (the paper's: small shifts, scaling, squeezing, shearing).
+
+    ``strength`` multiplies every range (1: scale 0.9..1.1, squeeze and rotation +-0.1, shear
+    +-0.15, shifts +-4% of the side)."""
     n = x.shape[0]
+    k = float(strength)  # k = 1 gives the very same bounds as the LeNet recipes were trained with
     u = lambda lo, hi: lo + (hi - lo) * torch.rand(n, generator=gen)
-    s = u(0.9, 1.1)
-    sq = u(-0.1, 0.1)
-    sh = u(-0.15, 0.15)
-    rot = u(-0.1, 0.1)
-    tx, ty = u(-0.08, 0.08), u(-0.08, 0.08)
+    s = u(1 - 0.1 * k, 1 + 0.1 * k)
+    sq = u(-0.1 * k, 0.1 * k)
+    sh = u(-0.15 * k, 0.15 * k)
+    rot = u(-0.1 * k, 0.1 * k)
+    tx, ty = u(-0.08 * k, 0.08 * k), u(-0.08 * k, 0.08 * k)
     c, si = torch.cos(rot), torch.sin(rot)
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0] = (c * s) * (1 + sq)
@@ -52,17 +62,25 @@ def distort(x: torch.Tensor, gen: torch.Generator, background: float) -> torch.T
     return F.grid_sample(x - background, grid, align_corners=False, padding_mode="zeros") + background
 
 
+def training_digits(arch: str, data_dir=None) -> data.Split:
+    """The digits ``arch`` trains on (see the module doc)."""
+    split = lineage.SPLIT.get(arch)
+    return data.load("train", data_dir) if split is None else usps.load(split, "train", data_dir)
+
+
 def train(arch: str, epochs: int, seed: int, distort_on: bool, batch: int = 32, lr: float = 2e-3,
-          data_dir=None, progress: bool = True, threads: int = 2, logit_scale: float = 1.0) -> LeNet:
+          data_dir=None, progress: bool = True, threads: int = 2, logit_scale: float = 1.0,
+          weight_decay: float = 0.0, distort_strength: float = 1.0) -> LeNet:
     torch.manual_seed(seed)
     torch.set_num_threads(threads)  # part of the recipe: results are bit-identical for a given count
     torch.use_deterministic_algorithms(True)
     gen = torch.Generator().manual_seed(seed)
-    train_split = data.load("train", data_dir)
+    train_split = training_digits(arch, data_dir)
     x_all = preprocess(train_split.images, arch)
     y_all = torch.from_numpy(train_split.labels.astype(np.int64))
     model = LeNet(LeNetConfig(arch))
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = (torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay) if weight_decay
+           else torch.optim.Adam(model.parameters(), lr=lr))
     steps_per_epoch = math.ceil(len(x_all) / batch)
     total = epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=0.15)
@@ -77,7 +95,7 @@ def train(arch: str, epochs: int, seed: int, distort_on: bool, batch: int = 32, 
             idx = order[i * batch:(i + 1) * batch]
             x, y = x_all[idx], y_all[idx]
             if distort_on:
-                x = distort(x, gen, data.BACKGROUND)
+                x = distort(x, gen, data.BACKGROUND, distort_strength)
             logits = model(x)
             # LeNet-5's logits are minus the RBF distances; the scale sets how hard the loss keeps
             # pushing examples that are already classified right (the paper's criterion is scale 1)
@@ -100,23 +118,30 @@ def train(arch: str, epochs: int, seed: int, distort_on: bool, batch: int = 32, 
 
 @cli
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m model.train", description="Train a LeNet on MNIST.")
-    p.add_argument("--arch", required=True, help="lenet1, lenet4 or lenet5")
-    p.add_argument("--epochs", type=int, default=None, help="passes over the 60,000 training images (default: the recipe)")
+    p = argparse.ArgumentParser(prog="python -m model.train", description="Train a network on its training digits "
+                                "(MNIST for the LeNets, an MNIST-drawn stand-in for the 1989 networks).")
+    p.add_argument("--arch", required=True, help=", ".join(ALL_ARCHS))
+    p.add_argument("--epochs", type=int, default=None, help="passes over the training digits (default: the recipe)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--distort", action=argparse.BooleanOptionalAction, default=None,
                    help="random affine distortions of training images (default: the recipe)")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (one-cycle schedule)")
+    p.add_argument("--batch", type=int, default=None, help="default: the recipe (32)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (one-cycle schedule; default: the recipe, 2e-3)")
+    p.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (default: the recipe, 0: Adam)")
+    p.add_argument("--distort-strength", type=float, default=None,
+                   help="multiplies the distortion ranges (default: the recipe, 1)")
     p.add_argument("--data", default=None, help="MNIST directory (see model.data for the search order)")
     p.add_argument("--out", default=None, help="checkpoint path (default build/checkpoints/ARCH.pt)")
     p.add_argument("--logit-scale", type=float, default=None, help="multiplies the logits in the loss (default: the recipe)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (results depend on it; the recipes use 1)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    if args.arch not in ARCHS:
-        raise UserError(f"unknown --arch {args.arch!r} (choose {', '.join(ARCHS)})")
+    if args.arch not in ALL_ARCHS:
+        raise unknown_arch(args.arch)
     recipe = RECIPES[args.arch]
+    for key, default in (("batch", 32), ("lr", 2e-3), ("weight_decay", 0.0), ("distort_strength", 1.0)):
+        if getattr(args, key) is None:
+            setattr(args, key, recipe.get(key, default))
     epochs = recipe["epochs"] if args.epochs is None else args.epochs
     if args.distort is None:
         args.distort = recipe["distort"]
@@ -127,15 +152,24 @@ def main(argv=None):
     out = args.out or f"build/checkpoints/{args.arch}.pt"
     t0 = time.perf_counter()
     model = train(args.arch, epochs, args.seed, args.distort, args.batch, args.lr, args.data,
-                  progress=not args.no_progress, threads=args.threads, logit_scale=args.logit_scale)
+                  progress=not args.no_progress, threads=args.threads, logit_scale=args.logit_scale,
+                  weight_decay=args.weight_decay, distort_strength=args.distort_strength)
     train_s = time.perf_counter() - t0
     result = evaluate(model, args.data)
+    extra, where = {}, ""
+    if args.arch in lineage.NAMES:  # the 16x16 networks: their own split, and all of MNIST's test digits
+        full = evaluate(model, args.data, split="mnist")
+        extra = {"split": result["split"], "test_images": result["images"], "weight_decay": args.weight_decay,
+                 "distort_strength": args.distort_strength,
+                 "mnist_test_error": full["error_rate"], "mnist_test_errors": full["errors"]}
+        where = (f", {result['split']} split; MNIST 16x16 {100 * full['error_rate']:.2f}% "
+                 f"({full['errors']}/{full['images']})")
     command = "python -m model.train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     checkpoint.save(out, model, seed=args.seed, epochs=epochs, distort=args.distort, batch=args.batch,
                     logit_scale=args.logit_scale,
                     lr=args.lr, test_error=result["error_rate"], test_errors=result["errors"],
-                    train_seconds=round(train_s, 1), command=command)
-    print(f"{args.arch}: test error {100 * result['error_rate']:.2f}% ({result['errors']}/{result['images']}), "
+                    train_seconds=round(train_s, 1), command=command, **extra)
+    print(f"{args.arch}: test error {100 * result['error_rate']:.2f}% ({result['errors']}/{result['images']}{where}), "
           f"trained in {train_s:.0f} s, saved {out}")
     return 0
 

@@ -24,6 +24,11 @@ from .qat import finetune
 def quantize(ckpt_path, cfg: dict, data_dir=None, progress: bool = True, log=print):
     """Load a checkpoint and return the calibrated (and, if the config asks, QAT-tuned) spec."""
     model, meta = checkpoint.load(ckpt_path)
+    if cfg.get("qat_epochs", 0) > 0:  # quantize.qat's forward pass has no local layers or per-unit biases yet
+        odd = [d.name for d in model.defs if d.kind == "local" or d.per_unit_bias]
+        if odd:
+            raise UserError(f"{model.config.arch}: QAT ({cfg.get('preset')}) does not handle locally connected "
+                            f"layers or per-unit biases yet ({', '.join(odd)}): use a config with qat_epochs 0")
     images = calibration_images(cfg, data_dir)
     prov = {"checkpoint": str(ckpt_path), "checkpoint_sha256": checkpoint_sha(ckpt_path),
             "checkpoint_test_error": meta.get("test_error"), "preset": cfg.get("preset"),

@@ -20,6 +20,7 @@ from model import data
 from model.lenet import LeNet, input_geometry, preprocess, rbf_centres, A as TANH_A, S as TANH_S
 from model.util import UserError, load_json_object
 
+from .ops import conv_bound
 from .qformat import ROUNDING, QFormat, bits_for
 from .spec import LayerSpec, QuantSpec, validate
 
@@ -157,8 +158,12 @@ def build_spec(model: LeNet, cfg: dict, images_u8: np.ndarray, provenance: dict 
     """Quantize ``model`` with the widths of ``cfg``, binary points calibrated on ``images_u8``.
 
     Shapes come from the model's layer definitions and :func:`model.lenet.input_geometry`: the
-    spec takes the digit the network reads (1 x 28 x 28; LeNet-1: 1 x 16 x 16) and its first
-    layer pads it with the code of the background (grey level 0) to the model's input field.
+    spec takes the digit the network reads (1 x 28 x 28; LeNet-1 and the 1989 networks of
+    :mod:`model.lineage`: 1 x 16 x 16) and its first layer pads it with the code of the
+    background (grey level 0) to the model's input field, plus the layer's own padding. A later
+    layer's padding (``zip1989``'s H2, ``net3``..``net5``'s H2) is code 0, the float model's 0.
+    Strides, connection tables, ``local`` layers (O x OH x OW x C x K x K weights) and per-unit
+    biases (O x OH x OW) carry over as the spec describes them (docs/quantspec.md).
 
     ``formats_from``: keep that spec's weight/bias/index/state formats (after QAT, which trained
     against them) and only re-derive the integer weights and accumulators.
@@ -175,14 +180,15 @@ def build_spec(model: LeNet, cfg: dict, images_u8: np.ndarray, provenance: dict 
     for i, (d, m, a) in enumerate(zip(model.defs, model.layers, pre)):
         lc = _layer_cfg(cfg, d.name)
         in_max = max(-prev.code_min, prev.code_max)
-        spatial = d.kind in ("conv", "subsample")
-        pad = in_pad if i == 0 else 0
-        if pad and d.kind != "conv":
+        spatial = d.kind in ("conv", "local", "subsample")
+        field = in_pad if i == 0 else 0  # the background around the digit (LeNet-1/4/5's input field)
+        if field and d.kind not in ("conv", "local"):
             raise UserError(f"{model.config.arch}: the input is padded but the first layer is a {d.kind}")
+        pad = field + (d.pad if d.kind in ("conv", "local") else 0)
         geometry = dict(name=d.name, kind=d.kind, in_maps=d.in_maps, out_maps=d.out_maps,
-                        in_h=d.in_size - 2 * pad if spatial else 1, in_w=d.in_size - 2 * pad if spatial else 1,
-                        kernel=d.kernel, stride=d.kernel if d.kind == "subsample" else 1,
-                        pad=pad, pad_code=background if pad else 0)
+                        in_h=d.in_size - 2 * field if spatial else 1, in_w=d.in_size - 2 * field if spatial else 1,
+                        kernel=d.kernel, stride=d.kernel if d.kind == "subsample" else d.stride,
+                        pad=pad, pad_code=background if pad and i == 0 else 0)
         if d.kind == "rbf":
             w = rbf_centres().astype(np.int64)
             wf = QFormat(2, 0, True, rnd, "SAT")
@@ -193,6 +199,9 @@ def build_spec(model: LeNet, cfg: dict, images_u8: np.ndarray, provenance: dict 
             continue
         if d.kind == "conv":
             wt = m.masked_weight().detach().double().numpy()
+            bt = m.bias.detach().double().numpy()
+        elif d.kind == "local":
+            wt = m.weight.detach().double().numpy()
             bt = m.bias.detach().double().numpy()
         elif d.kind == "subsample":
             wt = m.coef.detach().double().numpy()
@@ -209,6 +218,8 @@ def build_spec(model: LeNet, cfg: dict, images_u8: np.ndarray, provenance: dict 
         b_acc = b << (acc_frac - bf.frac)
         if d.kind == "subsample":
             bound = int((np.abs(w) * d.kernel**2 * in_max + np.abs(b_acc)).max())
+        elif d.kind == "local" or b_acc.ndim > 1:  # the worst output position, per-unit biases
+            bound = conv_bound(w, b_acc, in_max)
         else:
             bound = int((np.abs(w).reshape(len(w), -1).sum(1) * in_max + np.abs(b_acc)).max())
         af = acc_format(bound, acc_frac, lc.get("acc_bits"))
