@@ -13,8 +13,13 @@ SIM ?= verilator
 # images for `make sim`: 1,000 in Verilator (about 40 s with the build), 100 in Icarus (about 2 min)
 IMAGES ?= $(if $(filter icarus,$(SIM)),100,1000)
 VERILATOR_WAIVERS := -Wno-WIDTHEXPAND -Wno-WIDTHTRUNC -Wno-CASEINCOMPLETE -Wno-CMPCONST
+# every network with a committed checkpoint: the LeNets, then the 1989 lineage (model/lineage.py)
+LENETS := lenet1 lenet4 lenet5
+LINEAGE := zip1989 net1 net2 net3 net4 net5
+NETWORKS := $(LENETS) $(LINEAGE)
+PRESETS ?= $(if $(filter $(ARCH),$(LINEAGE)),q8,q8 anna)
 
-.PHONY: all install train train-all evaluate quantize verilog lint sim sim-full sim-layers bench bench-sim sweep bench-dask explore example qonnx qonnx-models test test-slow clean help
+.PHONY: all install train train-all train-lineage evaluate quantize verilog lint sim sim-full sim-layers bench bench-sim sweep bench-dask explore example qonnx qonnx-models test test-slow clean help
 
 help:
 	@echo "make all        main job: evaluate, quantize (q8, anna), verilog, sim; ends with a summary"
@@ -22,13 +27,14 @@ help:
 	@echo "make test       the test suite (CI runs this)"
 	@echo "make test-slow  long regressions (marker 'slow')"
 	@echo "make train      train ARCH=$(ARCH) (SEED, EPOCHS) into build/checkpoints/"
-	@echo "make train-all  train LeNet-1, LeNet-4 and LeNet-5 with the README's commands"
+	@echo "make train-all  train every network (LeNets and 1989 lineage) with the README's commands"
+	@echo "make train-lineage  train zip1989 and net1..net5 (JOBS at a time, a few minutes)"
 	@echo "make evaluate   test error of every committed checkpoint"
 	@echo "make quantize   build/quant/ARCH-q8/ and build/quant/ARCH-anna/ QuantSpecs (ARCH=lenet1|lenet4|lenet5)"
 	@echo "make verilog    build/verilog/ARCH_q8.v and ARCH_anna.v (+ JSON manifests), LANES=$(LANES)"
 	@echo "make lint       iverilog -g2012 and verilator --lint-only on the emitted Verilog"
 	@echo "make sim        RTL vs emulator: ARCH q8, the first IMAGES=$(IMAGES) MNIST test images, SIM=$(SIM) (or icarus)"
-	@echo "make sim-full   RTL vs emulator: all 10,000 test images of ARCH, PRESETS (q8 anna), Verilator"
+	@echo "make sim-full   RTL vs emulator: every test digit of ARCH (10,000 MNIST; own split for the 1989 networks), PRESETS, Verilator"
 	@echo "make sim-layers layer tops (requantize, MAC, activation LUT) vs emulator, Icarus (SIM=verilator)"
 	@echo "make bench      emulator vs torch float32 throughput; cycle model for lanes 1, 8, 32"
 	@echo "make bench-sim  simulator speed: Icarus (10 images, 1 process) and Verilator (1,000 images, JOBS), cycles/s"
@@ -45,9 +51,9 @@ help:
 all: $(STAMP)
 	@mkdir -p build/reports
 	$(MAKE) --no-print-directory -j$(JOBS) quantize verilog
-	@set -o pipefail; for a in lenet1 lenet4 lenet5; do $(PY) -m model.evaluate --arch $$a --json || exit 1; done \
+	@set -o pipefail; for a in $(NETWORKS); do $(PY) -m model.evaluate --arch $$a --json || exit 1; done \
 	  | tee build/reports/float.jsonl.tmp && mv build/reports/float.jsonl.tmp build/reports/float.jsonl
-	@set -o pipefail; for p in q8 anna; do $(PY) -m quantize.evaluate --spec build/quant/$(ARCH)-$$p --json || exit 1; done \
+	@set -o pipefail; for p in $(PRESETS); do $(PY) -m quantize.evaluate --spec build/quant/$(ARCH)-$$p --json || exit 1; done \
 	  | tee build/reports/quant.jsonl.tmp && mv build/reports/quant.jsonl.tmp build/reports/quant.jsonl
 	@rm -f build/reports/sim.jsonl
 	-$(PY) -m sim --spec build/quant/$(ARCH)-q8 --images $(IMAGES) --simulator $(SIM) --lanes $(LANES) --jobs $(JOBS) \
@@ -72,28 +78,38 @@ train: $(STAMP)
 	$(PY) -m model.train --arch $(ARCH) --seed $(SEED) $(if $(EPOCHS),--epochs $(EPOCHS)) --out build/checkpoints/$(ARCH).pt
 
 train-all: $(STAMP)
-	for a in lenet1 lenet4 lenet5; do $(PY) -m model.train --arch $$a --seed 0 --out build/checkpoints/$$a.pt || exit 1; done
+	for a in $(NETWORKS); do $(PY) -m model.train --arch $$a --seed 0 --out build/checkpoints/$$a.pt || exit 1; done
 
+# the 1989 lineage alone (minutes): JOBS trainings at a time, one thread each (the recipes' count)
+train-lineage: $(STAMP)
+	@mkdir -p build/checkpoints
+	printf '%s\n' $(LINEAGE) | xargs -P $(JOBS) -I{} $(PY) -m model.train --arch {} --seed 0 --no-progress \
+	  --out build/checkpoints/{}.pt
+
+# each network's error on its own test split (MNIST's for the LeNets, the stand-ins for the 1989 networks)
 evaluate: $(STAMP)
-	@for a in lenet1 lenet4 lenet5; do $(PY) -m model.evaluate --arch $$a || exit 1; done
+	@for a in $(NETWORKS); do $(PY) -m model.evaluate --arch $$a || exit 1; done
 
 # a spec per network and preset: build/quant/ARCH-PRESET from model/checkpoints/ARCH.pt
 CHECKPOINTS := $(wildcard model/checkpoints/*.pt)
+# (the preset is the last dash-separated word, so a network's name may hold dashes)
 build/quant/%/spec.json: $(CHECKPOINTS) $(STAMP)
-	$(PY) -m quantize --checkpoint model/checkpoints/$(firstword $(subst -, ,$*)).pt \
+	$(PY) -m quantize --checkpoint model/checkpoints/$(patsubst %-$(lastword $(subst -, ,$*)),%,$*).pt \
 	  --preset $(lastword $(subst -, ,$*)) --out $(@D)
 
-quantize: build/quant/$(ARCH)-q8/spec.json build/quant/$(ARCH)-anna/spec.json
+quantize: $(foreach p,$(PRESETS),build/quant/$(ARCH)-$(p)/spec.json)
 
 # the Verilog is a function of the spec, the lanes and the generator's source
 HW_SOURCES := $(wildcard hw/*.py)
-build/verilog/$(ARCH)_%.v: build/quant/$(ARCH)-%/spec.json $(HW_SOURCES)
+# (the top module is the network's name with dashes as underscores, then the preset)
+VTOP := $(subst -,_,$(ARCH))
+build/verilog/$(VTOP)_%.v: build/quant/$(ARCH)-%/spec.json $(HW_SOURCES)
 	$(PY) -m hw.generate --spec $(<D) --lanes $(LANES) --out build/verilog
 
-verilog: build/verilog/$(ARCH)_q8.v build/verilog/$(ARCH)_anna.v
+verilog: $(foreach p,$(PRESETS),build/verilog/$(VTOP)_$(p).v)
 
 lint: verilog
-	@for t in $(ARCH)_q8 $(ARCH)_anna; do \
+	@for t in $(foreach p,$(PRESETS),$(VTOP)_$(p)); do \
 	  iverilog -g2012 -o build/verilog/$$t.vvp build/verilog/$$t.v && \
 	  PATH=$(VENV)/bin:$$PATH verilator --lint-only $(VERILATOR_WAIVERS) --top-module $$t build/verilog/$$t.v && \
 	  echo "$$t: iverilog and verilator lint clean" || exit 1; done
@@ -101,12 +117,13 @@ lint: verilog
 sim: build/quant/$(ARCH)-q8/spec.json
 	$(PY) -m sim --spec build/quant/$(ARCH)-q8 --images $(IMAGES) --simulator $(SIM) --lanes $(LANES) --jobs $(JOBS)
 
-# PRESETS: which specs of ARCH to run on all 10,000 test images (default q8 and anna)
-PRESETS ?= q8 anna
+# PRESETS: which specs of ARCH (default q8 and anna; q8 alone for the 1989 lineage, whose local layers and
+# per-unit biases the anna preset's QAT does not handle yet) to run on every test digit of its network (default q8 and anna): MNIST's
+# 10,000 for the LeNets, the network's own split for the 1989 lineage (2,007 for zip1989, 160 for net1..net5)
 sim-full: $(foreach p,$(PRESETS),build/quant/$(ARCH)-$(p)/spec.json)
 	@mkdir -p build/reports
 	@rm -f build/reports/sim-full-$(ARCH).jsonl
-	@for p in $(PRESETS); do $(PY) -m sim --spec build/quant/$(ARCH)-$$p --images 10000 --simulator verilator \
+	@for p in $(PRESETS); do $(PY) -m sim --spec build/quant/$(ARCH)-$$p --images all --simulator verilator \
 	  --lanes $(LANES) --jobs $(JOBS) --report build/reports/sim-full-$(ARCH).jsonl || exit 1; done
 
 bench: build/quant/lenet5-q8/spec.json

@@ -38,15 +38,21 @@ def own_split(arch: str) -> str:
     return lineage.SPLIT.get(arch, "mnist")
 
 
-def test_split(arch: str, split: str = "own", data_dir=None) -> tuple[str, data.Split]:
-    """``(name, digits)`` of the test split ``split`` (``own``: the network's, see the module doc)."""
+def test_split(arch: str, split: str = "own", data_dir=None, side: int | None = None) -> tuple[str, data.Split]:
+    """``(name, digits)`` of the test split ``split`` (``own``: the network's, see the module doc).
+
+    ``side``: the side of the digit the network reads (default: ``arch``'s); the stand-ins are
+    16x16 digits and are refused for any other side. A name that is not one of this package's
+    networks (an imported model's) has MNIST as its own split."""
     if split not in SPLITS:
         raise UserError(f"unknown --split {split!r} (choose {', '.join(SPLITS)})")
     name = own_split(arch) if split == "own" else split
-    side = input_geometry(arch)[0]
-    if name != "mnist" and side != usps.SIDE:
+    if name == "mnist":
+        return name, data.load("test", data_dir)
+    side = input_geometry(arch)[0] if side is None else side
+    if side != usps.SIDE:
         raise UserError(f"--split {name}: {usps.SIDE}x{usps.SIDE} digits, but {arch} reads {side}x{side} (use --split mnist)")
-    return name, (data.load("test", data_dir) if name == "mnist" else usps.load(name, "test", data_dir))
+    return name, usps.load(name, "test", data_dir)
 
 
 def evaluate(model: LeNet, data_dir=None, limit: int | None = None, split: str = "own") -> dict:

@@ -22,10 +22,21 @@ from . import spec as qspec
 from .emulator import Emulator
 
 
-def evaluate(spec, data_dir=None, limit: int | None = None, images=None, labels=None) -> dict:
-    """Emulator error on MNIST's test set (or on uint8 ``images`` with ``labels``)."""
+def test_images(spec, split: str = "own", data_dir=None) -> tuple[str, "data.Split"]:
+    """``(name, digits)``: the test split ``split`` of the network the spec was made from
+    (:func:`model.evaluate.test_split`; ``own``: 2,007 digits for ``zip1989``, 160 for ``net1`` ..
+    ``net5``, MNIST's 10,000 for the LeNets and imported models)."""
+    from model.evaluate import test_split
+
+    c, h, w = spec.input_shape
+    return test_split(spec.network, split, data_dir, side=h if c == 1 and h == w else 0)
+
+
+def evaluate(spec, data_dir=None, limit: int | None = None, images=None, labels=None, split: str = "own") -> dict:
+    """Emulator error on the spec's test split (:func:`test_images`) or on uint8 ``images`` with ``labels``."""
+    where = "images"
     if images is None:
-        test = data.load("test", data_dir)
+        where, test = test_images(spec, split, data_dir)
         images, labels = test.images, test.labels
     images, labels = images[:limit], labels[:limit]
     emu = Emulator(spec)
@@ -34,7 +45,7 @@ def evaluate(spec, data_dir=None, limit: int | None = None, images=None, labels=
     r = emu.run(images, keep=False)
     dt = time.perf_counter() - t0
     errors = int((r.predictions != labels).sum())
-    return {"network": spec.network, "preset": spec.provenance.get("preset"), "images": int(len(labels)),
+    return {"network": spec.network, "preset": spec.provenance.get("preset"), "split": where, "images": int(len(labels)),
             "errors": errors, "error_rate": errors / len(labels), "images_per_s": round(len(labels) / max(dt, 1e-9), 1),
             "seconds": round(dt, 3), "weight_bits": spec.weight_bits(), "saturations": r.saturations()}
 
@@ -96,6 +107,9 @@ def main(argv=None):
     p.add_argument("--against", help="--spec: compare the emulator with this ONNX model (the one imported) "
                                      "image by image")
     p.add_argument("--data", default=None, help="MNIST directory")
+    p.add_argument("--split", default="own", help="--spec: the test digits: own (default: the network's, the "
+                                                  "2,007-digit USPS stand-in for zip1989, the 160-digit set for "
+                                                  "net1..net5, MNIST's 10,000 otherwise), mnist, usps or digits480")
     p.add_argument("--images", help="uint8 images .npy (N x C x H x W) instead of MNIST's test set")
     p.add_argument("--labels", help="integer labels .npy for --images")
     p.add_argument("--input-mean", help="--model: pixel p enters as (p/255 - mean)/std; one value or one per channel")
@@ -141,12 +155,12 @@ def main(argv=None):
                   + (f"; errors: emulator {res['emulator_errors']}, model {res['model_errors']}"
                      if "model_errors" in res else ""))
         return 0
-    res = {"spec": args.spec, **evaluate(spec, args.data, args.limit, images, labels)}
+    res = {"spec": args.spec, **evaluate(spec, args.data, args.limit, images, labels, args.split)}
     if args.json:
         print(json.dumps(res))
     else:
         flagged = {k: v for k, v in res["saturations"].items() if v["acc_overflows"] or v["saturations"]}
-        where = f" on {args.images}" if args.images else ""
+        where = f" on {args.images}" if args.images else "" if res["split"] == "mnist" else f" on the {res['split']} split"
         print(f"{args.spec}: test error{where} {100 * res['error_rate']:.2f}% ({res['errors']}/{res['images']}), "
               f"{res['images_per_s']:,.0f} images/s" + ("; clipped LUT addresses/states: " + ", ".join(
                   f"{k} {v['saturations']}" + (f" (acc overflow {v['acc_overflows']}!)" if v['acc_overflows'] else "")

@@ -1,10 +1,10 @@
-"""``python -m sim --spec DIR [--images N | FILE.npy] [--simulator verilator|icarus] [--jobs J] [--json]``
+"""``python -m sim --spec DIR [--images N | all | FILE.npy] [--split own|mnist|usps|digits480]
+[--simulator verilator|icarus] [--jobs J] [--json]``
 
-Runs the emitted Verilog of a QuantSpec on MNIST test images (fitted to the spec's input shape) or a
-uint8 N x C x H x W .npy in a real simulator and compares class and scores with the emulator, bit for
-bit. Progress
-(images done, images/s, mismatches so far) goes to stderr: a bar on a terminal, a plain line every
-10 s otherwise.
+Runs the emitted Verilog of a QuantSpec on its network's test digits (MNIST's, fitted to the spec's
+input shape; the 1989 networks' own splits, see model.usps) or a uint8 N x C x H x W .npy in a real
+simulator and compares class and scores with the emulator, bit for bit. Progress (images done,
+images/s, mismatches so far) goes to stderr: a bar on a terminal, a plain line every 10 s otherwise.
 """
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 
-from model import data
 from model.util import UserError, cli
 from tasks import executor
 
@@ -24,7 +23,11 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m sim", description=__doc__.split("\n\n")[1])
     p.add_argument("--spec", required=True, help="QuantSpec directory")
     p.add_argument("--images", default="100",
-                   help="N (the first N MNIST test images) or a uint8 .npy file (N x C x H x W, the spec's input)")
+                   help="N (the first N test digits of --split), all (every one), or a uint8 .npy file "
+                        "(N x C x H x W, the spec's input)")
+    p.add_argument("--split", default="own",
+                   help="the test digits: own (default: the network's: the 2,007-digit USPS stand-in for zip1989, "
+                        "the 160-digit set for net1..net5, MNIST's 10,000 otherwise), mnist, usps or digits480")
     p.add_argument("--simulator", default=os.environ.get("SIM") or "verilator",
                    help="verilator (default, or $SIM) or icarus")
     p.add_argument("--lanes", type=int, default=8)
@@ -48,13 +51,16 @@ def main(argv=None):
         raise UserError(f"unknown --simulator {args.simulator!r} (icarus or verilator)")
     if not os.path.isdir(args.spec):
         raise UserError(f"--spec {args.spec}: no such directory (make quantize builds build/quant/lenet5-q8)")
-    if args.images.isdigit():
-        n = int(args.images)
-        if n < 1:
+    from quantize import spec as qspec
+
+    if args.images.isdigit() or args.images == "all":
+        n = None if args.images == "all" else int(args.images)
+        if n is not None and n < 1:
             raise UserError("--images must be at least 1")
-        images = data.load("test", args.data).images[:n]
+        from quantize.evaluate import test_images
+
+        images = test_images(qspec.load(args.spec), args.split, args.data)[1].images[:n]
     else:
-        from quantize import spec as qspec
         from quantize.run import load_images
 
         images = load_images(args.images, qspec.load(args.spec).input_shape)
