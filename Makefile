@@ -13,11 +13,14 @@ SIM ?= verilator
 # images for `make sim`: 1,000 in Verilator (about 40 s with the build), 100 in Icarus (about 2 min)
 IMAGES ?= $(if $(filter icarus,$(SIM)),100,1000)
 VERILATOR_WAIVERS := -Wno-WIDTHEXPAND -Wno-WIDTHTRUNC -Wno-CASEINCOMPLETE -Wno-CMPCONST
-# every network with a committed checkpoint: the LeNets, then the 1989 lineage (model/lineage.py)
+# every network with a committed checkpoint: the LeNets, the boosted LeNet-4 (model/boosted.py: three
+# LeNet-4s as one network; member 1 is model/checkpoints/lenet4.pt), the 1989 lineage (model/lineage.py)
 LENETS := lenet1 lenet4 lenet5
+ENSEMBLES := boosted-lenet4
 LINEAGE := zip1989 net1 net2 net3 net4 net5
-NETWORKS := $(LENETS) $(LINEAGE)
-PRESETS ?= $(if $(filter $(ARCH),$(LINEAGE)),q8,q8 anna)
+NETWORKS := $(LENETS) $(ENSEMBLES) $(LINEAGE)
+# q8 alone for the ensemble (anna's QAT on three LeNet-4s is not part of the recipe) and the 1989 lineage
+PRESETS ?= $(if $(filter $(ARCH),$(ENSEMBLES) $(LINEAGE)),q8,q8 anna)
 
 .PHONY: all install train train-all train-lineage evaluate quantize verilog lint sim sim-full sim-layers bench bench-sim sweep bench-dask explore example qonnx qonnx-models test test-slow clean help
 
@@ -117,8 +120,8 @@ lint: verilog
 sim: build/quant/$(ARCH)-q8/spec.json
 	$(PY) -m sim --spec build/quant/$(ARCH)-q8 --images $(IMAGES) --simulator $(SIM) --lanes $(LANES) --jobs $(JOBS)
 
-# PRESETS: which specs of ARCH (default q8 and anna; q8 alone for the 1989 lineage, whose local layers and
-# per-unit biases the anna preset's QAT does not handle yet) to run on every test digit of its network (default q8 and anna): MNIST's
+# PRESETS: which specs of ARCH (default q8 and anna; q8 alone for the boosted LeNet-4 and the 1989 lineage,
+# whose local layers and per-unit biases the anna preset's QAT does not handle yet) to run on every test digit of its network (default q8 and anna): MNIST's
 # 10,000 for the LeNets, the network's own split for the 1989 lineage (2,007 for zip1989, 160 for net1..net5)
 sim-full: $(foreach p,$(PRESETS),build/quant/$(ARCH)-$(p)/spec.json)
 	@mkdir -p build/reports

@@ -70,7 +70,7 @@ def evaluate(model: LeNet, data_dir=None, limit: int | None = None, split: str =
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m model.evaluate", description="Test error of a checkpoint on its "
                                 "own test split (default) or on MNIST's.")
-    p.add_argument("--arch", default=None, help="lenet1, lenet4, lenet5, zip1989, net1 .. net5 (checked against "
+    p.add_argument("--arch", default=None, help="lenet1, lenet4, lenet5, boosted-lenet4, zip1989, net1 .. net5 (checked against "
                                                 "the checkpoint)")
     p.add_argument("--split", default="own", help="own (default: MNIST for the LeNets, the 2,007-digit USPS "
                                                   "stand-in for zip1989, the 160-digit set for net1..net5), mnist "

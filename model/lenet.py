@@ -1,6 +1,7 @@
 """LeNet-1, LeNet-4 and LeNet-5 as in LeCun et al. (1989, 1998), in one readable file, and the
-:class:`LeNet` module that also runs the 1989 networks of :mod:`model.lineage` (``zip1989``,
-``net1`` .. ``net5``).
+:class:`LeNet` module that also runs the boosted LeNet-4 of :mod:`model.boosted` (three LeNet-4s
+side by side, 32x32 field like LeNet-4) and the 1989 networks of :mod:`model.lineage`
+(``zip1989``, ``net1`` .. ``net5``).
 
 Every network is a list of layers (:class:`model.layers.LayerDef`), which is also what the
 quantizer and the hardware understand: ``conv`` (the LeNets: 5x5, valid, with an optional
@@ -108,6 +109,10 @@ def _layers(arch: str) -> list[LayerDef]:
             LayerDef("F6", "dense", 120, 84, 1),
             LayerDef("OUT", "rbf", 84, 10, 1, squash=False),
         ]
+    if arch in ENSEMBLES:
+        from . import boosted  # imports this module
+
+        return boosted.layers()
     if arch in lineage.NAMES:
         return lineage.layers(arch)
     raise unknown_arch(arch)
@@ -115,8 +120,10 @@ def _layers(arch: str) -> list[LayerDef]:
 
 #: the LeNets (MNIST 28x28 networks of 1989-1998)
 ARCHS = ("lenet1", "lenet4", "lenet5")
-#: every network this package builds: the LeNets and the 1989 lineage (16x16 inputs)
-ALL_ARCHS = ARCHS + lineage.NAMES
+#: ensembles of LeNets that are one network each (:mod:`model.boosted`: three LeNet-4s side by side)
+ENSEMBLES = ("boosted-lenet4",)
+#: every network this package builds: the LeNets, the boosted LeNet-4 and the 1989 lineage (16x16 inputs)
+ALL_ARCHS = ARCHS + ENSEMBLES + lineage.NAMES
 
 
 def unknown_arch(arch) -> UserError:

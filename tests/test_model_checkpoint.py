@@ -268,14 +268,14 @@ def test_train_cli_rejects_before_training(monkeypatch, capsys, argv, msg):
 
     monkeypatch.setattr(model.train, "train", no_training)
     assert model.train.main(argv) == 2
-    assert capsys.readouterr().err.splitlines() == [f"error: {msg}" + (" (choose lenet1, lenet4, lenet5, zip1989, net1, net2, net3, net4, net5)" if "arch" in msg else "")]
+    assert capsys.readouterr().err.splitlines() == [f"error: {msg}" + (" (choose lenet1, lenet4, lenet5, boosted-lenet4, zip1989, net1, net2, net3, net4, net5)" if "arch" in msg else "")]
 
 
 def test_train_cli_unknown_arch_subprocess(run_module):
     r = run_module("model.train", "--arch", "lenet7", "--no-progress")
     assert r.returncode == 2
     assert r.stdout == ""
-    assert r.stderr.splitlines() == ["error: unknown --arch 'lenet7' (choose lenet1, lenet4, lenet5, zip1989, net1, net2, net3, net4, net5)"]
+    assert r.stderr.splitlines() == ["error: unknown --arch 'lenet7' (choose lenet1, lenet4, lenet5, boosted-lenet4, zip1989, net1, net2, net3, net4, net5)"]
 
 
 # --------------------------------------------------------------------------- evaluate
