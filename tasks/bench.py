@@ -9,7 +9,9 @@ apart from timings; ``--json`` for one object. ``make bench-dask`` runs the defa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -30,7 +32,17 @@ def _points(out: Path) -> list[dict]:
 
 def _sweep(out: Path, args: list[str]) -> float:
     t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, "-m", "quantize.sweep", "--out", str(out), "--no-progress", *args])
+    # its own process group: an interrupted bench stops the sweep's worker processes too (killing
+    # the sweep alone left its process pool running)
+    p = subprocess.Popen([sys.executable, "-m", "quantize.sweep", "--out", str(out), "--no-progress", *args],
+                         start_new_session=True)
+    try:
+        p.wait()
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        raise
     if p.returncode:
         raise UserError(f"the sweep ({' '.join(args)}) failed with exit code {p.returncode}")
     return time.perf_counter() - t0
