@@ -122,13 +122,24 @@ def counts(arch: str) -> dict:
 
 #: training recipes (``model.train``; the committed checkpoints: exactly these, seed 0, 1 thread).
 #: zip1989: Adam, one-cycle, 30 passes, the LeNets' affine distortions. net1..net5, one recipe for
-#: all (the report trained them alike): 600 passes over the 320 digits at a peak rate of 0.01, with
-#: the distortions at 2.5x their range (shifts +-10% of the side, rotation +-0.25 rad, ...): on 320
-#: digits the constrained networks need them (without distortions Net-3..5 came out below Net-1 on
-#: MNIST), and 2.5x ranked the five as the report does on all of MNIST for 2 of 3 seeds (2x: also
-#: 2 of 3, but not seed 0; 3x: 2 of 2, but every network underfits).
+#: all (the report trained them alike): Adam, one-cycle to a peak rate of 0.03, 600 passes over the
+#: 320 digits in batches of 32, every batch distorted (the affine ranges at 1.5x, then an elastic
+#: field of 4 pixels smoothed over 2: see ``model.train.distort``), cross-entropy with label
+#: smoothing 0.1. Chosen on a validation set that is neither the 320 nor the 160 digits: 5,000 other
+#: MNIST training digits (resampled to 16x16), mean error over seeds 0..2, among 600-pass recipes
+#: (affine 1..3x, with or without the elastic field (4 or 6 pixels) and label smoothing (0.1, 0.2),
+#: peak rates 0.005..0.1, batches of 16 or 32; and single-seed tries of longer training (1200-1500
+#: passes), SGD with momentum, weight decay, MSE to +-1 targets, weight averaging (SWA, EMA): no
+#: better). Validation error (seeds 0..2 mean): net1 14.7%, net2 12.4%, net3 10.3%, net4 10.0%,
+#: net5 8.2% (the old recipe, 2.5x affine at 0.01 without the rest: 18.8, 15.5, 14.7, 13.4, 9.0%
+#: for seed 0); the lowest mean over the five of the recipes tried for all five, and the one whose
+#: seed-0 networks rank as the report's on the validation digits (batches of 16 at 0.01 did as well
+#: on average, 11.14 vs 11.13%, but its seed-0 Net-2 beat its Net-3). With all 60,000 training
+#: digits Net-5 reaches ~4.6% on MNIST at 16x16; on 320 it stays near 8%, so the report's 98.4% on
+#: its own 160 digits is out of reach on MNIST's.
 RECIPES = {
     "zip1989": {"epochs": 30, "distort": True, "logit_scale": 1.0},
-    **{f"net{i}": {"epochs": 600, "distort": True, "distort_strength": 2.5, "lr": 0.01, "logit_scale": 1.0}
+    **{f"net{i}": {"epochs": 600, "distort": True, "distort_strength": 1.5, "elastic": 4.0, "label_smoothing": 0.1,
+                   "lr": 0.03, "logit_scale": 1.0}
        for i in range(1, 6)},
 }
