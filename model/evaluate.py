@@ -33,6 +33,12 @@ def predict(model: LeNet, images_u8: np.ndarray, batch: int = 1000) -> np.ndarra
 SPLITS = ("own", "mnist") + tuple(usps.SIZES)
 
 
+def check_split(split: str) -> None:
+    """One line for a ``--split`` that is not one of :data:`SPLITS`."""
+    if split not in SPLITS:
+        raise UserError(f"unknown --split {split!r} (choose {', '.join(SPLITS)})")
+
+
 def own_split(arch: str) -> str:
     """The test split ``arch`` is measured on by default."""
     return lineage.SPLIT.get(arch, "mnist")
@@ -44,8 +50,7 @@ def test_split(arch: str, split: str = "own", data_dir=None, side: int | None = 
     ``side``: the side of the digit the network reads (default: ``arch``'s); the stand-ins are
     16x16 digits and are refused for any other side. A name that is not one of this package's
     networks (an imported model's) has MNIST as its own split."""
-    if split not in SPLITS:
-        raise UserError(f"unknown --split {split!r} (choose {', '.join(SPLITS)})")
+    check_split(split)
     name = own_split(arch) if split == "own" else split
     if name == "mnist":
         return name, data.load("test", data_dir)
@@ -83,8 +88,7 @@ def main(argv=None):
     if args.limit is not None and args.limit < 1:
         raise UserError("--limit must be a positive number of images")
     torch.set_num_threads(2)
-    if args.split not in SPLITS:
-        raise UserError(f"unknown --split {args.split!r} (choose {', '.join(SPLITS)})")
+    check_split(args.split)  # before the checkpoint is read
     model, meta = checkpoint.load(args.checkpoint, args.arch)
     result = {**evaluate(model, args.data, args.limit, args.split), "checkpoint": meta["path"]}
     if args.json:
