@@ -114,8 +114,12 @@ def build(simulator: str, sources: list[Path], toplevel: str, out: Path, public:
     """Compile ``sources`` for ``simulator`` into ``out/build/<key>`` (reused when the key matches).
 
     ``public`` (Verilator): every signal visible to VPI, for testbenches that look inside the design.
+    A design that instantiates the iCE40 ``SB_MAC16`` gets Yosys' model of it (:func:`hw.dsp.sim_sources`).
     """
+    from hw.dsp import sim_sources
+
     check_simulator(simulator)
+    sources = sim_sources(sources, out)  # + the SB_MAC16 model when the design instantiates it
     args = list(extra_args or [])
     if simulator == "verilator":
         args = VERILATOR_ARGS + args + (["--trace-fst", "--trace-structs"] if waves else [])
