@@ -39,21 +39,22 @@ class Accelerator(wiring.Component):
     Latency = throughput period = :func:`hw.perf.cycles_per_image` cycles per image (one image at a
     time; a new image is accepted after ``done``).
 
-    ``batch`` = B > 1 runs B images in lockstep: one sequencer and one weight memory, B engines
-    (B x lanes MACs). ``i`` then carries one pixel of each image per beat (image b in bits
+    ``batch`` = B > 1 runs B images in lockstep: one sequencer and one weight memory, one engine of
+    B images (B x lanes MACs; images 2j and 2j + 1 share the DSPs where ``dsp`` pairs them, see
+    :class:`~hw.mac.MACLanes`). ``i`` then carries one pixel of each image per beat (image b in bits
     8b..8b+7) and each ``o`` beat carries B values (``value[b]``); the cycles per batch are those
     of one image. ``program`` may be given instead of compiling ``spec`` again.
     """
 
     def __init__(self, spec: QuantSpec, lanes: int = 8, weights: str = "rom", batch: int = 1,
-                 program: Program | None = None):
+                 program: Program | None = None, dsp: str = "auto"):
         if not isinstance(spec, QuantSpec):
             raise TypeError(f"spec must be a QuantSpec, got {type(spec).__name__}")
         if weights not in ("rom", "load"):
             raise ValueError(f"weights must be 'rom' (initialised memory) or 'load' (loaded through wl), got {weights!r}")
         if not isinstance(batch, int) or isinstance(batch, bool) or not 1 <= batch <= 64:
             raise ValueError(f"batch must be an integer in 1..64, got {batch!r}")
-        self.weights, self.batch, self.spec, self.lanes = weights, batch, spec, lanes
+        self.weights, self.batch, self.spec, self.lanes, self.dsp = weights, batch, spec, lanes, dsp
         self.program: Program = program if program is not None else compile_spec(spec, lanes)
         if self.program.lanes != lanes:
             raise ValueError(f"program compiled for {self.program.lanes} lanes, not {lanes}")
@@ -86,10 +87,10 @@ class Accelerator(wiring.Component):
                      self.busy.eq(seq.busy), self.done.eq(seq.done)]
         if self.weights == "load":
             m.d.comb += [seq.wl_valid.eq(self.wl.valid), seq.wl_payload.eq(self.wl.payload), self.wl.ready.eq(seq.wl_ready)]
-        for b in range(B):  # batch 1 keeps the plain name (the tracer and tests look for it)
-            eng = Engine(self.program)
-            m.submodules["engine" if B == 1 else f"engine{b}"] = eng
-            wiring.connect(m, seq.ctl, eng.ctl)
-            m.d.comb += eng.pixel.eq(self.i.payload[8 * b:8 * b + 8])
-            m.d.comb += (self.o.payload.value if B == 1 else self.o.payload.value[b]).eq(eng.value)
+        m.submodules.engine = eng = Engine(self.program, images=B, dsp=self.dsp)
+        wiring.connect(m, seq.ctl, eng.ctl)
+        if B == 1:
+            m.d.comb += [eng.pixel.eq(self.i.payload), self.o.payload.value.eq(eng.value)]
+        for b in range(B if B > 1 else 0):
+            m.d.comb += [eng.pixel[b].eq(self.i.payload[8 * b:8 * b + 8]), self.o.payload.value[b].eq(eng.value[b])]
         return m

@@ -146,11 +146,16 @@ class BoardTop(wiring.Component):
         acc, rx = self.acc, urx.o
 
         # reply buffer: up to VERSION_BYTES bytes, sent LSB first
+        # (``tx_busy`` = "txn != 0" as a register: the protocol's decisions read no compare)
         txbuf = Signal(8 * VERSION_BYTES)
         txn = Signal(range(VERSION_BYTES + 1))
-        m.d.comb += [utx.i.valid.eq(txn != 0), utx.i.payload.eq(txbuf[:8])]
+        tx_busy = Signal()
+        m.d.comb += [utx.i.valid.eq(tx_busy), utx.i.payload.eq(txbuf[:8])]
         with m.If(utx.i.valid & utx.i.ready):
-            m.d.sync += [txbuf.eq(txbuf >> 8), txn.eq(txn - 1)]
+            m.d.sync += [txbuf.eq(txbuf >> 8), txn.eq(txn - 1), tx_busy.eq(txn != 1)]
+
+        def send(value, n):
+            return [txbuf.eq(value), txn.eq(n), tx_busy.eq(1)]
 
         count = Signal(range(self.image_bytes))
         length = Signal(32)
@@ -163,7 +168,7 @@ class BoardTop(wiring.Component):
 
         with m.FSM(name="proto") as fsm:
             with m.State("CMD"):
-                with m.If(txn == 0):
+                with m.If(~tx_busy):
                     m.d.comb += rx.ready.eq(1)
                     with m.If(rx.valid):
                         with m.Switch(rx.payload):
@@ -175,9 +180,9 @@ class BoardTop(wiring.Component):
                                 m.next = "LENGTH"
                             with m.Case(CMD_QUERY):
                                 reply = version_reply(self.lanes, self.image_shape, self.classes)
-                                m.d.sync += [txbuf.eq(int.from_bytes(reply, "little")), txn.eq(len(reply))]
+                                m.d.sync += send(int.from_bytes(reply, "little"), len(reply))
                             with m.Default():
-                                m.d.sync += [txbuf.eq(REPLY_ERROR), txn.eq(1)]
+                                m.d.sync += send(REPLY_ERROR, 1)
             with m.State("IMAGE"):
                 with m.If(timed_out):
                     m.next = "ABORT"
@@ -188,14 +193,14 @@ class BoardTop(wiring.Component):
                         m.d.sync += first.eq(1)
                         m.next = "RESULT"
             with m.State("RESULT"):
-                with m.If(txn == 0):
+                with m.If(~tx_busy):
                     m.d.comb += acc.o.ready.eq(1)
                     with m.If(acc.o.valid):
                         value = acc.o.payload.value
                         with m.If(first):
-                            m.d.sync += [txbuf.eq(Cat(Const(REPLY_RESULT, 8), value[:8])), txn.eq(2), first.eq(0)]
+                            m.d.sync += send(Cat(Const(REPLY_RESULT, 8), value[:8]), 2) + [first.eq(0)]
                         with m.Else():
-                            m.d.sync += [txbuf.eq(value), txn.eq(SCORE_BYTES)]
+                            m.d.sync += send(value, SCORE_BYTES)
                         with m.If(acc.o.payload.last):
                             m.next = "CMD"
             with m.State("LENGTH"):
@@ -207,7 +212,7 @@ class BoardTop(wiring.Component):
                     m.d.sync += [length.eq(new_length), count.eq(count + 1)]
                     with m.If(count == 3):
                         with m.If(new_length == 0):
-                            m.d.sync += [txbuf.eq(ack), txn.eq(1)]
+                            m.d.sync += send(ack, 1)
                             m.next = "CMD"
                         with m.Else():
                             m.next = "WEIGHTS"
@@ -221,12 +226,12 @@ class BoardTop(wiring.Component):
                 with m.If(byte_in):
                     m.d.sync += length.eq(length - 1)
                     with m.If(length == 1):
-                        m.d.sync += [txbuf.eq(ack), txn.eq(1)]
+                        m.d.sync += send(ack, 1)
                         m.next = "CMD"
             with m.State("ABORT"):
                 # the host went silent inside a command: reset the accelerator, answer 'E'
                 m.d.comb += acc_reset.eq(1)
-                m.d.sync += [txbuf.eq(REPLY_ERROR), txn.eq(1)]
+                m.d.sync += send(REPLY_ERROR, 1)
                 m.next = "CMD"
 
         # inter-byte timeout while a command's bytes are expected (not while the board computes,

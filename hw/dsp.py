@@ -2,7 +2,8 @@
 
 One weight times two data values (two images sharing the weight, or two lanes), operands of at most
 8 bits, registered products, **latency 2** (operands presented in cycle t, products visible in cycle
-t + 2), one pair per cycle.
+t + 2), one pair per cycle; with ``input_registers=False`` (operands straight from fabric registers)
+**latency 1**, as the product register of :class:`hw.mac.MACLanes`.
 
 Why: Yosys infers only the SB_MAC16's 16x16 mode (one product per DSP, and none for products narrower
 than 11 bits), but in MODE_8x8 the block computes two independent signed 8x8 products, so the
@@ -26,9 +27,9 @@ MAX_WIDTH = 8  # each half of the SB_MAC16 in MODE_8x8 is an 8x8 multiplier
 LATENCY = 2  # A_REG/B_REG, then the 8x8 product registers
 MODEL = "sb_mac16.v"  # the simulation model's file name beside a simulator build
 
-# SB_MAC16 parameters: registered A and B, registered 8x8 products on both outputs, both halves
+# SB_MAC16 parameters (A_REG/B_REG from ``input_registers``): registered 8x8 products on both outputs, both halves
 # signed; every adder, accumulator and 16x16 pipeline register off
-_PARAMS = {"NEG_TRIGGER": (0, 1), "A_REG": (1, 1), "B_REG": (1, 1), "C_REG": (0, 1), "D_REG": (0, 1),
+_PARAMS = {"NEG_TRIGGER": (0, 1), "C_REG": (0, 1), "D_REG": (0, 1),
            "TOP_8x8_MULT_REG": (1, 1), "BOT_8x8_MULT_REG": (1, 1),
            "PIPELINE_16x16_MULT_REG1": (0, 1), "PIPELINE_16x16_MULT_REG2": (0, 1),
            "TOPOUTPUT_SELECT": (2, 2), "TOPADDSUB_LOWERINPUT": (0, 2), "TOPADDSUB_UPPERINPUT": (0, 1),
@@ -54,7 +55,7 @@ class ProductPair(wiring.Component):
     product O[15:0], ``p1`` the top O[31:16]) or ``"rtl"`` (operand registers, product registers).
     """
 
-    def __init__(self, weight_width: int = 8, data_width: int = 8, impl: str = "rtl"):
+    def __init__(self, weight_width: int = 8, data_width: int = 8, impl: str = "rtl", input_registers: bool = True):
         for what, width in (("weight_width", weight_width), ("data_width", data_width)):
             if not isinstance(width, int) or not 1 <= width <= MAX_WIDTH:
                 raise ValueError(f"ProductPair: {what} must be 1..{MAX_WIDTH} bits (a signed 8x8 half of an "
@@ -62,6 +63,8 @@ class ProductPair(wiring.Component):
         if impl not in IMPLS:
             raise ValueError(f"ProductPair: impl must be one of {', '.join(IMPLS)}, got {impl!r}")
         self.weight_width, self.data_width, self.impl = weight_width, data_width, impl
+        self.input_registers = bool(input_registers)
+        self.latency = 1 + self.input_registers
         pw = weight_width + data_width  # |w * x| <= 2^(pw - 2): fits pw signed bits
         super().__init__({"w": In(signed(weight_width)), "x0": In(signed(data_width)), "x1": In(signed(data_width)),
                           "p0": Out(signed(pw)), "p1": Out(signed(pw))})
@@ -73,7 +76,9 @@ class ProductPair(wiring.Component):
             w, x0, x1 = (Signal(v.shape(), name=f"{n}_r", reset_less=True)
                          for n, v in (("w", self.w), ("x0", self.x0), ("x1", self.x1)))
             p0, p1 = (Signal(signed(pw), name=n, reset_less=True) for n in ("p0_r", "p1_r"))
-            m.d.sync += [w.eq(self.w), x0.eq(self.x0), x1.eq(self.x1), p0.eq(w * x0), p1.eq(w * x1)]
+            domain = m.d.sync if self.input_registers else m.d.comb
+            domain += [w.eq(self.w), x0.eq(self.x0), x1.eq(self.x1)]
+            m.d.sync += [p0.eq(w * x0), p1.eq(w * x1)]
             m.d.comb += [self.p0.eq(p0), self.p1.eq(p1)]
             return m
         ext = {}
@@ -84,6 +89,7 @@ class ProductPair(wiring.Component):
         unused = {f"o_{n}": Signal(name=f"dsp_{n.lower()}") for n in ("CO", "ACCUMCO", "SIGNEXTOUT")}
         m.submodules.dsp = Instance(
             "SB_MAC16", **{f"p_{k}": Const(v, w) for k, (v, w) in _PARAMS.items()},
+            p_A_REG=Const(self.input_registers, 1), p_B_REG=Const(self.input_registers, 1),
             i_CLK=ClockSignal(), i_CE=Const(1, 1),
             i_A=Cat(ext["w"], ext["w"]), i_B=Cat(ext["x0"], ext["x1"]), i_C=Const(0, 16), i_D=Const(0, 16),
             **{f"i_{n}": Const(0, 1) for n in _ZERO_INPUTS}, o_O=o, **unused)

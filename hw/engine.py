@@ -1,8 +1,8 @@
 """One engine: the convolver of one image (ANNA's neuron array). The banked feature memory and its
 crossbar (:class:`~hw.window.TileWindow`), the MAC lanes (:class:`~hw.mac.MACLanes`), the drain
 (:class:`~hw.activation.Activation`), the input table and the scores with their running argmax,
-all driven by the sequencer's control bundle (``hw/sequencer.py``). A batch of B images is B
-engines under one sequencer."""
+all driven by the sequencer's control bundle (``hw/sequencer.py``). A batch of B images is one
+engine of B images under one sequencer."""
 from __future__ import annotations
 
 from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
@@ -20,25 +20,45 @@ from .window import TileWindow
 class Engine(wiring.Component):
     """``pixel``: the image byte the sequencer is loading (``ctl.in_lut_addr_hi`` names its channel).
     ``value``: the output beat ``ctl.out_beat`` (0: the class, 1 + j: score j). Latency and
-    throughput are the sequencer's."""
+    throughput are the sequencer's.
 
-    def __init__(self, program: Program):
-        self.program = program
-        super().__init__({"ctl": In(control_signature(program)), "pixel": In(8),
-                          "value": Out(signed(max(program.score_width, 5)))})
+    ``images`` = B > 1: B images in lockstep, each with its own feature memory, drain, input table
+    and scores, and one set of MAC lanes whose products pair the images on the DSPs
+    (:class:`~hw.mac.MACLanes`, ``dsp``); ``pixel`` and ``value`` are then B-element arrays."""
+
+    def __init__(self, program: Program, images: int = 1, dsp: str = "auto"):
+        self.program, self.images, self.dsp = program, images, dsp
+        value = signed(max(program.score_width, 5))
+        super().__init__({"ctl": In(control_signature(program)),
+                          "pixel": In(8) if images == 1 else In(8).array(images),
+                          "value": Out(value) if images == 1 else Out(value).array(images)})
 
     def elaborate(self, platform):
         m = Module()
-        prog, ctl, P = self.program, self.ctl, self.program.lanes
+        prog, ctl, P, B = self.program, self.ctl, self.program.lanes, self.images
         ww, dw = prog.weight_width, prog.fm_width
-        m.submodules.window = win = TileWindow(prog.R, prog.C, prog.fm_words, dw)
         max_op = any(lp.op == "max" for lp in prog.layers)
-        m.submodules.mac = mac = MACLanes(P, ww, dw, prog.acc_width, bias=False, max_op=max_op)  # bias: in the drain
-        m.submodules.act = act = Activation(prog)
-        m.submodules.inlut = inlut = Memory(shape=signed(dw), depth=len(prog.input_lut), init=prog.input_lut)
+        # bias: in the drain
+        m.submodules.mac = mac = MACLanes(P, ww, dw, prog.acc_width, bias=False, max_op=max_op, images=B, dsp=self.dsp)
+        m.d.comb += [mac.valid.eq(ctl.mac_valid), mac.first.eq(ctl.mac_first), mac.max.eq(ctl.mac_max)]
+        m.d.comb += [mac.w[q].eq(ctl.lane_w[q * ww:(q + 1) * ww].as_signed()) for q in range(P)]
+        for b in range(B):  # one image: the plain names (the tracer and tests look for them)
+            sfx = "" if B == 1 else str(b)
+            x, acc = (mac.x, mac.acc) if B == 1 else (mac.x[b], mac.acc[b])
+            pixel, value = (self.pixel, self.value) if B == 1 else (self.pixel[b], self.value[b])
+            self._image(m, sfx, x, acc, pixel, value)
+        return m
+
+    def _image(self, m, sfx, x, acc, pixel, value):
+        """One image's feature memory, drain, input table and scores around the shared lanes."""
+        prog, ctl, P = self.program, self.ctl, self.program.lanes
+        dw = prog.fm_width
+        m.submodules["window" + sfx] = win = TileWindow(prog.R, prog.C, prog.fm_words, dw)
+        m.submodules["act" + sfx] = act = Activation(prog)
+        m.submodules["inlut" + sfx] = inlut = Memory(shape=signed(dw), depth=len(prog.input_lut), init=prog.input_lut)
         in_rp = inlut.read_port()
         channels = prog.image_shape[0]
-        m.d.comb += in_rp.addr.eq(Cat(self.pixel, ctl.in_lut_addr_hi) if channels > 1 else self.pixel)
+        m.d.comb += in_rp.addr.eq(Cat(pixel, ctl.in_lut_addr_hi) if channels > 1 else pixel)
 
         m.d.comb += [win.base.eq(ctl.rd_base), win.adj_row.eq(ctl.rd_adj_row), win.adj_col.eq(ctl.rd_adj_col),
                      win.dense.eq(ctl.rd_dense), win.bank.eq(ctl.rd_bank)]
@@ -46,24 +66,22 @@ class Engine(wiring.Component):
             m.d.comb += win.my.eq(ctl.rd_my)
         if prog.C > 1:
             m.d.comb += win.mx.eq(ctl.rd_mx)
-        m.d.comb += [mac.valid.eq(ctl.mac_valid), mac.first.eq(ctl.mac_first), mac.max.eq(ctl.mac_max)]
-        for q in range(P):
-            m.d.comb += [mac.w[q].eq(ctl.lane_w[q * ww:(q + 1) * ww].as_signed()), mac.x[q].eq(win.x[q])]
+        m.d.comb += [x[q].eq(win.x[q]) for q in range(P)]
         m.d.comb += [act.capture.eq(ctl.capture), act.layer.eq(ctl.layer), act.ty.eq(ctl.ty), act.tx.eq(ctl.tx),
                      act.map_off.eq(ctl.map_off), act.n0.eq(ctl.n0), act.bias_addr.eq(ctl.bias_addr),
                      act.mask.eq(ctl.mask)]
-        m.d.comb += [act.acc[q].eq(mac.acc[q]) for q in range(P)]
+        m.d.comb += [act.acc[q].eq(acc[q]) for q in range(P)]
         # feature-memory writes: the loader and the fill (input table word or pad code), else the drain
         m.d.comb += [win.we.eq(ctl.fm_we | act.we), win.waddr.eq(Mux(ctl.fm_we, ctl.fm_waddr, act.waddr)),
                      win.wdata.eq(Mux(ctl.fm_we, Mux(ctl.fm_pad, ctl.fm_pad_code, in_rp.data), act.wdata))]
 
         # scores and the running argmax (first maximum wins, as in the emulator)
-        scores = Array(Signal(signed(prog.score_width), name=f"score{j}") for j in range(prog.classes))
-        best = Signal(signed(prog.score_width))
-        cls = Signal(range(max(prog.classes, 2)))
+        scores = Array(Signal(signed(prog.score_width), name=f"score{sfx}_{j}" if sfx else f"score{j}")
+                       for j in range(prog.classes))
+        best = Signal(signed(prog.score_width), name="best" + sfx)
+        cls = Signal(range(max(prog.classes, 2)), name="cls" + sfx)
         with m.If(act.score_we):
             m.d.sync += scores[act.score_idx].eq(act.score)
             with m.If((act.score_idx == 0) | (act.score > best)):
                 m.d.sync += [best.eq(act.score), cls.eq(act.score_idx)]
-        m.d.comb += self.value.eq(Mux(ctl.out_beat == 0, cls, scores[ctl.out_beat - 1]))
-        return m
+        m.d.comb += value.eq(Mux(ctl.out_beat == 0, cls, scores[ctl.out_beat - 1]))

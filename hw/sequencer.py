@@ -44,19 +44,24 @@ def control_signature(prog: Program) -> wiring.Signature:
 
 
 def layer_constants(m: Module, prog: Program, layer) -> dict:
-    """The per-layer constants as signals selected by ``layer``: one table for the whole sequencer."""
+    """The per-layer constants, registered: ``k[name]`` holds the entry of the ``layer`` of the
+    previous cycle. One table for the whole sequencer; the register keeps the table's multiplexer
+    out of the paths that decide the next state (the UP5K's critical path before). Counts that the
+    sequencer compares with are stored minus one (``*_m1``), so no subtractor sits before a compare."""
     P = prog.lanes
     rows = []
     for lp in prog.layers:
         lin = lp.in_layout
         lout = lp.out_layout
-        rows.append({"in_base": lin.base, "maps": lp.maps, "groups": lp.groups, "tiles_x": lp.tiles[1],
-                     "out_h": lp.out_h, "out_w": lp.out_w, "row_step": lin.s * lin.lw, "col_step": lin.s,
-                     "out_lhw": lout.lhw if lout else 0, "in_h": lin.h, "in_w": lin.w, "in_lhw": lin.lhw,
+        rows.append({"in_base": lin.base, "maps_m1": lp.maps - 1, "groups_m1": lp.groups - 1,
+                     "tiles_x_m1": lp.tiles[1] - 1, "out_h": lp.out_h, "out_w": lp.out_w,
+                     "row_step": lin.s * lin.lw, "col_step": lin.s,
+                     "out_lhw": lout.lhw if lout else 0, "in_h_m1": lin.h - 1, "in_w_m1": lin.w - 1, "in_lhw": lin.lhw,
                      "in_llw": log2(lin.lw), "bias_base": lp.bias_base, "n_out": lp.n_out,
-                     "dense_taps": lp.taps[0] if lp.mode == "dense" else 0,
+                     "dense_tm1": lp.taps[0] - 1 if lp.mode == "dense" else 0,
                      "dense_wait": max(0, P - lp.taps[0]) if lp.mode == "dense" else 0,
-                     "fill_base": lp.fill_base, "fill_count": lp.fill_count, "pad_code": lp.spec.pad_code,
+                     "fill_base": lp.fill_base, "fill_m1": max(lp.fill_count - 1, 0), "fill": lp.fill_count != 0,
+                     "pad_code": lp.spec.pad_code,
                      "conv": lp.mode == "conv", "last": lp is prog.layers[-1], "shared": lp.shared,
                      "lane_w": lp.mode == "dense" or not lp.shared, "max": lp.op == "max",
                      "bias_per_lane": lp.bias_per_lane})
@@ -64,11 +69,11 @@ def layer_constants(m: Module, prog: Program, layer) -> dict:
     for key in rows[0]:
         vals = [int(r[key]) for r in rows]
         shape = signed(max(v.bit_length() for v in vals) + 1) if min(vals) < 0 else range(max(vals + [1]) + 1)
-        k[key] = Signal(shape, name=f"k_{key}")
+        k[key] = Signal(shape, name=f"k_{key}", init=vals[0])
     with m.Switch(layer):
         for i, r in enumerate(rows):
             with m.Case(i):
-                m.d.comb += [k[key].eq(int(v)) for key, v in r.items()]
+                m.d.sync += [k[key].eq(int(v)) for key, v in r.items()]
     return k
 
 
@@ -103,7 +108,7 @@ class Sequencer(wiring.Component):
 
         conv_maps = [(i, o) for i, lp in enumerate(layers) if lp.mode == "conv" for o in range(lp.maps)]
         # taps and drain waits per conv map in network order (one spare entry: "the map after the last")
-        taps_arr = Array([Const(layers[i].taps[o], 16) for i, o in conv_maps] + [Const(1, 16)])
+        tm1_arr = Array([Const(layers[i].taps[o] - 1, 16) for i, o in conv_maps] + [Const(0, 16)])
         wait_arr = Array([Const(max(0, P - layers[i].taps[o]), 16) for i, o in conv_maps] + [Const(0, 16)])
         layer = Signal(range(max(len(layers), 2)))
         k = layer_constants(m, prog, layer)
@@ -119,14 +124,20 @@ class Sequencer(wiring.Component):
         tap_map_base = Signal.like(tap_ptr)
         dense_ptr = Signal.like(tap_ptr)
         bias_ptr = Signal.like(ctl.bias_addr)
-        counter = Signal(16)
+        waits = [max(0, P - t) for lp in layers for t in lp.taps]
+        counter = Signal(range(max([lp.fill_count for lp in layers] + waits + [layer_gap(P)]) + 1))
         fill_ptr = Signal(range(max(len(prog.fill_words), 2)))
 
+        # the taps (minus one) and the drain wait of this group and of the next map's, with the
+        # wait's "not zero" kept as a flag: the next state reads registers and short compares only
         tm1, wait_cur, nxt_tm1, nxt_wait = Signal(16), Signal(16), Signal(16), Signal(16)
-        m.d.sync += [nxt_tm1.eq(taps_arr[gm + 1] - 1), nxt_wait.eq(wait_arr[gm + 1])]
+        wait_cur_nz, nxt_wait_nz = Signal(), Signal()
+        gm_next = Signal(range(len(conv_maps) + 2), init=1)  # gm + 1, counted alongside gm
+        m.d.sync += [nxt_tm1.eq(tm1_arr[gm_next]), nxt_wait.eq(wait_arr[gm_next]),
+                     nxt_wait_nz.eq(wait_arr[gm_next] != 0)]
         last_tap = t_cnt == tm1
-        last_group = g_cnt == k["groups"] - 1
-        last_map = o_cnt == k["maps"] - 1
+        last_group = g_cnt == k["groups_m1"]
+        last_map = o_cnt == k["maps_m1"]
         issue = Signal()
         m.d.comb += wmem.raddr.eq(Mux(k["conv"], tap_ptr, dense_ptr))
 
@@ -158,7 +169,7 @@ class Sequencer(wiring.Component):
 
         with m.FSM(name="seq"):
             with m.State("IDLE"):
-                m.d.sync += [tap_ptr.eq(n_dense), dense_ptr.eq(0), gm.eq(0), layer.eq(0), load_c.eq(0),
+                m.d.sync += [tap_ptr.eq(n_dense), dense_ptr.eq(0), gm.eq(0), gm_next.eq(1), layer.eq(0), load_c.eq(0),
                              load_y.eq(0), load_x.eq(0), load_coff.eq(0), bx.eq(pad > 0), by.eq(pad > 0)]
                 if self.weights == "load":  # weight bytes are taken only between images
                     m.d.comb += [wmem.load.valid.eq(self.wl_valid), wmem.load.payload.eq(self.wl_payload),
@@ -179,11 +190,12 @@ class Sequencer(wiring.Component):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += restart_map() + restart_dense_input() + [
                     o_cnt.eq(0), t_cnt.eq(0), map_off.eq(0), tap_map_base.eq(tap_ptr), bias_ptr.eq(k["bias_base"]),
-                    fill_ptr.eq(k["fill_base"]), counter.eq(k["fill_count"] - 1),
-                    tm1.eq(Mux(k["conv"], taps_arr[gm], k["dense_taps"]) - 1),
-                    wait_cur.eq(Mux(k["conv"], wait_arr[gm], k["dense_wait"]))]
+                    fill_ptr.eq(k["fill_base"]), counter.eq(k["fill_m1"]),
+                    tm1.eq(Mux(k["conv"], tm1_arr[gm], k["dense_tm1"])),
+                    wait_cur.eq(Mux(k["conv"], wait_arr[gm], k["dense_wait"])),
+                    wait_cur_nz.eq(Mux(k["conv"], wait_arr[gm], k["dense_wait"]) != 0)]
                 m.next = "ISSUE"
-                with m.If(k["fill_count"] != 0):
+                with m.If(k["fill"]):
                     m.next = "FILL"
             with m.State("FILL"):
                 m.d.comb += self.busy.eq(1)
@@ -195,9 +207,9 @@ class Sequencer(wiring.Component):
                 m.d.sync += [t_cnt.eq(t_cnt + 1), dense_ptr.eq(dense_ptr + ~k["conv"]), tap_ptr.eq(tap_ptr + k["conv"])]
                 with m.If(~k["conv"]):  # dense: walk the input (c, y, x) in the emulator's order
                     m.d.sync += dx_.eq(dx_ + 1)
-                    with m.If(dx_ == k["in_w"] - 1):
+                    with m.If(dx_ == k["in_w_m1"]):
                         m.d.sync += [dx_.eq(0), dy_.eq(dy_ + 1)]
-                        with m.If(dy_ == k["in_h"] - 1):
+                        with m.If(dy_ == k["in_h_m1"]):
                             m.d.sync += [dy_.eq(0), dc_off.eq(dc_off + k["in_lhw"])]
                 with m.If(last_tap):
                     m.d.sync += t_cnt.eq(0)
@@ -207,14 +219,14 @@ class Sequencer(wiring.Component):
                         m.d.sync += bias_ptr.eq(bias_ptr + 1)
                     with m.If(k["conv"]):
                         with m.If(last_group):
-                            m.d.sync += [tm1.eq(nxt_tm1), wait_cur.eq(nxt_wait)]
-                            m.d.sync += restart_map() + [o_cnt.eq(o_cnt + 1), gm.eq(gm + 1),
+                            m.d.sync += [tm1.eq(nxt_tm1), wait_cur.eq(nxt_wait), wait_cur_nz.eq(nxt_wait_nz)]
+                            m.d.sync += restart_map() + [o_cnt.eq(o_cnt + 1), gm.eq(gm + 1), gm_next.eq(gm_next + 1),
                                                          map_off.eq(map_off + k["out_lhw"]), tap_map_base.eq(tap_ptr + 1)]
                         with m.Else():
                             m.d.sync += g_cnt.eq(g_cnt + 1)
                             with m.If(k["shared"]):  # shared weights: the next tile replays the map's taps
                                 m.d.sync += tap_ptr.eq(tap_map_base)
-                            with m.If(tx == k["tiles_x"] - 1):
+                            with m.If(tx == k["tiles_x_m1"]):
                                 m.d.sync += [tx.eq(0), ty.eq(ty + 1), row_off.eq(row_off + k["row_step"]),
                                              tile_off.eq(row_off + k["row_step"])]
                             with m.Else():
@@ -226,7 +238,7 @@ class Sequencer(wiring.Component):
                     with m.If(layer_done):
                         m.d.sync += counter.eq(layer_gap(P) - 2)
                         m.next = "GAP"
-                    with m.Elif(wait_next != 0):
+                    with m.Elif(Mux(k["conv"] & last_group, nxt_wait_nz, wait_cur_nz)):
                         m.d.sync += counter.eq(wait_next - 1)
                         m.next = "WAIT"
             with m.State("WAIT"):
@@ -237,11 +249,13 @@ class Sequencer(wiring.Component):
             with m.State("GAP"):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += counter.eq(counter - 1)
+                # the next layer one cycle early: its constants (registered) are there in INIT
+                with m.If((counter == 1) & ~k["last"]):
+                    m.d.sync += layer.eq(layer + 1)
                 with m.If(counter == 0):
                     with m.If(k["last"]):
                         m.next = "FINISH"
                     with m.Else():
-                        m.d.sync += layer.eq(layer + 1)
                         m.next = "INIT"
             with m.State("FINISH"):
                 m.d.comb += self.busy.eq(1)

@@ -59,6 +59,21 @@ TARGETS = {
                        "synth_ecp5"),
 }
 
+# The configuration each target is built in when --lanes/--batch/--freq are not given: per target and
+# spec preset (``None``: any other spec), the fastest one measured to fit and meet its clock (README's
+# hardware table; ``make synth`` rebuilds it).
+SHIPPED = {
+    ("ice40-up5k", None): {"lanes": 8, "batch": 1, "freq": 29.0},
+    ("ecp5-25k", None): {"lanes": 8, "batch": 1, "freq": 75.0},
+    ("ecp5-85k", None): {"lanes": 8, "batch": 12, "freq": 50.0},
+}
+
+
+def shipped(target_key: str, preset: str | None) -> dict:
+    """The shipped configuration of ``target_key`` for a spec of ``preset``: lanes, batch, freq (MHz)."""
+    return dict(SHIPPED.get((target_key, preset)) or SHIPPED[(target_key, None)])
+
+
 # yosys cell type -> the nextpnr resource it lands on, to refuse a design that cannot fit before place
 # and route (and to say which resource and by how much)
 _CELL_RESOURCE = {
@@ -142,7 +157,11 @@ def design_files(target: Target, spec, lanes: int, component: str | None, freq_m
         except ValueError as e:
             raise UserError(str(e)) from None
         name = f"core_{acc_name(spec)}_b{batch}"
-        return name, {f"{name}.il": rtlil.convert(CoreShim(acc), name=name)}, {
+        # the board's platform: the primitives it picks (SPRAM weights, SB_MAC16 product pairs)
+        from .boards import platform_for
+
+        il = rtlil.convert(CoreShim(acc), name=name, platform=platform_for(target.board))
+        return name, {f"{name}.il": il}, {
             "design_kind": "core (two-pin shim: shift-register inputs, XOR of the outputs)", "batch": batch,
             "weights": "loaded into SPRAM" if weights == "load" else "block RAM, initialised"}
     from . import boards
@@ -346,8 +365,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m hw.synth", description=__doc__.split("\n\n")[0])
     p.add_argument("--spec", help="QuantSpec directory")
     p.add_argument("--target", required=True, help=f"one of {', '.join(TARGETS)}")
-    p.add_argument("--lanes", type=int, default=8)
-    p.add_argument("--batch", type=int, default=1,
+    p.add_argument("--lanes", type=int, default=None, help="parallel MACs per image (default: the target's shipped "
+                   "configuration, hw.synth.SHIPPED; likewise --batch and --freq)")
+    p.add_argument("--batch", type=int, default=None,
                    help="images in lockstep (B copies of features, MACs and drain; one sequencer and weight memory); "
                         "above 1 the core is built without the board's UART (see --core)")
     p.add_argument("--core", action="store_true",
@@ -361,6 +381,17 @@ def main(argv=None):
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     args = p.parse_args(argv)
     say = (lambda *_: None) if args.json else (lambda s: print(s, file=sys.stderr))
+    if args.component is None and None in (args.lanes, args.batch, args.freq) and args.target in TARGETS:
+        if args.spec is None:
+            raise UserError("--spec is required (or --component NAME for a single component)")
+        from quantize import spec as qspec
+
+        ship = shipped(args.target, qspec.load(args.spec).provenance.get("preset"))
+        given = {k: getattr(args, k) for k in ship if getattr(args, k) is not None}
+        args.lanes, args.batch, args.freq = (given.get(k, ship[k]) for k in ("lanes", "batch", "freq"))
+        say(f"{args.target}: {args.lanes} lanes, batch {args.batch}, {args.freq:g} MHz"
+            + (" (the shipped configuration)" if not given else ""))
+    args.lanes, args.batch = args.lanes or 8, args.batch or 1
     r = synthesize(args.spec, args.target, args.lanes, args.component, args.freq, args.out, args.seed,
                    not args.no_bitstream, progress=say, batch=args.batch, core=args.core)
     if args.json:

@@ -43,9 +43,9 @@ def _range(width: int) -> tuple[int, int]:
 
 # --------------------------------------------------------------------------- amaranth.sim, impl="rtl"
 
-def run_rtl(ww: int, dw: int, ops: np.ndarray) -> np.ndarray:
+def run_rtl(ww: int, dw: int, ops: np.ndarray, input_registers: bool = True) -> np.ndarray:
     """Drive one (w, x0, x1) row per cycle; returns (p0, p1) seen in every cycle (cycles x 2)."""
-    dut = ProductPair(ww, dw, "rtl")
+    dut = ProductPair(ww, dw, "rtl", input_registers)
     seen = []
 
     async def bench(ctx):
@@ -63,8 +63,8 @@ def run_rtl(ww: int, dw: int, ops: np.ndarray) -> np.ndarray:
     return np.array(seen, np.int64)
 
 
-@pytest.mark.parametrize("ww,dw", [(8, 8), (6, 3), (3, 3)])
-def test_rtl_products_every_cycle(ww, dw):
+@pytest.mark.parametrize("ww,dw,ireg", [(8, 8, True), (6, 3, True), (3, 3, True), (8, 8, False), (6, 3, False)])
+def test_rtl_products_every_cycle(ww, dw, ireg):
     (wl, wh), (xl, xh) = _range(ww), _range(dw)
     edges_w, edges_x = [wl, wl + 1, -1, 0, 1, wh - 1, wh], [xl, xl + 1, -1, 0, 1, xh - 1, xh]
     combos = [(w, x0, x1) for w in edges_w for x0 in edges_x for x1 in edges_x]  # every min/max combination
@@ -72,9 +72,11 @@ def test_rtl_products_every_cycle(ww, dw):
     rnd = np.stack([rng.integers(wl, wh, 500, endpoint=True), rng.integers(xl, xh, 500, endpoint=True),
                     rng.integers(xl, xh, 500, endpoint=True)], axis=1)
     ops = np.concatenate([np.array(combos, np.int64), rnd])
-    seen = run_rtl(ww, dw, ops)
+    seen = run_rtl(ww, dw, ops, ireg)
     expect = np.stack([ops[:, 0] * ops[:, 1], ops[:, 0] * ops[:, 2]], axis=1)
-    np.testing.assert_array_equal(seen[LATENCY:], expect)  # operands of cycle t are the products of t + 2
+    latency = ProductPair(ww, dw, "rtl", ireg).latency
+    assert latency == (2 if ireg else 1)
+    np.testing.assert_array_equal(seen[latency:latency + len(ops)], expect)  # operands of t: products of t + latency
     assert expect.min() == min(wl * xh, wh * xl) and expect.max() == wl * xl  # the extremes were driven
 
 
@@ -172,7 +174,8 @@ async def dsp_bench(dut):
         {"checked": int(dut.checked.value), "errors": int(dut.errors.value), "first": int(dut.first.value)}))
 
 
-def run_bench(simulator: str, ww: int, dw: int, impl: str, out: Path, latency: int = LATENCY) -> dict:
+def run_bench(simulator: str, ww: int, dw: int, impl: str, out: Path, latency: int = LATENCY,
+              input_registers: bool = True) -> dict:
     from sim.build import build, check_simulator, icarus_copy
     from model.util import UserError
 
@@ -180,10 +183,10 @@ def run_bench(simulator: str, ww: int, dw: int, impl: str, out: Path, latency: i
         check_simulator(simulator)
     except UserError as e:
         pytest.skip(str(e))
-    work = out / f"{impl}-{ww}x{dw}"
+    work = out / f"{impl}-{ww}x{dw}" / ("ireg" if input_registers else "noireg")
     work.mkdir(parents=True, exist_ok=True)
     vpath, bpath = work / "product_pair.v", work / "dsp_bench.v"
-    vpath.write_text(verilog.convert(ProductPair(ww, dw, impl), name="product_pair", emit_src=False))
+    vpath.write_text(verilog.convert(ProductPair(ww, dw, impl, input_registers), name="product_pair", emit_src=False))
     bpath.write_text(bench_verilog(ww, dw, latency))
     if simulator == "icarus":
         vpath = icarus_copy(vpath)
@@ -195,17 +198,20 @@ def run_bench(simulator: str, ww: int, dw: int, impl: str, out: Path, latency: i
     return json.loads(result.read_text())
 
 
-def _check(simulator, ww, dw, impl, tmp_path):
-    got = run_bench(simulator, ww, dw, impl, tmp_path)
+def _check(simulator, ww, dw, impl, tmp_path, ireg=True):
+    got = run_bench(simulator, ww, dw, impl, tmp_path, 1 + ireg, ireg)
     assert got == {"checked": 1 << (ww + dw), "errors": 0, "first": 0xFFFFFFFF}, got
     if impl == "sb_mac16":  # the build got the model
-        assert (tmp_path / f"{impl}-{ww}x{dw}" / simulator / "sb_mac16.v").is_file()
+        assert (tmp_path / f"{impl}-{ww}x{dw}" / ("ireg" if ireg else "noireg") / simulator / "sb_mac16.v").is_file()
 
 
-@pytest.mark.parametrize("ww,dw,impl", [(8, 8, "sb_mac16"), (6, 3, "sb_mac16"), (3, 3, "sb_mac16"), (8, 8, "rtl")])
-def test_verilog_all_pairs_icarus(ww, dw, impl, tmp_path):
-    """Every signed (w, x) pair into both halves, latency 2, 0 mismatches (Icarus, ~1-3 s each)."""
-    _check("icarus", ww, dw, impl, tmp_path)
+@pytest.mark.parametrize("ww,dw,impl,ireg", [(8, 8, "sb_mac16", True), (6, 3, "sb_mac16", True),
+                                             (3, 3, "sb_mac16", True), (8, 8, "rtl", True),
+                                             (8, 8, "sb_mac16", False), (8, 8, "rtl", False)])
+def test_verilog_all_pairs_icarus(ww, dw, impl, ireg, tmp_path):
+    """Every signed (w, x) pair into both halves, latency 2 (1 without input registers), 0
+    mismatches (Icarus, ~1-3 s each)."""
+    _check("icarus", ww, dw, impl, tmp_path, ireg)
 
 
 def test_verilog_bench_catches_a_wrong_latency(tmp_path):

@@ -157,3 +157,51 @@ def test_max_mode(lanes, dw):
         want.append(x.max(axis=0))
     got = rtl_mac(lanes, 2, dw, dw + 2, groups, gaps=[0, 0, 2, 0, 1], keep_max=True)
     np.testing.assert_array_equal(got, np.array(want))
+
+
+@pytest.mark.parametrize("images,ww,dw,max_mode", [(2, 8, 8, False), (3, 6, 3, False), (2, 8, 8, True), (2, 9, 8, False)])
+def test_images_share_weights(images, ww, dw, max_mode):
+    """B images in lockstep (``images=B``, pairs on ProductPairs, the odd one and 9-bit operands on
+    plain products): image b's accumulators equal a one-image MACLanes fed image b's data, with the
+    same latency, every cycle."""
+    lanes, accw, T = 4, 20, 12
+    rng = np.random.default_rng(images * 100 + ww + dw)
+    w = rng.integers(-(1 << ww - 1), 1 << ww - 1, (T, lanes))
+    x = rng.integers(-(1 << dw - 1), 1 << dw - 1, (images, T, lanes))
+    first = [t % 5 == 0 for t in range(T)]
+    valid = [t != 7 for t in range(T)]
+
+    def run(dut, xs):
+        seen = []
+
+        async def bench(ctx):
+            for t in range(T + LATENCY):
+                if t < T:
+                    ctx.set(dut.valid, int(valid[t]))
+                    ctx.set(dut.first, int(first[t]))
+                    ctx.set(dut.max, int(max_mode))
+                    for q in range(lanes):
+                        ctx.set(dut.w[q], int(w[t, q]))
+                        for b, xb in enumerate(xs):
+                            ctx.set(dut.x[q] if len(xs) == 1 else dut.x[b][q], int(xb[t, q]))
+                accs = [[ctx.get(dut.acc[q] if len(xs) == 1 else dut.acc[b][q]) for q in range(lanes)]
+                        for b in range(len(xs))]
+                seen.append(accs)
+                await ctx.tick()
+
+        sim = Simulator(dut)
+        sim.add_clock(1e-8)
+        sim.add_testbench(bench)
+        sim.run()
+        return np.array(seen, np.int64)  # cycles x images x lanes
+
+    both = run(MACLanes(lanes, ww, dw, accw, bias=False, images=images, dsp="rtl"), list(x))
+    for b in range(images):
+        alone = run(MACLanes(lanes, ww, dw, accw, bias=False), [x[b]])
+        np.testing.assert_array_equal(both[:, b], alone[:, 0])
+    assert np.abs(both[-1]).sum() > 0  # the lanes did accumulate
+
+
+def test_images_bad_dsp():
+    with pytest.raises(ValueError, match="dsp must be"):
+        MACLanes(4, 8, 8, 20, images=2, dsp="dsp48")
