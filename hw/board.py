@@ -48,6 +48,13 @@ def encode_image(image, shape) -> bytes:
     return bytes([CMD_IMAGE]) + np.ascontiguousarray(image).tobytes()
 
 
+def encode_images(images, shape) -> bytes:
+    """``I`` and the pixels of B uint8 images of ``shape`` for a board of batch B: pixel k of images
+    0..B-1 one after the other (the accelerator takes one pixel of every image per beat)."""
+    parts = [encode_image(img, shape)[1:] for img in images]
+    return bytes([CMD_IMAGE]) + np.stack([np.frombuffer(p, np.uint8) for p in parts], axis=1).tobytes()
+
+
 def encode_weights(data: bytes) -> bytes:
     """``W``, the length (4 bytes little-endian) and the bytes for the accelerator's weight port."""
     data = bytes(data)
@@ -62,27 +69,40 @@ def encode_query() -> bytes:
 
 def decode_result(reply: bytes, classes: int) -> tuple[int, list[int]]:
     """``R``, class, ``classes`` 4-byte little-endian two's complement scores -> (class, scores)."""
+    return decode_results(reply, classes, 1)[0]
+
+
+def decode_results(reply: bytes, classes: int, batch: int) -> list[tuple[int, list[int]]]:
+    """``R``, ``batch`` classes, then per class j the scores j of the ``batch`` images (4 bytes
+    little-endian two's complement each) -> [(class, scores)] per image."""
     reply = bytes(reply)
     if not reply or reply[0] != REPLY_RESULT:
         got = _name(reply[0]) if reply else "nothing"
         hint = " (the board did not take the image: a byte was lost, or it timed out)" if reply[:1] == bytes([REPLY_ERROR]) else ""
         raise ProtocolError(f"bad reply to an image: {got}, expected {_name(REPLY_RESULT)}{hint}")
-    if len(reply) != result_bytes(classes):
-        raise ProtocolError(f"bad reply to an image: {len(reply)} bytes, expected {result_bytes(classes)}")
-    scores = [int.from_bytes(reply[2 + SCORE_BYTES * k:2 + SCORE_BYTES * (k + 1)], "little", signed=True)
-              for k in range(classes)]
-    return reply[1], scores
+    if len(reply) != result_bytes(classes, batch):
+        raise ProtocolError(f"bad reply to an image: {len(reply)} bytes, expected {result_bytes(classes, batch)}")
+    at = 1 + batch
+    scores = [[int.from_bytes(reply[at + SCORE_BYTES * (k * batch + b):at + SCORE_BYTES * (k * batch + b + 1)],
+                              "little", signed=True) for k in range(classes)] for b in range(batch)]
+    return [(reply[1 + b], scores[b]) for b in range(batch)]
 
 
 def encode_result(cls: int, scores) -> bytes:
     """The board's reply for (class, scores): the inverse of :func:`decode_result`."""
-    scores = [int(s) for s in scores]
-    return bytes([REPLY_RESULT, int(cls) & 0xFF]) + b"".join(s.to_bytes(SCORE_BYTES, "little", signed=True) for s in scores)
+    return encode_results([(cls, scores)])
+
+
+def encode_results(results) -> bytes:
+    """The board's reply for [(class, scores)] of a batch: the inverse of :func:`decode_results`."""
+    scores = [[int(s) for s in sc] for _, sc in results]
+    return (bytes([REPLY_RESULT, *(int(c) & 0xFF for c, _ in results)])
+            + b"".join(sc[k].to_bytes(SCORE_BYTES, "little", signed=True) for k in range(len(scores[0])) for sc in scores))
 
 
 def decode_version(reply: bytes) -> dict:
-    """``V``, version, lanes, channels, height, width, classes -> ``{"version", "lanes", "image_shape",
-    "classes"}`` (``image_shape`` = [C, H, W]). A board of another protocol version is an error
+    """``V``, version, lanes, channels, height, width, classes, batch -> ``{"version", "lanes",
+    "image_shape", "classes", "batch"}`` (``image_shape`` = [C, H, W]). A board of another protocol version is an error
     that says so, whatever the length of its reply."""
     reply = bytes(reply)
     if len(reply) < 2 or reply[0] != REPLY_VERSION:
@@ -94,7 +114,10 @@ def decode_version(reply: bytes) -> dict:
                             "(rebuild the board top with this hw/)")
     if len(reply) != VERSION_BYTES:
         raise ProtocolError(f"bad reply to '?': {len(reply)} bytes, expected {VERSION_BYTES}")
-    return {"version": reply[1], "lanes": reply[2], "image_shape": list(reply[3:6]), "classes": reply[6]}
+    if reply[7] < 1:
+        raise ProtocolError("bad reply to '?': batch 0")
+    return {"version": reply[1], "lanes": reply[2], "image_shape": list(reply[3:6]), "classes": reply[6],
+            "batch": reply[7]}
 
 
 def check_board(info: dict, spec) -> None:
@@ -157,16 +180,25 @@ class Board:
         return self.info
 
     def classify(self, image) -> tuple[int, list[int]]:
-        """``I``: one image of the announced shape; (class, scores)."""
+        """``I``: one image of the announced shape; (class, scores). On a board of batch B the image
+        goes with B - 1 blank ones."""
+        blank = np.zeros_like(np.asarray(image))
+        return self.classify_batch([image] + [blank] * ((self.info or {}).get("batch", 1) - 1))[0]
+
+    def classify_batch(self, images) -> list[tuple[int, list[int]]]:
+        """``I``: exactly the board's batch of images of the announced shape; [(class, scores)]."""
         info = self.info
         if info is None:
             raise ProtocolError("classify before query: the board's image shape is not known")
-        self.port.write(encode_image(image, info["image_shape"]))
+        batch, classes = info["batch"], info["classes"]
+        if len(images) != batch:
+            raise UserError(f"the board takes {batch} images per command, got {len(images)}")
+        self.port.write(encode_images(images, info["image_shape"]))
         first = self.read(1, "the reply to an image")
         if first[0] != REPLY_RESULT:
-            return decode_result(first, info["classes"])  # raises
-        return decode_result(first + self.read(result_bytes(info["classes"]) - 1, "the reply to an image"),
-                             info["classes"])
+            return decode_results(first, classes, batch)  # raises
+        return decode_results(first + self.read(result_bytes(classes, batch) - 1, "the reply to an image"),
+                              classes, batch)
 
     def load_weights(self, data: bytes) -> None:
         self.port.write(encode_weights(data))
@@ -233,14 +265,17 @@ def run(board: Board, spec, images: np.ndarray, labels=None, weights: bool = Fal
         board.load_weights(weight_bytes(spec, info["lanes"]))
     classes, scores = [], []
     t0 = time.perf_counter()
-    for img in images:
-        c, s = board.classify(img)
-        classes.append(c)
-        scores.append(s)
+    batch = info["batch"]
+    for n in range(0, len(images), batch):  # the last command padded with blank images
+        group = list(images[n:n + batch])
+        group += [np.zeros_like(images[0])] * (batch - len(group))
+        for c, s in board.classify_batch(group)[:len(images) - n]:
+            classes.append(c)
+            scores.append(s)
     dt = time.perf_counter() - t0
     res = compare(classes, scores, ref.predictions, ref.scores, labels)
     res["images_per_s"] = round(len(images) / dt, 2) if dt > 0 else None
-    res.update(lanes=info["lanes"], image_shape=info["image_shape"], classes=info["classes"])
+    res.update(lanes=info["lanes"], batch=batch, image_shape=info["image_shape"], classes=info["classes"])
     return res
 
 

@@ -4,20 +4,21 @@
 the board top's Verilog, the platform top (pins, clock and reset glue) as RTLIL and Verilog, the
 pin constraints (.pcf / .lpf) and a JSON manifest; building the bitstream is :mod:`hw.synth`'s job.
 
-Protocol (version 2, see ``docs/board-protocol.md``), 8N1 at ``baud`` (115200 by default), one
-command at a time: the host waits for each reply before sending the next command. The image and
-the reply are sized by the spec: C x H x W pixels in, ``classes`` scores out (LeNet-5: 1 x 28 x 28
-and 10).
+Protocol (version 3, see ``docs/board-protocol.md``), 8N1 at ``baud`` (115200 by default), one
+command at a time: the host waits for each reply before sending the next command. The images and
+the reply are sized by the spec and the accelerator's batch B (B images in lockstep): B x C x H x W
+pixels in, B classes and B x ``classes`` scores out (LeNet-5 at batch 1: 1 x 28 x 28 and 10).
 
 ========================================  ===============================================================
 host sends                                board answers
 ========================================  ===============================================================
-``I`` (0x49), C * H * W bytes: a uint8    ``R`` (0x52), the class (1 byte), one score per class, each 4
-image, channel by channel, raster order   bytes little-endian two's complement (sign-extended score)
+``I`` (0x49), B * C * H * W bytes: B     ``R`` (0x52), the B classes (1 byte each), then per class j
+uint8 images, channel by channel, raster  the scores j of images 0..B-1, each 4 bytes little-endian
+order, pixel k of images 0..B-1 together  two's complement (sign-extended score)
 ``W`` (0x57), length N (4 bytes little-   ``K`` (0x4B) once the N bytes went to the accelerator's weight
 endian), N bytes                          port; ``E`` (0x45) after discarding them if it has none
-``?`` (0x3F)                              ``V`` (0x56), protocol version (2), lanes, C, H, W, classes
-                                          (one byte each: 7 bytes)
+``?`` (0x3F)                              ``V`` (0x56), protocol version (3), lanes, C, H, W, classes,
+                                          batch B (one byte each: 8 bytes)
 any other byte                            ``E`` (0x45)
 ========================================  ===============================================================
 
@@ -32,7 +33,7 @@ import json
 import re
 from pathlib import Path
 
-from amaranth.hdl import Cat, Const, Elaboratable, Module, ResetInserter, Signal
+from amaranth.hdl import Cat, Const, Elaboratable, Module, Mux, ResetInserter, Signal, signed
 from amaranth.lib import io, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -40,29 +41,29 @@ from model.util import UserError, atomic_write_text, cli
 
 from .uart import UARTReceiver, UARTTransmitter, divisor_for
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 SCORE_BYTES = 4
-VERSION_BYTES = 7  # 'V', version, lanes, channels, height, width, classes
+VERSION_BYTES = 8  # 'V', version, lanes, channels, height, width, classes, batch
 CMD_IMAGE, CMD_WEIGHTS, CMD_QUERY = 0x49, 0x57, 0x3F  # 'I', 'W', '?'
 REPLY_RESULT, REPLY_OK, REPLY_ERROR, REPLY_VERSION = 0x52, 0x4B, 0x45, 0x56  # 'R', 'K', 'E', 'V'
 DEFAULT_BAUD = 115200
 DEFAULT_TIMEOUT_S = 0.1
 
 
-def result_bytes(classes: int) -> int:
-    """Bytes of the reply to an image: ``R``, the class, ``classes`` 4-byte scores."""
-    return 2 + SCORE_BYTES * classes
+def result_bytes(classes: int, batch: int = 1) -> int:
+    """Bytes of the reply to an ``I`` command: ``R``, ``batch`` classes, ``batch * classes`` 4-byte scores."""
+    return 1 + batch * (1 + SCORE_BYTES * classes)
 
 
-def frames_per_image(image_shape, classes: int) -> tuple[int, int]:
-    """UART frames (bytes) of one image: (in: ``I`` and the C * H * W pixels, out: the reply)."""
+def frames_per_image(image_shape, classes: int, batch: int = 1) -> tuple[int, int]:
+    """UART frames (bytes) of one ``I`` command (``batch`` images): (in: ``I`` and the pixels, out: the reply)."""
     c, h, w = image_shape
-    return 1 + c * h * w, result_bytes(classes)
+    return 1 + batch * c * h * w, result_bytes(classes, batch)
 
 
-def version_reply(lanes: int, image_shape, classes: int) -> bytes:
-    """The board's answer to ``?``: ``V``, version, lanes, channels, height, width, classes."""
-    return bytes([REPLY_VERSION, PROTOCOL_VERSION, lanes, *image_shape, classes])
+def version_reply(lanes: int, image_shape, classes: int, batch: int = 1) -> bytes:
+    """The board's answer to ``?``: ``V``, version, lanes, channels, height, width, classes, batch."""
+    return bytes([REPLY_VERSION, PROTOCOL_VERSION, lanes, *image_shape, classes, batch])
 
 
 class BoardTop(wiring.Component):
@@ -129,9 +130,12 @@ class BoardTop(wiring.Component):
                              f"the '?' reply), got {image_shape!r} and {classes!r}")
         self.acc = accelerator
         self.image_shape, self.classes = image_shape, classes
-        self.image_bytes = image_shape[0] * image_shape[1] * image_shape[2]
+        self.batch = getattr(accelerator, "batch", 1)
+        if not isinstance(self.batch, int) or not 1 <= self.batch <= 255:
+            raise ValueError(f"the accelerator's batch must be 1..255 (one byte in the '?' reply), got {self.batch!r}")
+        self.image_bytes = image_shape[0] * image_shape[1] * image_shape[2] * self.batch
         self.has_weight_port = "wl" in members
-        self.score_width = len(accelerator.o.payload.value)
+        self.score_width = len(accelerator.o.payload.value) // self.batch
         if self.score_width > 8 * SCORE_BYTES:
             raise ValueError(f"scores are {self.score_width} bits wide; the protocol carries at most {8 * SCORE_BYTES}")
         super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "led": Out(1)})
@@ -145,10 +149,12 @@ class BoardTop(wiring.Component):
         m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(utx.tx)]
         acc, rx = self.acc, urx.o
 
-        # reply buffer: up to VERSION_BYTES bytes, sent LSB first
-        # (``tx_busy`` = "txn != 0" as a register: the protocol's decisions read no compare)
-        txbuf = Signal(8 * VERSION_BYTES)
-        txn = Signal(range(VERSION_BYTES + 1))
+        B = self.batch
+        # reply buffer: the longest reply unit (the '?' answer, 'R' and B classes, B scores), sent LSB
+        # first (``tx_busy`` = "txn != 0" as a register: the protocol's decisions read no compare)
+        nbuf = max(VERSION_BYTES, 1 + B, SCORE_BYTES * B)
+        txbuf = Signal(8 * nbuf)
+        txn = Signal(range(nbuf + 1))
         tx_busy = Signal()
         m.d.comb += [utx.i.valid.eq(tx_busy), utx.i.payload.eq(txbuf[:8])]
         with m.If(utx.i.valid & utx.i.ready):
@@ -158,6 +164,12 @@ class BoardTop(wiring.Component):
             return [txbuf.eq(value), txn.eq(n), tx_busy.eq(1)]
 
         count = Signal(range(self.image_bytes))
+        sub = Signal(range(max(B, 2)))  # byte of the current pixel beat (image 0..B-1)
+        held = Signal(8 * max(B - 1, 1))
+        # each image's output value sign-extended to a 4-byte score
+        values = [Signal(signed(8 * SCORE_BYTES), name=f"value{b}") for b in range(B)]
+        out = acc.o.payload.value
+        m.d.comb += [values[b].eq(out if B == 1 else out[b]) for b in range(B)]
         length = Signal(32)
         first = Signal()
         idle = Signal(range(self.timeout_cycles + 1))  # cycles without a byte inside a command
@@ -173,20 +185,28 @@ class BoardTop(wiring.Component):
                     with m.If(rx.valid):
                         with m.Switch(rx.payload):
                             with m.Case(CMD_IMAGE):
-                                m.d.sync += count.eq(0)
+                                m.d.sync += [count.eq(0), sub.eq(0)]
                                 m.next = "IMAGE"
                             with m.Case(CMD_WEIGHTS):
                                 m.d.sync += count.eq(0)
                                 m.next = "LENGTH"
                             with m.Case(CMD_QUERY):
-                                reply = version_reply(self.lanes, self.image_shape, self.classes)
+                                reply = version_reply(self.lanes, self.image_shape, self.classes, B)
                                 m.d.sync += send(int.from_bytes(reply, "little"), len(reply))
                             with m.Default():
                                 m.d.sync += send(REPLY_ERROR, 1)
             with m.State("IMAGE"):
                 with m.If(timed_out):
                     m.next = "ABORT"
-                m.d.comb += [acc.i.valid.eq(rx.valid), acc.i.payload.eq(rx.payload), rx.ready.eq(acc.i.ready)]
+                # pixel k of images 0..B-1 arrive one after the other: B - 1 bytes are held, the
+                # last one completes the accelerator's beat
+                last_of_beat = sub == B - 1
+                m.d.comb += [acc.i.valid.eq(rx.valid & last_of_beat), acc.i.payload.eq(Cat(held, rx.payload) if B > 1 else rx.payload),
+                             rx.ready.eq(Mux(last_of_beat, acc.i.ready, 1))]
+                with m.If(byte_in):
+                    m.d.sync += sub.eq(Mux(last_of_beat, 0, sub + 1))
+                    if B > 1:
+                        m.d.sync += held.eq(Cat(held[8:], rx.payload))
                 with m.If(byte_in):
                     m.d.sync += count.eq(count + 1)
                     with m.If(count == self.image_bytes - 1):
@@ -196,11 +216,10 @@ class BoardTop(wiring.Component):
                 with m.If(~tx_busy):
                     m.d.comb += acc.o.ready.eq(1)
                     with m.If(acc.o.valid):
-                        value = acc.o.payload.value
                         with m.If(first):
-                            m.d.sync += send(Cat(Const(REPLY_RESULT, 8), value[:8]), 2) + [first.eq(0)]
+                            m.d.sync += send(Cat(Const(REPLY_RESULT, 8), *(v[:8] for v in values)), 1 + B) + [first.eq(0)]
                         with m.Else():
-                            m.d.sync += send(value, SCORE_BYTES)
+                            m.d.sync += send(Cat(*values), SCORE_BYTES * B)
                         with m.If(acc.o.payload.last):
                             m.next = "CMD"
             with m.State("LENGTH"):

@@ -1,8 +1,8 @@
 """``python -m hw.synth``: the accelerator through Yosys and nextpnr to a bitstream, with figures.
 
 The design is the board top (:mod:`hw.boards`: UART + accelerator, the board's pins and clock)
-for the target's board; ``--batch B`` (B images in lockstep) or ``--core`` builds the accelerator
-core behind a two-pin shim instead (:class:`CoreShim`: its resources and Fmax without a board's
+for the target's board, with ``--batch B`` images in lockstep (the protocol takes B images per
+command); ``--core`` builds the accelerator core behind a two-pin shim instead (:class:`CoreShim`: its resources and Fmax without a board's
 I/O); ``--component`` synthesizes one small component (unconstrained pins), which is what the
 CI-sized test runs. The flow, all from PyPI (YoWASP):
 
@@ -63,7 +63,7 @@ TARGETS = {
 # spec preset (``None``: any other spec), the fastest one measured to fit and meet its clock (README's
 # hardware table; ``make synth`` rebuilds it).
 SHIPPED = {
-    ("ice40-up5k", None): {"lanes": 8, "batch": 1, "freq": 29.0},
+    ("ice40-up5k", None): {"lanes": 8, "batch": 1, "freq": 27.0},
     ("ecp5-25k", None): {"lanes": 8, "batch": 1, "freq": 75.0},
     ("ecp5-85k", None): {"lanes": 8, "batch": 12, "freq": 50.0},
 }
@@ -147,7 +147,7 @@ def design_files(target: Target, spec, lanes: int, component: str | None, freq_m
         elab = make_component(component)
         name = f"component_{component}"
         return name, {f"{name}.il": rtlil.convert(elab, name=name)}, {"component": component}
-    if core or batch > 1:
+    if core:
         from .accelerator import Accelerator
         from .generate import top_name as acc_name
 
@@ -170,7 +170,8 @@ def design_files(target: Target, spec, lanes: int, component: str | None, freq_m
     from .accelerator import Accelerator
 
     try:  # on the UP5K the weights do not fit the block RAM: SPRAM, loaded over the UART
-        accelerator = Accelerator(spec, lanes, weights="load" if target.family == "ice40" else "rom", program=program)
+        accelerator = Accelerator(spec, lanes, weights="load" if target.family == "ice40" else "rom", program=program,
+                                  batch=batch)
     except ValueError as e:
         raise UserError(str(e)) from None
     plan, top = boards.board_plan(target.board, spec, lanes, pll_mhz=freq_mhz, accelerator=accelerator)
@@ -368,8 +369,8 @@ def main(argv=None):
     p.add_argument("--lanes", type=int, default=None, help="parallel MACs per image (default: the target's shipped "
                    "configuration, hw.synth.SHIPPED; likewise --batch and --freq)")
     p.add_argument("--batch", type=int, default=None,
-                   help="images in lockstep (B copies of features, MACs and drain; one sequencer and weight memory); "
-                        "above 1 the core is built without the board's UART (see --core)")
+                   help="images in lockstep (B copies of features and drain, B x lanes MACs; one sequencer and "
+                        "weight memory; the board protocol takes B images per command)")
     p.add_argument("--core", action="store_true",
                    help="build the accelerator core behind a two-pin shim instead of the board top")
     p.add_argument("--freq", type=float, default=None,

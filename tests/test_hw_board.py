@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import hw.board as host
-from hw.board import (Board, ProtocolError, check_board, decode_ack, decode_result, decode_version, encode_image,
-                      encode_query, encode_result, encode_weights)
+from hw.board import (Board, ProtocolError, check_board, decode_ack, decode_result, decode_results, decode_version,
+                      encode_image, encode_images, encode_query, encode_result, encode_results, encode_weights)
 from hw.boards import PROTOCOL_VERSION, VERSION_BYTES, result_bytes, version_reply
 from model.util import UserError
 
@@ -56,10 +56,27 @@ def test_result_sign_extension_from_the_score_width():
 
 
 def test_version_reply_layout():
-    assert PROTOCOL_VERSION == 2 and VERSION_BYTES == 7
-    assert version_reply(8, (1, 28, 28), 10) == b"V\x02\x08\x01\x1c\x1c\x0a"
-    assert decode_version(version_reply(8, (3, 16, 20), 4)) == {"version": 2, "lanes": 8, "image_shape": [3, 16, 20],
-                                                                 "classes": 4}
+    assert PROTOCOL_VERSION == 3 and VERSION_BYTES == 8
+    assert version_reply(8, (1, 28, 28), 10) == b"V\x03\x08\x01\x1c\x1c\x0a\x01"
+    assert decode_version(version_reply(8, (3, 16, 20), 4)) == {"version": 3, "lanes": 8, "image_shape": [3, 16, 20],
+                                                                 "classes": 4, "batch": 1}
+    assert decode_version(version_reply(8, (1, 28, 28), 10, 2))["batch"] == 2
+
+
+def test_batch_images_and_results():
+    """A batch's pixels go interleaved (pixel k of every image together); its reply holds the B
+    classes, then score j of every image for each j."""
+    imgs = [np.arange(6, dtype=np.uint8).reshape(1, 2, 3) + 10 * b for b in range(3)]
+    assert encode_images(imgs, (1, 2, 3)) == b"I" + bytes([0, 10, 20, 1, 11, 21, 2, 12, 22, 3, 13, 23, 4, 14, 24,
+                                                          5, 15, 25])
+    assert encode_images(imgs[:1], (1, 2, 3)) == encode_image(imgs[0], (1, 2, 3))
+    results = [(1, [5, -6]), (7, [-(2**31), 2**31 - 1]), (0, [0, 3])]
+    msg = encode_results(results)
+    assert msg[:4] == b"R\x01\x07\x00" and len(msg) == result_bytes(2, 3) == 4 + 3 * 2 * 4
+    assert msg[4:8] == (5).to_bytes(4, "little", signed=True) and msg[8:12] == (2**31 - 1 + 1).to_bytes(4, "little")
+    assert decode_results(msg, 2, 3) == results
+    with pytest.raises(ProtocolError, match="27 bytes, expected 28"):
+        decode_results(msg[:-1], 2, 3)
 
 
 def test_decode_errors():
@@ -74,12 +91,12 @@ def test_decode_errors():
         decode_result(good, 3)
     with pytest.raises(ProtocolError, match="nothing"):
         decode_result(b"", 10)
-    with pytest.raises(ProtocolError, match="protocol version 1, this host 2"):
+    with pytest.raises(ProtocolError, match="protocol version 1, this host 3"):
         decode_version(b"V\x01\x08\x0a")  # a version-1 board's whole reply
-    with pytest.raises(ProtocolError, match="protocol version 3"):
+    with pytest.raises(ProtocolError, match="protocol version 2"):
+        decode_version(b"V\x02\x08\x01\x1c\x1c\x0a")  # a version-2 board's whole reply
+    with pytest.raises(ProtocolError, match="7 bytes, expected 8"):
         decode_version(b"V\x03\x08\x01\x1c\x1c\x0a")
-    with pytest.raises(ProtocolError, match="6 bytes, expected 7"):
-        decode_version(b"V\x02\x08\x01\x1c\x1c")
     with pytest.raises(ProtocolError, match="baud rate"):
         decode_version(b"E")
     decode_ack(b"K")
@@ -105,13 +122,15 @@ class FakeBoard:
     ``silent`` never answers, ``garbage`` answers every command with that byte, ``reply_v`` replaces
     the answer to '?' (another protocol version, another network)."""
 
-    def __init__(self, spec, lanes=8, weight_port=False, corrupt=None, silent=False, garbage=None, reply_v=None):
+    def __init__(self, spec, lanes=8, weight_port=False, corrupt=None, silent=False, garbage=None, reply_v=None,
+                 batch=1):
         from quantize.emulator import Emulator
 
         self.emu, self.lanes, self.weight_port = Emulator(spec), lanes, weight_port
         self.shape, self.classes = tuple(spec.input_shape), spec.classes
         self.pixels = int(np.prod(self.shape))
-        self.reply_v = reply_v if reply_v is not None else version_reply(lanes, self.shape, self.classes)
+        self.batch = batch
+        self.reply_v = reply_v if reply_v is not None else version_reply(lanes, self.shape, self.classes, batch)
         self.corrupt, self.silent, self.garbage = corrupt, silent, garbage
         self.inbuf, self.outbuf = bytearray(), bytearray()
         self.written = 0
@@ -153,16 +172,20 @@ class FakeBoard:
             del b[:1]
             self._answer(self.reply_v)
         elif cmd == ord("I"):
-            if len(b) < 1 + self.pixels:
+            n = self.pixels * self.batch
+            if len(b) < 1 + n:
                 return False
-            img = np.frombuffer(bytes(b[1:1 + self.pixels]), np.uint8).reshape(1, *self.shape)
-            del b[:1 + self.pixels]
-            r = self.emu.run(img, keep=False)
-            scores = [int(v) for v in r.scores[0]]
-            if self.corrupt and self.corrupt[0] == self.images:
-                scores[self.corrupt[1]] += 1
-            self.images += 1
-            self._answer(encode_result(int(r.predictions[0]), scores))
+            imgs = np.frombuffer(bytes(b[1:1 + n]), np.uint8).reshape(self.pixels, self.batch).T.reshape(-1, *self.shape)
+            del b[:1 + n]
+            r = self.emu.run(imgs, keep=False)
+            results = []
+            for k in range(self.batch):
+                scores = [int(v) for v in r.scores[k]]
+                if self.corrupt and self.corrupt[0] == self.images:
+                    scores[self.corrupt[1]] += 1
+                self.images += 1
+                results.append((int(r.predictions[k]), scores))
+            self._answer(encode_results(results))
         elif cmd == ord("W"):
             if len(b) < 5 or len(b) < 5 + int.from_bytes(b[1:5], "little"):
                 return False
@@ -216,6 +239,15 @@ def test_host_matches_emulator_on_mnist(q8_spec, q8_spec_dir, fake_port, capsys,
     preds = Emulator(q8_spec).run(quant_images[0][:6], keep=False).predictions
     assert res["errors"] == int((preds != quant_images[1][:6]).sum())
     assert fake_port[0].images == 6 and fake_port[0].closed
+
+
+def test_host_batch_board_pads_the_last_command(q8_spec, q8_spec_dir, fake_port, capsys, quant_images):
+    """A board of batch 2 takes two images per 'I'; 5 images go as 3 commands (the last with a blank)."""
+    fake_port.append(FakeBoard(q8_spec, batch=2, corrupt=(2, 1)))
+    code, out, err = run_main(capsys, "--port", "fake", "--spec", q8_spec_dir, "--images", 5, "--json")
+    res = json.loads(out)
+    assert code == 1 and res["batch"] == 2 and res["images"] == 5 and fake_port[0].images == 6
+    assert res["mismatches"] == 1 and res["first_mismatch"]["image"] == 2 and res["first_mismatch"]["score_index"] == 1
 
 
 def test_host_npy_images_and_text_summary(q8_spec, q8_spec_dir, fake_port, capsys, images_npy):
@@ -328,7 +360,7 @@ def test_version_1_board_is_refused(q8_spec, q8_spec_dir, fake_port, capsys, ima
     t0 = time.monotonic()
     line = one_error_line(*run_main(capsys, "--port", "fake", "--spec", q8_spec_dir, "--images", images_npy,
                                     "--timeout", 3))
-    assert "protocol version 1, this host 2" in line
+    assert "protocol version 1, this host 3" in line
     assert time.monotonic() - t0 < 2 and fake_port[0].images == 0
 
 

@@ -13,7 +13,8 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
-from hw.board import decode_result, decode_version, encode_image, encode_query, encode_weights
+from hw.board import (decode_result, decode_results, decode_version, encode_image, encode_images, encode_query,
+                      encode_weights)
 from hw.boards import BoardTop, board_design, frames_per_image, result_bytes
 
 CLK_HZ, BAUD = 4000, 1000  # 4 cycles per bit: the fastest the UART allows, short simulations
@@ -29,13 +30,16 @@ class StubAccelerator(wiring.Component):
     optional weight port that counts and sums bytes, ready every other cycle (back-pressure). Its
     ``program`` carries only what the board top reads (image shape, classes)."""
 
-    def __init__(self, width: int = 20, weight_port: bool = False, ports=("i", "o"), shape=SHAPE, classes=CLASSES):
-        self.out_layout = data.StructLayout({"value": signed(width), "last": unsigned(1)})
+    def __init__(self, width: int = 20, weight_port: bool = False, ports=("i", "o"), shape=SHAPE, classes=CLASSES,
+                 batch: int = 1):
+        self.batch = batch  # B images per beat: pixel k of image b in bits 8b..8b+7, B values per beat
+        value = signed(width) if batch == 1 else data.ArrayLayout(signed(width), batch)
+        self.out_layout = data.StructLayout({"value": value, "last": unsigned(1)})
         self.program = SimpleNamespace(image_shape=tuple(shape), classes=classes)
         self.pixels, self.classes = int(np.prod(shape)), classes
         members = {"busy": Out(1), "done": Out(1)}
         if "i" in ports:
-            members["i"] = In(stream.Signature(unsigned(8)))
+            members["i"] = In(stream.Signature(unsigned(8 * batch)))
         if "o" in ports:
             members["o"] = Out(stream.Signature(self.out_layout))
         if weight_port:
@@ -44,25 +48,29 @@ class StubAccelerator(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        total = Signal(20)
+        B = self.batch
+        totals = [Signal(20, name=f"total{b}") for b in range(B)]
         n = Signal(range(self.pixels))
         beat = Signal(range(self.classes + 1))
+        value = self.o.payload.value
         with m.FSM():
             with m.State("LOAD"):
                 m.d.comb += self.i.ready.eq(1)
                 with m.If(self.i.valid):
-                    m.d.sync += [total.eq(total + self.i.payload), n.eq(n + 1)]
+                    m.d.sync += [t.eq(t + self.i.payload[8 * b:8 * b + 8]) for b, t in enumerate(totals)]
+                    m.d.sync += n.eq(n + 1)
                     with m.If(n == self.pixels - 1):
                         m.d.sync += beat.eq(0)
                         m.next = "OUT"
             with m.State("OUT"):
-                m.d.comb += [self.busy.eq(1), self.o.valid.eq(1), self.o.payload.last.eq(beat == self.classes),
-                             self.o.payload.value.eq(Mux(beat == 0, total % self.classes,
-                                                         total - SCORE_STEP * (beat - 1)))]
+                m.d.comb += [self.busy.eq(1), self.o.valid.eq(1), self.o.payload.last.eq(beat == self.classes)]
+                for b, t in enumerate(totals):
+                    m.d.comb += (value if B == 1 else value[b]).eq(
+                        Mux(beat == 0, t % self.classes, t - SCORE_STEP * (beat - 1)))
                 with m.If(self.o.ready):
                     m.d.sync += beat.eq(beat + 1)
                     with m.If(beat == self.classes):
-                        m.d.sync += [total.eq(0), n.eq(0)]
+                        m.d.sync += [t.eq(0) for t in totals] + [n.eq(0)]
                         m.next = "LOAD"
         if "wl" in self.signature.members:
             toggle = Signal()
@@ -127,17 +135,29 @@ def rtl_board(top: BoardTop, script: list, max_cycles: int = 400_000) -> tuple[b
 
 
 def make_top(**kw) -> BoardTop:
-    acc_kw = {k: kw.pop(k) for k in ("width", "weight_port", "shape", "classes") if k in kw}
+    acc_kw = {k: kw.pop(k) for k in ("width", "weight_port", "shape", "classes", "batch") if k in kw}
     return BoardTop(None, kw.pop("lanes", 4), CLK_HZ, BAUD, accelerator=StubAccelerator(**acc_kw), **kw)
 
 
 # --------------------------------------------------------------------------- protocol
 def test_query_and_unknown_command():
-    replies, _ = rtl_board(make_top(lanes=6), [("send", encode_query()), ("expect", 7), ("send", b"\x00"),
-                                                ("expect", 1), ("send", b"x?"), ("expect", 8)])
-    assert replies[:7] == b"V\x02\x06\x02\x05\x07\x04"  # version 2, 6 lanes, 2 x 5 x 7 images, 4 classes
-    assert decode_version(replies[:7]) == {"version": 2, "lanes": 6, "image_shape": [2, 5, 7], "classes": 4}
-    assert replies[7:] == b"EE" + replies[:7]
+    replies, _ = rtl_board(make_top(lanes=6), [("send", encode_query()), ("expect", 8), ("send", b"\x00"),
+                                                ("expect", 1), ("send", b"x?"), ("expect", 9)])
+    assert replies[:8] == b"V\x03\x06\x02\x05\x07\x04\x01"  # version 3, 6 lanes, 2 x 5 x 7 images, 4 classes, batch 1
+    assert decode_version(replies[:8]) == {"version": 3, "lanes": 6, "image_shape": [2, 5, 7], "classes": 4,
+                                           "batch": 1}
+    assert replies[8:] == b"EE" + replies[:8]
+
+
+def test_batch_board_interleaved_pixels_and_reply():
+    """A batch-3 accelerator: '?' says batch 3, one 'I' carries the three images' pixels interleaved,
+    the reply holds the three classes and every image's scores (negative ones sign-extended)."""
+    top = make_top(batch=3, shape=(1, 2, 3), classes=3)
+    imgs = [np.array([[[200, 255, 1], [0, 9, 77]]], np.uint8) + b for b in range(3)]
+    replies, _ = rtl_board(top, [("send", encode_query()), ("expect", 8),
+                                 ("send", encode_images(imgs, (1, 2, 3))), ("expect", result_bytes(3, 3))])
+    assert decode_version(replies[:8])["batch"] == 3
+    assert decode_results(replies[8:], 3, 3) == [stub_result(img, 3) for img in imgs]
 
 
 @pytest.mark.parametrize("shape, classes", [(SHAPE, CLASSES), ((1, 9, 6), 11)])
@@ -246,7 +266,7 @@ def test_cli_writes_verilog_constraints_manifest(q8_spec_dir, tmp_path, run_modu
     assert r.returncode == 0, r.stderr
     man = json.loads((tmp_path / "icebreaker_lenet5_q8.json").read_text())
     assert man["device"] == "iCE40UP5K" and man["clk_hz"] == 12_000_000 and man["lanes"] == 4
-    assert man["protocol_version"] == 2 and man["image_shape"] == [1, 28, 28] and man["classes"] == 10
+    assert man["protocol_version"] == 3 and man["image_shape"] == [1, 28, 28] and man["classes"] == 10
     assert man["bytes_per_image"] == {"in": 785, "out": 42}
     for f in man["files"].values():
         assert (tmp_path / f).stat().st_size > 0

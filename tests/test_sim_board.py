@@ -38,7 +38,7 @@ def test_board_uart_one_image_bit_exact(q8_spec_dir, board_images, sim_out):
     _need_icarus()
     pytest.importorskip("cocotbext.uart")
     r = tb_board.run(q8_spec_dir, board_images[:1], "icarus", lanes=LANES, out=sim_out / "board")
-    assert r["version"] == {"version": 2, "lanes": LANES, "image_shape": [1, 28, 28], "classes": 10}
+    assert r["version"] == {"version": 3, "lanes": LANES, "image_shape": [1, 28, 28], "classes": 10, "batch": 1}
     assert len(r["classes"]) == 1 and len(r["scores"][0]) == 10
     assert r["mismatches"] == 0, r["first_mismatch"]
     assert r["unknown_command"] == "E"
@@ -57,7 +57,8 @@ def test_board_uart_other_network(board_images, sim_out, tmp_path):
     d = spec.save(tmp_path / "other")
     images = np.random.default_rng(2).integers(0, 256, (2, *spec.input_shape), dtype=np.uint8)
     r = tb_board.run(d, images, "icarus", lanes=4, out=sim_out / "board")
-    assert r["version"] == {"version": 2, "lanes": 4, "image_shape": list(spec.input_shape), "classes": spec.classes}
+    assert r["version"] == {"version": 3, "lanes": 4, "image_shape": list(spec.input_shape), "classes": spec.classes,
+                            "batch": 1}
     assert len(r["classes"]) == 2 and all(len(s) == spec.classes for s in r["scores"])
     assert r["mismatches"] == 0, r["first_mismatch"]
     assert r["unknown_command"] == "E"
