@@ -47,6 +47,13 @@ def impl_for(platform) -> str:
     return "sb_mac16" if _is_ice40(platform) else "rtl"
 
 
+def pair_budget(platform) -> int | None:
+    """How many ProductPairs ``platform`` has DSP blocks for: the iCE40 UP5K's 8 SB_MAC16, else no limit."""
+    from .weights import _is_ice40
+
+    return 8 if _is_ice40(platform) else None
+
+
 class ProductPair(wiring.Component):
     """``p0 = w * x0``, ``p1 = w * x1`` (signed, ``weight_width + data_width`` bits), latency 2.
 

@@ -16,14 +16,29 @@ from .program import Program
 from .sequencer import control_signature
 from .window import TileWindow
 
+# block RAM shapes (depth, width): the iCE40's 4 kbit EBR and the ECP5's 18 kbit DP16KD
+BRAM_SHAPES = {"ice40": ((256, 16), (512, 8), (1024, 4), (2048, 2)),
+               "ecp5": ((512, 36), (1024, 18), (2048, 9), (4096, 4))}
+
+
+def images_per_window(words: int, width: int, platform) -> int:
+    """How many images' feature maps share one window: as many as fit the word of the platform's
+    block RAM in the shape deep enough for ``words`` (so sharing never costs a block RAM)."""
+    from .weights import _is_ice40
+
+    shapes = BRAM_SHAPES["ice40" if _is_ice40(platform) else "ecp5"]
+    bits = next((w for d, w in shapes if words <= d), shapes[-1][1])
+    return max(1, bits // width)
+
 
 class Engine(wiring.Component):
     """``pixel``: the image byte the sequencer is loading (``ctl.in_lut_addr_hi`` names its channel).
     ``value``: the output beat ``ctl.out_beat`` (0: the class, 1 + j: score j). Latency and
     throughput are the sequencer's.
 
-    ``images`` = B > 1: B images in lockstep, each with its own feature memory, drain, input table
-    and scores, and one set of MAC lanes whose products pair the images on the DSPs
+    ``images`` = B > 1: B images in lockstep, each with its own drain, input table and scores, its
+    feature maps side by side with other images' in the words of a shared window
+    (:func:`images_per_window`), and one set of MAC lanes whose products pair the images on the DSPs
     (:class:`~hw.mac.MACLanes`, ``dsp``); ``pixel`` and ``value`` are then B-element arrays."""
 
     def __init__(self, program: Program, images: int = 1, dsp: str = "auto"):
@@ -42,38 +57,53 @@ class Engine(wiring.Component):
         m.submodules.mac = mac = MACLanes(P, ww, dw, prog.acc_width, bias=False, max_op=max_op, images=B, dsp=self.dsp)
         m.d.comb += [mac.valid.eq(ctl.mac_valid), mac.first.eq(ctl.mac_first), mac.max.eq(ctl.mac_max)]
         m.d.comb += [mac.w[q].eq(ctl.lane_w[q * ww:(q + 1) * ww].as_signed()) for q in range(P)]
-        for b in range(B):  # one image: the plain names (the tracer and tests look for them)
-            sfx = "" if B == 1 else str(b)
-            x, acc = (mac.x, mac.acc) if B == 1 else (mac.x[b], mac.acc[b])
-            pixel, value = (self.pixel, self.value) if B == 1 else (self.pixel[b], self.value[b])
-            self._image(m, sfx, x, acc, pixel, value)
+        # the feature memories: images in lockstep write the same words at the same addresses, so
+        # several share one window, side by side in its words
+        pack = min(B, images_per_window(prog.fm_words, dw, platform))
+        for w0 in range(0, B, pack):
+            imgs = list(range(w0, min(w0 + pack, B)))
+            win = TileWindow(prog.R, prog.C, prog.fm_words, dw * len(imgs))
+            m.submodules["window" if B <= pack else f"window{w0 // pack}"] = win
+            self._read(m, win)
+            wdata = []
+            for b in imgs:  # one image: the plain names (the tracer and tests look for them)
+                sfx = "" if B == 1 else str(b)
+                acc = mac.acc if B == 1 else mac.acc[b]
+                pixel, value = (self.pixel, self.value) if B == 1 else (self.pixel[b], self.value[b])
+                x = [win.x[q][(b - w0) * dw:(b - w0 + 1) * dw].as_signed() for q in range(P)]
+                m.d.comb += [(mac.x[q] if B == 1 else mac.x[b][q]).eq(x[q]) for q in range(P)]
+                act, data = self._image(m, sfx, acc, pixel, value)
+                wdata.append(data)
+            # feature-memory writes: the loader and the fill (input table word or pad code), else the
+            # drain; every image's drain writes in the same cycles at the same address
+            m.d.comb += [win.we.eq(ctl.fm_we | act.we), win.waddr.eq(Mux(ctl.fm_we, ctl.fm_waddr, act.waddr)),
+                         win.wdata.eq(Cat(*wdata))]
         return m
 
-    def _image(self, m, sfx, x, acc, pixel, value):
-        """One image's feature memory, drain, input table and scores around the shared lanes."""
-        prog, ctl, P = self.program, self.ctl, self.program.lanes
-        dw = prog.fm_width
-        m.submodules["window" + sfx] = win = TileWindow(prog.R, prog.C, prog.fm_words, dw)
-        m.submodules["act" + sfx] = act = Activation(prog)
-        m.submodules["inlut" + sfx] = inlut = Memory(shape=signed(dw), depth=len(prog.input_lut), init=prog.input_lut)
-        in_rp = inlut.read_port()
-        channels = prog.image_shape[0]
-        m.d.comb += in_rp.addr.eq(Cat(pixel, ctl.in_lut_addr_hi) if channels > 1 else pixel)
-
+    def _read(self, m, win):
+        ctl, prog = self.ctl, self.program
         m.d.comb += [win.base.eq(ctl.rd_base), win.adj_row.eq(ctl.rd_adj_row), win.adj_col.eq(ctl.rd_adj_col),
                      win.dense.eq(ctl.rd_dense), win.bank.eq(ctl.rd_bank)]
         if prog.R > 1:
             m.d.comb += win.my.eq(ctl.rd_my)
         if prog.C > 1:
             m.d.comb += win.mx.eq(ctl.rd_mx)
-        m.d.comb += [x[q].eq(win.x[q]) for q in range(P)]
+
+    def _image(self, m, sfx, acc, pixel, value):
+        """One image's drain, input table and scores; returns the drain and the word it writes."""
+        prog, ctl, P = self.program, self.ctl, self.program.lanes
+        dw = prog.fm_width
+        m.submodules["act" + sfx] = act = Activation(prog)
+        m.submodules["inlut" + sfx] = inlut = Memory(shape=signed(dw), depth=len(prog.input_lut), init=prog.input_lut)
+        in_rp = inlut.read_port()
+        channels = prog.image_shape[0]
+        m.d.comb += in_rp.addr.eq(Cat(pixel, ctl.in_lut_addr_hi) if channels > 1 else pixel)
         m.d.comb += [act.capture.eq(ctl.capture), act.layer.eq(ctl.layer), act.ty.eq(ctl.ty), act.tx.eq(ctl.tx),
                      act.map_off.eq(ctl.map_off), act.n0.eq(ctl.n0), act.bias_addr.eq(ctl.bias_addr),
                      act.mask.eq(ctl.mask)]
         m.d.comb += [act.acc[q].eq(acc[q]) for q in range(P)]
-        # feature-memory writes: the loader and the fill (input table word or pad code), else the drain
-        m.d.comb += [win.we.eq(ctl.fm_we | act.we), win.waddr.eq(Mux(ctl.fm_we, ctl.fm_waddr, act.waddr)),
-                     win.wdata.eq(Mux(ctl.fm_we, Mux(ctl.fm_pad, ctl.fm_pad_code, in_rp.data), act.wdata))]
+        data = Signal(signed(dw), name="wdata" + sfx)
+        m.d.comb += data.eq(Mux(ctl.fm_we, Mux(ctl.fm_pad, ctl.fm_pad_code, in_rp.data), act.wdata))
 
         # scores and the running argmax (first maximum wins, as in the emulator)
         scores = Array(Signal(signed(prog.score_width), name=f"score{sfx}_{j}" if sfx else f"score{j}")
@@ -85,3 +115,4 @@ class Engine(wiring.Component):
             with m.If((act.score_idx == 0) | (act.score > best)):
                 m.d.sync += [best.eq(act.score), cls.eq(act.score_idx)]
         m.d.comb += value.eq(Mux(ctl.out_beat == 0, cls, scores[ctl.out_beat - 1]))
+        return act, data

@@ -5,7 +5,7 @@ from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from .dsp import IMPLS, MAX_WIDTH, ProductPair, impl_for
+from .dsp import IMPLS, MAX_WIDTH, ProductPair, impl_for, pair_budget
 
 
 def _check_int(name, v, lo, hi):
@@ -42,7 +42,8 @@ class MACLanes(wiring.Component):
         B images in lockstep sharing the weights: ``x`` and ``acc`` become B x lanes arrays
         (``x[b][q]``), and lane q of images 2j and 2j + 1 share one :class:`~hw.dsp.ProductPair`
         (one SB_MAC16 in its dual 8x8 mode on iCE40: two products per DSP) when both operands are
-        at most 8 bits wide. Same latency.
+        at most 8 bits wide, as many as the platform has DSPs for (:func:`hw.dsp.pair_budget`; the
+        rest are plain products: LUT multipliers for narrow operands). Same latency.
     dsp : str
         The ProductPair implementation: ``"auto"`` (the platform's, :func:`hw.dsp.impl_for`),
         ``"sb_mac16"`` or ``"rtl"``.
@@ -80,22 +81,26 @@ class MACLanes(wiring.Component):
         port = (lambda p, b, q: p[q]) if B == 1 else (lambda p, b, q: p[b][q])
         pairs = B > 1 and ww <= MAX_WIDTH and dw <= MAX_WIDTH
         impl = impl_for(platform) if self.dsp == "auto" else self.dsp
+        budget = pair_budget(platform) if self.dsp == "auto" else None  # pairs beyond it: plain products
+        n_pairs = 0
         # data registers have no reset (only the control bits do): fewer gates on the FPGA, and in
         # an event-driven simulator no reset multiplexer to re-evaluate whenever the data change
-        for q in range(self.lanes):
-            prods = [Signal(signed(ww + dw), name=f"prod{q}" if B == 1 else f"prod{b}_{q}", reset_less=True)
-                     for b in range(B)]
-            for b in range(0, B, 2):
-                if pairs and b + 1 < B:  # images b and b + 1: one DSP, the product registers inside it
+        prods = [[Signal(signed(ww + dw), name=f"prod{q}" if B == 1 else f"prod{b}_{q}", reset_less=True)
+                  for q in range(self.lanes)] for b in range(B)]
+        for b in range(0, B, 2):  # images 0 and 1 of every lane first, then 2 and 3...
+            for q in range(self.lanes):
+                if pairs and b + 1 < B and (budget is None or n_pairs < budget):
+                    n_pairs += 1  # images b and b + 1: one DSP, the product registers inside it
                     pp = ProductPair(ww, dw, impl, input_registers=False)
                     m.submodules[f"pair{b // 2}_{q}"] = pp
                     m.d.comb += [pp.w.eq(self.w[q]), pp.x0.eq(port(self.x, b, q)), pp.x1.eq(port(self.x, b + 1, q)),
-                                 prods[b].eq(pp.p0), prods[b + 1].eq(pp.p1)]
+                                 prods[b][q].eq(pp.p0), prods[b + 1][q].eq(pp.p1)]
                 else:
                     for bb in range(b, min(b + 2, B)):
-                        m.d.sync += prods[bb].eq(self.w[q] * port(self.x, bb, q))
+                        m.d.sync += prods[bb][q].eq(self.w[q] * port(self.x, bb, q))
+        for q in range(self.lanes):
             for b in range(B):
-                self._accumulate(m, prods[b], port(self.acc, b, q), port(self.bias, b, q) if self.has_bias else 0,
+                self._accumulate(m, prods[b][q], port(self.acc, b, q), port(self.bias, b, q) if self.has_bias else 0,
                                  valid, first, keep_max, f"{q}" if B == 1 else f"{b}_{q}")
         return m
 

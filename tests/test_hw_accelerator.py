@@ -81,6 +81,12 @@ def test_accelerator_batch(q8_spec, quant_images):
     check_accelerator(q8_spec, 8, quant_images[0][2:5], batch=2)
 
 
+def test_accelerator_batch_anna_shared_window(anna_spec, quant_images):
+    """anna (3-bit states) at batch 3: the three images share one window (9-bit words) and the lanes
+    pair images 0 and 1 on ProductPairs (image 2 on plain products): bit-exact, one image's cycles."""
+    check_accelerator(anna_spec, 8, quant_images[0][5:8], batch=3)
+
+
 def test_accelerator_loaded_weights(q8_spec, mnist_two):
     """weights="load": the weight memory starts empty; the image from weight_load_data() goes in
     through ``wl`` (as the board's 'W' command sends it), then the images."""
