@@ -12,7 +12,7 @@ from pathlib import Path
 
 from model.util import UserError, atomic_write_text, cli
 
-COLUMNS = [("target", "target"), ("lanes", "lanes"), ("batch", "batch"), ("luts", "LUT4"), ("ffs", "FF"),
+COLUMNS = [("target", "target"), ("preset", "spec"), ("lanes", "lanes"), ("batch", "batch"), ("luts", "LUT4"), ("ffs", "FF"),
            ("dsps", "DSP"), ("brams", "BRAM"), ("sprams", "SPRAM"), ("clock_mhz", "clock MHz (met)"),
            ("fmax_mhz", "Fmax MHz"), ("cycles_per_image", "cycles/image"), ("images_per_s", "images/s")]
 

@@ -112,7 +112,7 @@ def test_synth_report_table(tmp_path, run_module):
     """make synth's table: one row per build result, read from result.json files."""
     from hw.synth_report import load_results, markdown
 
-    row = {"target": "ice40-up5k", "lanes": 8, "batch": 1, "luts": 2832, "ffs": 1978, "dsps": 8, "brams": 22,
+    row = {"target": "ice40-up5k", "preset": "q8", "lanes": 8, "batch": 1, "luts": 2832, "ffs": 1978, "dsps": 8, "brams": 22,
            "sprams": 4, "clock_mhz": 27.0, "fmax_mhz": 27.65, "cycles_per_image": 47941.0, "images_per_s": 563.2,
            "board": "icebreaker"}
     d = tmp_path / "ice40-up5k" / "x"
@@ -123,6 +123,19 @@ def test_synth_report_table(tmp_path, run_module):
     rows = load_results(None, tmp_path)
     assert rows == [row]
     table = markdown(rows)
-    assert "| ice40-up5k | 8 | 1 | 2,832 | 1,978 | 8 | 22 | 4 | 27 | 27.65 | 47,941 | 563.2 | board top (UART) |" in table
+    assert "| ice40-up5k | q8 | 8 | 1 | 2,832 | 1,978 | 8 | 22 | 4 | 27 | 27.65 | 47,941 | 563.2 | board top (UART) |" in table
     r = run_module("hw.synth_report", "--results", tmp_path / "none", "--out", tmp_path / "s.md")
     assert r.returncode != 0 and "no synthesis results" in r.stderr
+
+
+def test_shipped_configurations():
+    """Every target has a shipped configuration (lanes, batch, clock) for any spec; a preset's own
+    row wins over the target's default."""
+    from hw.synth import SHIPPED, TARGETS, shipped
+
+    for t in TARGETS:
+        cfg = shipped(t, "no-such-preset")
+        assert set(cfg) == {"lanes", "batch", "freq"} and cfg == SHIPPED[(t, None)]
+    for (t, preset), cfg in SHIPPED.items():
+        assert t in TARGETS and shipped(t, preset) == cfg
+        assert cfg["lanes"] & (cfg["lanes"] - 1) == 0 and cfg["batch"] >= 1 and cfg["freq"] > 0
