@@ -17,7 +17,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .layout import Layout, address, log2
-from .program import Program, addr_width, layer_gap
+from .program import Program, addr_width, drain_turns
 from .weights import WeightMemory
 
 
@@ -104,7 +104,7 @@ class Sequencer(wiring.Component):
         conv_maps = [(i, o) for i, lp in enumerate(layers) if lp.mode == "conv" for o in range(lp.maps)]
         # taps and drain waits per conv map in network order (one spare entry: "the map after the last")
         taps_arr = Array([Const(layers[i].taps[o], 16) for i, o in conv_maps] + [Const(1, 16)])
-        wait_arr = Array([Const(max(0, P - layers[i].taps[o]), 16) for i, o in conv_maps] + [Const(0, 16)])
+        wait_arr = Array([Const(max(0, drain_turns(layers[i], P) - layers[i].taps[o]), 16) for i, o in conv_maps] + [Const(0, 16)])
         layer = Signal(range(max(len(layers), 2)))
         k = layer_constants(m, prog, layer)
 
@@ -224,7 +224,7 @@ class Sequencer(wiring.Component):
                     layer_done = last_group & (last_map | ~k["conv"])
                     wait_next = Mux(k["conv"] & last_group, nxt_wait, wait_cur)
                     with m.If(layer_done):
-                        m.d.sync += counter.eq(layer_gap(P) - 2)
+                        m.d.sync += counter.eq(prog.gap - 2)
                         m.next = "GAP"
                     with m.Elif(wait_next != 0):
                         m.d.sync += counter.eq(wait_next - 1)
