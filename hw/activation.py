@@ -30,8 +30,9 @@ class Activation(wiring.Component):
 
     A layer with a fused pool (``LayerProgram.pool``) writes no state: lane k's state goes into
     its k x k window's register (:class:`~hw.pool.PoolStage`) instead; after
-    :data:`~hw.program.POOL_LATENCY` idle turns (the last state reaching its window) come one turn
-    per window j of the tile: ``coef * window`` plus the pool's bias (its map's), wrapped to the
+    :data:`~hw.program.POOL_LATENCY` idle turns (the last state reaching its window) come
+    ``Program.pool_mul_cycles`` turns per window j of the tile (the multiply: one turn, or the
+    serial multiplier's steps, the product in the last): ``coef * window`` plus the pool's bias (its map's), wrapped to the
     pool's accumulator and put through the pool's output function (the same stages as a lane's),
     written as pool output (map, ty * R/k + j // (C/k), tx * C/k + j % (C/k)) into the pool's
     output layout, unless the window reaches past the pool's output (a masked lane or beyond
@@ -147,8 +148,8 @@ class Activation(wiring.Component):
         pf, wmask = Signal(), Signal()
         pbias = Signal.like(bias_addr)
         if F:
-            m.d.comb += [win_turn.eq(fused & (k >= P + POOL_LATENCY)), lane_turn.eq(fused & (k < P)),
-                         jw.eq(k - (P + POOL_LATENCY)), pool.rd.eq(jw), stage.eq(Mux(win_turn, pstage, layer))]
+            m.d.comb += [pool.run.eq(active & fused & (k >= P + POOL_LATENCY)), win_turn.eq(pool.run & pool.valid),
+                         lane_turn.eq(fused & (k < P)), jw.eq(pool.rd), stage.eq(Mux(win_turn, pstage, layer))]
         else:
             m.d.comb += stage.eq(layer)
         with m.Switch(stage):

@@ -95,6 +95,7 @@ class LayerProgram:
     # out_layout is this layer's, its tiles this layer's; no taps); None: states go to memory
     pool: LayerProgram | None = None
     coef_base: int = 0  # a fused pool: its first per-map coefficient in Program.coef_words
+    pool_mul_cycles: int = 1  # a fused pool: drain turns per window (its coefficient multiply)
 
     @property
     def stride(self) -> int:
@@ -134,6 +135,7 @@ class Program:
     score_width: int
     info: dict = field(default_factory=dict)
     coef_words: list[int] = field(default_factory=list)  # fused pools: one coefficient per map (max-pool: 1)
+    pool_mul_cycles: int = 1  # fused pools: 1 (one product per turn) or the serial multiplier's steps
 
     @property
     def fused(self) -> list[LayerProgram]:
@@ -193,12 +195,23 @@ class Program:
 def drain_turns(lp: LayerProgram, lanes: int) -> int:
     """Cycles the drain spends on one group of ``lp`` (the one home of this number: the cycle
     model's and the sequencer's waits, the gap): ``lanes`` turns, one per lane; a fused pool adds
-    :data:`POOL_LATENCY` idle turns and one turn per pool window of the tile, (R/k) x (C/k)."""
+    :data:`POOL_LATENCY` idle turns and ``pool_mul_cycles`` turns per pool window of the tile,
+    (R/k) x (C/k) windows."""
     if lp.pool is None:
         return lanes
+    return lanes + POOL_LATENCY + pool_windows(lp, lanes) * lp.pool_mul_cycles
+
+
+def pool_windows(lp: LayerProgram, lanes: int) -> int:
+    """The k x k windows of a tile of ``lp``'s fused pool."""
     R, C = tile_shape(lanes)
     k = lp.pool.spec.kernel
-    return lanes + POOL_LATENCY + (R // k) * (C // k)
+    return (R // k) * (C // k)
+
+
+def serial_mul_cycles(weight_width: int) -> int:
+    """Steps of the serial (radix-4 Booth) coefficient multiplier: two coefficient bits a step."""
+    return -(-weight_width // 2)
 
 
 def fusable(conv: LayerSpec, pool: LayerSpec, lanes: int) -> bool:
@@ -265,11 +278,17 @@ def _layouts(spec: QuantSpec, R: int, C: int, keep: list[int] | None = None) -> 
             for i, lay in enumerate(raw)]
 
 
-def compile_spec(spec: QuantSpec, lanes: int = 8, fuse_pools: bool = False) -> Program:
+def compile_spec(spec: QuantSpec, lanes: int = 8, fuse_pools: bool = False, pool_multiplier: str = "auto") -> Program:
     """Lay the spec out for an engine of ``lanes`` lanes. Raises ValueError on what it cannot build.
 
     ``fuse_pools``: every pool that :func:`fusable` allows runs in its conv layer's drain (no
-    layer of its own, its input never stored); ``Program.layers`` then lists the other layers."""
+    layer of its own, its input never stored); ``Program.layers`` then lists the other layers.
+    ``pool_multiplier``: how the drain multiplies a window by the pool's coefficient: "serial"
+    (a radix-4 Booth multiplier in LUTs, :func:`serial_mul_cycles` turns per window), "parallel"
+    (one product per turn: a DSP block where there is one), or "auto": serial where no fused
+    group then waits longer for the drain (every fused layer's taps cover its drain), else parallel."""
+    if pool_multiplier not in ("auto", "serial", "parallel"):
+        raise ValueError(f"pool_multiplier must be 'auto', 'serial' or 'parallel', got {pool_multiplier!r}")
     _check_spec(spec, lanes)
     P = lanes
     R, C = tile_shape(P)
@@ -318,6 +337,13 @@ def compile_spec(spec: QuantSpec, lanes: int = 8, fuse_pools: bool = False) -> P
                     lut_rom += list(key)
                 stage.lut_base = lut_seen[key]
         layers.append(lp)
+    fused = [lp for lp in layers if lp.pool is not None]
+    mul = serial_mul_cycles(weight_width)
+    if pool_multiplier == "parallel" or pool_multiplier == "auto" and any(
+            min(lp.taps) < P + POOL_LATENCY + pool_windows(lp, P) * mul for lp in fused):
+        mul = 1
+    for lp in fused:
+        lp.pool_mul_cycles = mul
     acc_width = max(st.acc_format.width for lp in layers for st in [lp] + ([lp.pool] if lp.pool else []))
     # a bias wider than the accumulator is taken modulo 2**acc_width: the drain's sum wraps to the
     # layer's accumulator width anyway, and (a + b) mod 2**n only depends on b mod 2**n
@@ -334,7 +360,8 @@ def compile_spec(spec: QuantSpec, lanes: int = 8, fuse_pools: bool = False) -> P
                    image_shape=tuple(spec.input_shape), input_layout=layouts[0],
                    input_pad_code=int(l0.pad_code) if l0.pad else 0, classes=spec.classes,
                    score_width=L[-1].formats["acc"].width,
-                   info={"fm_a": size_a, "fm_b": fm_words - size_a}, coef_words=coef_words)
+                   info={"fm_a": size_a, "fm_b": fm_words - size_a}, coef_words=coef_words,
+                   pool_mul_cycles=mul if fused else 1)
 
 
 def _pool_stage(l: LayerSpec, conv: LayerProgram, weight_width: int, bias_words: list) -> LayerProgram:

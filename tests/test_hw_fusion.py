@@ -36,10 +36,11 @@ def _one_torch_thread(one_torch_thread):
     """The emulator runs here are tiny (conftest.one_torch_thread)."""
 
 
-def rtl_run(spec, lanes: int, images: np.ndarray, fuse_pools: bool = True, trace: bool = False):
-    """(scores N x classes, classes N, cycles N, feature-memory writes per image) of the accelerator
-    compiled with ``fuse_pools``; the writes (address, value) only with ``trace``."""
-    prog = compile_spec(spec, lanes, fuse_pools=fuse_pools)
+def rtl_run(spec, lanes: int, images: np.ndarray, fuse_pools: bool = True, trace: bool = False,
+            pool_multiplier: str = "auto"):
+    """(scores N x classes, classes N, cycles N, feature-memory writes per image, program) of the
+    accelerator compiled with ``fuse_pools``; the writes (address, value) only with ``trace``."""
+    prog = compile_spec(spec, lanes, fuse_pools=fuse_pools, pool_multiplier=pool_multiplier)
     dut = Accelerator(spec, lanes, program=prog)
     images = np.asarray(images, np.uint8).reshape(len(images), -1)
     out = {"scores": [], "classes": [], "cycles": [], "writes": []}
@@ -89,8 +90,8 @@ def rtl_run(spec, lanes: int, images: np.ndarray, fuse_pools: bool = True, trace
     return (np.array(out["scores"], np.int64), np.array(out["classes"]), out["cycles"], out["writes"], prog)
 
 
-def check(spec, lanes: int, images, what: str = "") -> None:
-    scores, classes, cycles, _, prog = rtl_run(spec, lanes, images)
+def check(spec, lanes: int, images, what: str = "", pool_multiplier: str = "auto") -> None:
+    scores, classes, cycles, _, prog = rtl_run(spec, lanes, images, pool_multiplier=pool_multiplier)
     golden = Emulator(spec).run(images)
     np.testing.assert_array_equal(scores, golden.scores, err_msg=what)
     np.testing.assert_array_equal(classes, golden.predictions, err_msg=what)
@@ -125,21 +126,27 @@ def test_lenet5_program(q8_spec, lanes):
     # the tracer's addresses of a fused stage are the pool's tensor's
     addrs = output_addresses(c1s2, prog)
     assert len(addrs) == 6 * 14 * 14 == len(set(addrs))
-    assert drain_turns(c1s2, lanes) == lanes + POOL_LATENCY + (R // 2) * (C // 2)
-    assert prog.gap == lanes + POOL_LATENCY + (R // 2) * (C // 2) + 8
+    m = prog.pool_mul_cycles
+    assert drain_turns(c1s2, lanes) == lanes + POOL_LATENCY + (R // 2) * (C // 2) * m
+    assert prog.gap == lanes + POOL_LATENCY + (R // 2) * (C // 2) * m + 8
+    # the serial multiplier (2 coefficient bits a turn) where C1's 25 taps still cover the drain
+    assert m == (4 if lanes <= 8 else 1)
     if lanes == 8:
         assert prog.fm_words == 296
 
 
 def test_lenet5_cycles(q8_spec, anna_spec):
     """The fused model: the pool layers' issue, waits and gaps gone, a longer drain and gap."""
-    for spec in (q8_spec, anna_spec):
+    for spec, serial in ((q8_spec, 45_860), (anna_spec, 45_850)):
         plain, fused = perf.schedule(spec, 8), perf.schedule(spec, 8, fuse_pools=True)
-        assert plain["cycles_per_image"] == 47_941 and fused["cycles_per_image"] == 45_830
+        # serial multiplier: 8 + 3 + 2 x 4 (q8) or 2 x 3 (anna) drain turns, the gap 6 or 4 longer
+        assert plain["cycles_per_image"] == 47_941 and fused["cycles_per_image"] == serial
         assert fused["fm_words"] == 296 and fused["fused"] == ["C1+S2", "C3+S4"]
-        assert all(l["wait"] == 0 for l in fused["layers"])  # 8 + 3 + 2 drain turns <= 25 taps
+        assert all(l["wait"] == 0 for l in fused["layers"])  # <= 25 taps
         assert sum(l["macs"] for l in fused["layers"]) == spec.macs()
-        assert perf.schedule(spec, 16, fuse_pools=True)["cycles_per_image"] == 26_046
+        par = compile_spec(spec, 8, fuse_pools=True, pool_multiplier="parallel")
+        assert perf.cycles_per_image(spec, 8, program=par) == 45_830  # 8 + 3 + 2 turns
+        assert perf.schedule(spec, 16, fuse_pools=True)["cycles_per_image"] == 26_046  # parallel
     # 32 lanes: a 4 x 8 tile drains in 32 + 3 + 8 = 43 turns, C1's 25-tap groups wait 18
     s = perf.schedule(q8_spec, 32, fuse_pools=True)
     c1 = s["layers"][0]
@@ -175,7 +182,7 @@ def test_fused_q8_mnist_and_tensors(q8_spec, quant_images):
     scores, classes, cycles, writes, prog = rtl_run(q8_spec, 8, images, trace=True)
     golden = Emulator(q8_spec).run(images)
     np.testing.assert_array_equal(scores, golden.scores)
-    assert cycles == [perf.cycles_per_image(q8_spec, 8, program=prog)] == [45_830]
+    assert cycles == [perf.cycles_per_image(q8_spec, 8, program=prog)] == [45_860]
     table = layer_table(prog)
     assert [t["name"] for t in table] == ["S2", "S4", "C5", "F6", "OUT"]
     tracer = Tracer(None, table)
@@ -191,20 +198,22 @@ def test_fused_randomized_q8_noise(q8_spec):
     spec = randomized_spec(q8_spec, seed=8)
     images = extreme_images()["noise"][None]
     assert sum(s.acc_overflows for s in Emulator(spec).run(images).stats.values()) > 0
-    check(spec, 8, images, "randomized q8")
+    check(spec, 8, images, "randomized q8, parallel multiplier", pool_multiplier="parallel")
 
 
 def test_fused_randomized_anna(anna_spec, quant_images):
+    """anna: 6-bit coefficients, a serial multiplier of 3 steps."""
     spec = randomized_spec(anna_spec, seed=4)
     check(spec, 8, quant_images[0][:1], "randomized anna")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("which,lanes", [("q8_spec", 4), ("q8_spec", 16), ("anna_spec", 16), ("q8_spec", 32)])
-def test_fused_lanes(request, quant_images, which, lanes):
-    """A 2x2 tile (one window), 4x4 (four), 4x8 (C1's groups wait for the drain)."""
+@pytest.mark.parametrize("which,lanes,mul", [("q8_spec", 4, "auto"), ("q8_spec", 16, "auto"),
+                                             ("anna_spec", 16, "serial"), ("q8_spec", 32, "auto")])
+def test_fused_lanes(request, quant_images, which, lanes, mul):
+    """A 2x2 tile (one window), 4x4 (four; serial: C1's groups wait), 4x8 (C1's groups wait)."""
     spec = randomized_spec(request.getfixturevalue(which), seed=lanes)
-    check(spec, lanes, np.concatenate([quant_images[0][:1], extreme_images()["checkerboard"][None]]), which)
+    check(spec, lanes, np.concatenate([quant_images[0][:1], extreme_images()["checkerboard"][None]]), which, mul)
 
 
 # -- random networks ---------------------------------------------------------------------------------
@@ -213,11 +222,15 @@ def fused_lanes_for(seed: int) -> int:
     return (4, 8, 16)[int(np.random.default_rng([seed, 3]).integers(3))]
 
 
+def multiplier_for(seed: int) -> str:
+    return ("serial", "parallel")[seed % 2]
+
+
 @pytest.mark.parametrize("seed", FUSED_SEEDS)
 def test_random_fused_network(seed):
     spec = random_spec(seed, pools=True)
-    lanes = fused_lanes_for(seed)
-    check(spec, lanes, images_for(spec, seed), f"randspec --pools seed {seed}, lanes {lanes}")
+    lanes, mul = fused_lanes_for(seed), multiplier_for(seed)
+    check(spec, lanes, images_for(spec, seed), f"randspec --pools seed {seed}, lanes {lanes}, {mul}", mul)
 
 
 def test_random_fused_coverage():
@@ -229,10 +242,10 @@ def test_random_fused_coverage():
         spec = random_spec(seed, pools=True)
         lanes = fused_lanes_for(seed)
         R, C = tile_shape(lanes)
-        prog = compile_spec(spec, lanes, fuse_pools=True)
+        prog = compile_spec(spec, lanes, fuse_pools=True, pool_multiplier=multiplier_for(seed))
         for lp in prog.fused:
             conv, pool = lp.spec, lp.pool.spec
-            tags |= {conv.kind, pool.kind, f"lanes{lanes}"}
+            tags |= {conv.kind, pool.kind, f"lanes{lanes}", f"{pool.kind} mul{lp.pool_mul_cycles > 1}"}
             if conv.out_h % R or conv.out_w % C:
                 tags.add("masked")
             if conv.out_h % pool.kernel or conv.out_w % pool.kernel:
@@ -240,7 +253,8 @@ def test_random_fused_coverage():
         for lp in prog.layers:
             if lp.spec.kind in POOLS:
                 tags.add(f"unfused k{lp.spec.kernel}")
-    want = {"conv", "local", *POOLS, "masked", "dropped", "lanes4", "lanes8", "lanes16", "unfused k2", "unfused k3"}
+    want = {"conv", "local", *POOLS, "masked", "dropped", "lanes4", "lanes8", "lanes16", "unfused k2", "unfused k3",
+            *(f"{p} mul{serial}" for p in POOLS for serial in (False, True))}
     assert want <= tags, f"never fused: {sorted(want - tags)}"
 
 
