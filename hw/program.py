@@ -197,33 +197,11 @@ def drain_turns(lp: LayerProgram, lanes: int) -> int:
     model's and the sequencer's waits, the gap): ``lanes`` turns, one per lane; a fused pool adds
     :data:`POOL_LATENCY` idle turns and ``pool_mul_cycles`` turns per pool window of the tile,
     (R/k) x (C/k) windows."""
+    from .fuse import pool_windows
+
     if lp.pool is None:
         return lanes
     return lanes + POOL_LATENCY + pool_windows(lp, lanes) * lp.pool_mul_cycles
-
-
-def pool_windows(lp: LayerProgram, lanes: int) -> int:
-    """The k x k windows of a tile of ``lp``'s fused pool."""
-    R, C = tile_shape(lanes)
-    k = lp.pool.spec.kernel
-    return (R // k) * (C // k)
-
-
-def serial_mul_cycles(weight_width: int) -> int:
-    """Steps of the serial (radix-4 Booth) coefficient multiplier: two coefficient bits a step."""
-    return -(-weight_width // 2)
-
-
-def fusable(conv: LayerSpec, pool: LayerSpec, lanes: int) -> bool:
-    """True if ``pool`` (right after ``conv``) can run in ``conv``'s drain: a conv-mode sum layer
-    (conv/local with a spatial output) followed by a subsample/avgpool/maxpool of stride k, no
-    padding, map o reading map o, per-map bias, and k dividing both sides of the tile."""
-    R, C = tile_shape(lanes)
-    k = pool.kernel
-    return (conv.kind in ("conv", "local") and not is_dense_mode(conv)
-            and pool.kind in ("subsample", "avgpool", "maxpool") and pool.stride == k and pool.pad == 0
-            and pool.out_maps == pool.in_maps == conv.out_maps and pool.sources() == list(range(pool.out_maps))
-            and not pool.untied and R % k == 0 and C % k == 0)
 
 
 def _check_spec(spec: QuantSpec, lanes: int) -> None:
@@ -281,14 +259,14 @@ def _layouts(spec: QuantSpec, R: int, C: int, keep: list[int] | None = None) -> 
 def compile_spec(spec: QuantSpec, lanes: int = 8, fuse_pools: bool = False, pool_multiplier: str = "auto") -> Program:
     """Lay the spec out for an engine of ``lanes`` lanes. Raises ValueError on what it cannot build.
 
-    ``fuse_pools``: every pool that :func:`fusable` allows runs in its conv layer's drain (no
-    layer of its own, its input never stored); ``Program.layers`` then lists the other layers.
-    ``pool_multiplier``: how the drain multiplies a window by the pool's coefficient: "serial"
-    (a radix-4 Booth multiplier in LUTs, :func:`serial_mul_cycles` turns per window), "parallel"
-    (one product per turn: a DSP block where there is one), or "auto": serial where no fused
-    group then waits longer for the drain (every fused layer's taps cover its drain), else parallel."""
-    if pool_multiplier not in ("auto", "serial", "parallel"):
-        raise ValueError(f"pool_multiplier must be 'auto', 'serial' or 'parallel', got {pool_multiplier!r}")
+    ``fuse_pools``: every pool that :func:`hw.fuse.fusable` allows runs in its conv layer's drain
+    (no layer of its own, its input never stored); ``Program.layers`` then lists the other layers.
+    ``pool_multiplier``: how the drain multiplies a pool window by its coefficient
+    (:func:`hw.fuse.mul_cycles`: "serial", "parallel" or "auto")."""
+    from .fuse import MULTIPLIERS, fusable, fuse_pool, mul_cycles
+
+    if pool_multiplier not in MULTIPLIERS:
+        raise ValueError(f"pool_multiplier must be one of {', '.join(MULTIPLIERS)}, got {pool_multiplier!r}")
     _check_spec(spec, lanes)
     P = lanes
     R, C = tile_shape(P)
@@ -325,10 +303,7 @@ def compile_spec(spec: QuantSpec, lanes: int = 8, fuse_pools: bool = False, pool
         else:
             lp = _conv_layer(l, lin, R, C, tap_words, bias_words, kw)
         if i + 1 in fuse:
-            lp.pool = _pool_stage(L[i + 1], lp, weight_width, bias_words)
-            lp.coef_base = len(coef_words)
-            pl = L[i + 1]
-            coef_words += [1] * pl.out_maps if pl.kind == "maxpool" else [int(v) for v in pl.weight]
+            fuse_pool(lp, L[i + 1], _acc_format(L[i + 1], weight_width), bias_words, coef_words)
         for stage in [lp] + ([lp.pool] if lp.pool else []):
             if stage.spec.lut is not None:  # identical tables (the usual case: one squash) are stored once
                 key = tuple(stage.spec.lut.tolist())
@@ -338,10 +313,7 @@ def compile_spec(spec: QuantSpec, lanes: int = 8, fuse_pools: bool = False, pool
                 stage.lut_base = lut_seen[key]
         layers.append(lp)
     fused = [lp for lp in layers if lp.pool is not None]
-    mul = serial_mul_cycles(weight_width)
-    if pool_multiplier == "parallel" or pool_multiplier == "auto" and any(
-            min(lp.taps) < P + POOL_LATENCY + pool_windows(lp, P) * mul for lp in fused):
-        mul = 1
+    mul = mul_cycles(fused, P, weight_width, pool_multiplier)
     for lp in fused:
         lp.pool_mul_cycles = mul
     acc_width = max(st.acc_format.width for lp in layers for st in [lp] + ([lp.pool] if lp.pool else []))
@@ -362,20 +334,6 @@ def compile_spec(spec: QuantSpec, lanes: int = 8, fuse_pools: bool = False, pool
                    score_width=L[-1].formats["acc"].width,
                    info={"fm_a": size_a, "fm_b": fm_words - size_a}, coef_words=coef_words,
                    pool_mul_cycles=mul if fused else 1)
-
-
-def _pool_stage(l: LayerSpec, conv: LayerProgram, weight_width: int, bias_words: list) -> LayerProgram:
-    """The program of pool ``l`` fused into ``conv``'s drain: it takes the conv's tiles and
-    output layout (the pool's output, read by the next layer); its "input" is the conv's output,
-    never stored (a layout of it is kept for reference only)."""
-    k = l.kernel
-    virtual = Layout(l.in_maps, l.in_h, l.in_w, k, conv.in_layout.R, conv.in_layout.C, 0, 0)
-    lp = LayerProgram(name=l.name, mode="conv", spec=l, in_layout=virtual, out_layout=conv.out_layout,
-                      out_h=l.out_h, out_w=l.out_w, maps=l.out_maps, groups=conv.groups, tiles=conv.tiles, taps=[],
-                      n_out=l.out_h * l.out_w, op="max" if l.kind == "maxpool" else "sum",
-                      out_fn=_out_fn(l, False), acc_format=_acc_format(l, weight_width), bias_base=len(bias_words))
-    bias_words += [int(v) for v in l.bias_acc()]
-    return lp
 
 
 def _conv_layer(l: LayerSpec, lin: Layout, R: int, C: int, tap_words: list, bias_words: list, kw: dict) -> LayerProgram:

@@ -21,7 +21,8 @@ from amaranth.sim import Simulator
 
 from hw import engine, perf
 from hw.accelerator import Accelerator
-from hw.program import POOL_LATENCY, compile_spec, drain_turns, fusable, output_addresses, tile_shape
+from hw.fuse import fusable
+from hw.program import POOL_LATENCY, compile_spec, drain_turns, output_addresses, tile_shape
 from quantize.emulator import Emulator
 from quantize.randspec import random_spec
 from test_hw_accelerator import extreme_images, randomized_spec
