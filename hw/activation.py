@@ -9,7 +9,8 @@ from amaranth.lib.wiring import In, Out
 
 from .fixed import requantize
 from .layout import address, log2
-from .program import Program, addr_width
+from .pool import PoolStage
+from .program import POOL_LATENCY, Program, addr_width, drain_turns
 
 
 class Activation(wiring.Component):
@@ -27,10 +28,21 @@ class Activation(wiring.Component):
     group, placed by the next layer's :class:`~hw.layout.Layout`. For the last layer (``score``)
     it presents ``score[n0 + k]`` instead.
 
-    Latency: lane k's turn is cycle ``capture + 1 + k``; its score is presented two cycles later and
-    its feature write three cycles later, so a group's last write is presented ``lanes + 3`` cycles
-    after ``capture``. Throughput: one value per cycle; ``capture`` may be high again in the cycle
-    of the last lane's turn.
+    A layer with a fused pool (``LayerProgram.pool``) writes no state: lane k's state goes into
+    its k x k window's register (:class:`~hw.pool.PoolStage`) instead; after
+    :data:`~hw.program.POOL_LATENCY` idle turns (the last state reaching its window) come
+    ``Program.pool_mul_cycles`` turns per window j of the tile (the multiply: one turn, or the
+    serial multiplier's steps, the product in the last): ``coef * window`` plus the pool's bias (its map's), wrapped to the
+    pool's accumulator and put through the pool's output function (the same stages as a lane's),
+    written as pool output (map, ty * R/k + j // (C/k), tx * C/k + j % (C/k)) into the pool's
+    output layout, unless the window reaches past the pool's output (a masked lane or beyond
+    k * floor(h/k)): it is dropped, as the pool drops it.
+
+    Latency: turn k of a group is cycle ``capture + 1 + k``; its score is presented two cycles later
+    and its feature write three cycles later, so a group's last write is presented ``D + 3``
+    cycles after ``capture``, ``D`` = :func:`~hw.program.drain_turns` (``lanes``, or more with a
+    fused pool). Throughput: one turn per cycle; ``capture`` may be high again in the cycle of the
+    last turn.
     """
 
     def __init__(self, program: Program):
@@ -64,14 +76,40 @@ class Activation(wiring.Component):
         prog, P = self.program, self.lanes
         R, C, aw = prog.R, prog.C, self.addr_width
         lr, lc = log2(R), log2(C)
+        n = len(prog.layers)
+        # the stages the drain computes: every layer, then every fused pool (index n + j)
+        stages = prog.layers + [lp.pool for lp in prog.fused]
+        pool_stage = {id(lp): n + j for j, lp in enumerate(prog.fused)}
+        d_max = max(drain_turns(lp, P) for lp in prog.layers)
         accs = [Signal(signed(prog.acc_width), name=f"acc{q}", reset_less=True) for q in range(P)]  # data: no reset
         mask = Signal(P)
         layer = Signal.like(self.layer)
         ty, tx, map_off, n0 = Signal.like(self.ty), Signal.like(self.tx), Signal.like(self.map_off), Signal.like(self.n0)
         bias_addr = Signal.like(self.bias_addr)
-        k = Signal(range(P + 1))
+        k = Signal(range(d_max + 1))
         active = Signal()
         m.d.comb += self.busy.eq(active)
+        # a fused pool (constants of the captured layer, registered at capture)
+        F = bool(prog.fused)
+        fused, pmax, pstage = Signal(), Signal(), Signal(range(max(len(stages), 2)))
+        last_turn = Signal.like(k)
+        if F:
+            m.submodules.pool = pool = PoolStage(prog)
+            fused_now, pmax_now, pstage_now, last_now = Signal(), Signal(), Signal.like(pstage), Signal.like(k)
+            cbase_now, cbase = Signal.like(pool.coef_addr), Signal.like(pool.coef_addr)
+            m.d.comb += last_now.eq(P - 1)
+            with m.Switch(self.layer):
+                for i, lp in enumerate(prog.layers):
+                    if lp.pool is not None:
+                        with m.Case(i):
+                            m.d.comb += [fused_now.eq(1), pmax_now.eq(lp.pool.op == "max"), cbase_now.eq(lp.coef_base),
+                                         pstage_now.eq(pool_stage[id(lp)]), last_now.eq(drain_turns(lp, P) - 1)]
+            with m.If(self.capture):
+                m.d.sync += [fused.eq(fused_now), pmax.eq(pmax_now), pstage.eq(pstage_now), last_turn.eq(last_now),
+                             cbase.eq(cbase_now)]
+            m.d.comb += pool.coef_addr.eq(cbase + n0)
+        else:
+            m.d.comb += last_turn.eq(P - 1)
 
         # d0: lane k's value is at the head of the shift register accs[0]
         # the accumulators as expressions, not inside the If below: their inputs change every cycle,
@@ -84,7 +122,7 @@ class Activation(wiring.Component):
                          map_off.eq(self.map_off), n0.eq(self.n0), bias_addr.eq(self.bias_addr), k.eq(0), active.eq(1)]
         with m.Elif(active):
             m.d.sync += [mask.eq(mask >> 1), k.eq(k + 1)]
-            with m.If(k == P - 1):
+            with m.If(k == last_turn):
                 m.d.sync += active.eq(0)
 
         m.submodules.bias = bias_mem = Memory(shape=signed(prog.acc_width), depth=max(len(prog.bias_words), 2),
@@ -102,37 +140,72 @@ class Activation(wiring.Component):
         bank = Signal(max(1, log2(P)))
         word = Signal(aw)
         per_lane = Signal()
-        with m.Switch(layer):
-            for i, lp in enumerate(prog.layers):
+        # a fused layer: lane turns feed the pool stage (window pw, first lane pf); window turns
+        # (jw) read it; the stage of a turn names the layer or pool whose constants it uses
+        win_turn, lane_turn = Signal(), Signal()
+        stage = Signal.like(pstage)
+        pw, jw = Signal(8), Signal(8)
+        pf, wmask = Signal(), Signal()
+        pbias = Signal.like(bias_addr)
+        if F:
+            m.d.comb += [pool.run.eq(active & fused & (k >= P + POOL_LATENCY)), win_turn.eq(pool.run & pool.valid),
+                         lane_turn.eq(fused & (k < P)), jw.eq(pool.rd), stage.eq(Mux(win_turn, pstage, layer))]
+        else:
+            m.d.comb += stage.eq(layer)
+        with m.Switch(stage):
+            for i, lp in enumerate(stages):
                 with m.Case(i):
+                    yy, xx = y, x
+                    if i >= n:  # a fused pool's window jw: pool output (ty * R/k + wy, tx * C/k + wx)
+                        kp = lp.spec.kernel
+                        ry, cx = log2(R // kp), log2(C // kp)
+                        wy, wx = (jw >> cx) if ry else Const(0, 1), (jw[:cx] if cx else Const(0, 1))
+                        py, px = Signal(8, name=f"py{i}"), Signal(8, name=f"px{i}")
+                        m.d.comb += [py.eq((ty << ry) | wy), px.eq((tx << cx) | wx),
+                                     wmask.eq((py < lp.out_h) & (px < lp.out_w)), pbias.eq(lp.bias_base + n0)]
+                        yy, xx = py, px
                     m.d.comb += per_lane.eq(lp.bias_per_lane)
+                    if lp.pool is not None:  # the lane's window of the tile; its first lane starts it
+                        kp = lp.pool.spec.kernel
+                        lk, cx = log2(kp), log2(C // kp)
+                        m.d.comb += [pw.eq(((dy >> lk) << cx) | (dx >> lk)),
+                                     pf.eq((dy[:lk] == 0) & (dx[:lk] == 0) if lk else 1)]
+                        continue  # its states are not written
                     lay = lp.out_layout
                     if lay is None:
                         continue
                     if lp.mode == "dense":  # neuron n0 + k is map n0 + k of 1 x 1: bank 0
                         m.d.comb += [bank.eq(0), word.eq(lay.base + n0 + k)]
                         continue
-                    b, w = address(lay, y + lay.pad, x + lay.pad, 256 + 2 * lay.pad)
+                    b, w = address(lay, yy + lay.pad, xx + lay.pad, 256 + 2 * lay.pad)
                     m.d.comb += [bank.eq(b), word.eq(lay.base + map_off + w)]
-        m.d.comb += brp.addr.eq(bias_addr + Mux(per_lane, k, 0))
+        lane_bias = bias_addr + Mux(per_lane, k, 0)
+        m.d.comb += brp.addr.eq(Mux(win_turn, pbias, lane_bias) if F else lane_bias)
 
         # d1: the bias arrives; the sum is registered (a block RAM's output is slow: no more logic after it)
         acc1 = Signal(signed(prog.acc_width), reset_less=True)
         v1 = Signal()
         waddr1 = Signal.like(self.waddr, reset_less=True)
         idx1 = Signal.like(self.score_idx, reset_less=True)
-        layer1 = Signal.like(layer, reset_less=True)
-        m.d.sync += [acc1.eq(accs[0]), v1.eq(active & mask[0]), layer1.eq(layer),
-                     waddr1.eq(word if P == 1 else (bank << aw) | word), idx1.eq(n0 + k)]
+        layer1 = Signal.like(stage, reset_less=True)
+        m.d.sync += [layer1.eq(stage), waddr1.eq(word if P == 1 else (bank << aw) | word), idx1.eq(n0 + k)]
+        p1, p2, p3 = Signal(), Signal(), Signal()  # a fused lane's state: to the pool stage, not memory
+        pw1, pw2, pw3, pf1, pf2, pf3 = (Signal.like(s, reset_less=True) for s in (pw, pw, pw, pf, pf, pf))
+        if F:
+            m.d.sync += [acc1.eq(Mux(win_turn, pool.value, accs[0])),
+                         v1.eq(active & Mux(fused, win_turn & wmask, mask[0])), p1.eq(active & lane_turn),
+                         pw1.eq(pw), pf1.eq(pf), p2.eq(p1), pw2.eq(pw1), pf2.eq(pf1), p3.eq(p2), pw3.eq(pw2), pf3.eq(pf2)]
+        else:
+            m.d.sync += [acc1.eq(accs[0]), v1.eq(active & mask[0])]
         total = Signal(signed(prog.acc_width), reset_less=True)
         v2 = Signal()
-        waddr2, idx2, layer2 = (Signal.like(s, reset_less=True) for s in (self.waddr, self.score_idx, layer))
+        waddr2, idx2, layer2 = (Signal.like(s, reset_less=True) for s in (self.waddr, self.score_idx, layer1))
         m.d.sync += [total.eq(acc1 + brp.data), v2.eq(v1), waddr2.eq(waddr1), idx2.eq(idx1), layer2.eq(layer1)]
         # d2: wrap, then the ROM address, the computed state, or the score
         is_score2, from_rom2 = Signal(), Signal()
         state2 = Signal(signed(prog.fm_width))
         with m.Switch(layer2):
-            for i, lp in enumerate(prog.layers):
+            for i, lp in enumerate(stages):
                 with m.Case(i):
                     f, acc_fmt = lp.spec.formats, lp.acc_format
                     wrapped = total[:acc_fmt.width].as_signed()
@@ -151,5 +224,8 @@ class Activation(wiring.Component):
         waddr3 = Signal.like(self.waddr, reset_less=True)
         state3 = Signal.like(state2, reset_less=True)
         m.d.sync += [we3.eq(v2 & ~is_score2), waddr3.eq(waddr2), from_rom3.eq(from_rom2), state3.eq(state2)]
-        m.d.comb += [self.we.eq(we3), self.waddr.eq(waddr3), self.wdata.eq(Mux(from_rom3, rp.data, state3))]
+        data3 = Mux(from_rom3, rp.data, state3)
+        m.d.comb += [self.we.eq(we3), self.waddr.eq(waddr3), self.wdata.eq(data3)]
+        if F:
+            m.d.comb += [pool.we.eq(p3), pool.win.eq(pw3), pool.first.eq(pf3), pool.max.eq(pmax), pool.state.eq(data3)]
         return m

@@ -35,11 +35,13 @@ def ports_of(verilog_text: str, name: str) -> list[dict]:
     return ports
 
 
-def generate(spec, lanes: int, name: str | None = None, program: Program | None = None) -> tuple[str, dict]:
+def generate(spec, lanes: int, name: str | None = None, program: Program | None = None,
+             fuse_pools: bool = False) -> tuple[str, dict]:
     """Return (verilog, manifest) for ``spec`` with ``lanes`` MAC lanes. ``program`` (the spec
-    compiled for ``lanes``) is used instead of compiling the spec again."""
+    compiled for ``lanes``) is used instead of compiling the spec again; else it is compiled with
+    ``fuse_pools``."""
     try:
-        prog = program if program is not None else compile_spec(spec, lanes)
+        prog = program if program is not None else compile_spec(spec, lanes, fuse_pools=fuse_pools)
         dut = Accelerator(spec, lanes, program=prog)
     except (ValueError, TypeError) as e:
         raise UserError(str(e)) from None
@@ -57,7 +59,7 @@ def generate(spec, lanes: int, name: str | None = None, program: Program | None 
                     "o": f"{prog.output_beats} beats: class, then scores 0..{prog.classes - 1} "
                          "(o__payload: value = low bits, last = top bit)"},
         "image_shape": [c, h, w], "image_bytes": prog.image_bytes, "classes": prog.classes,
-        "output_beats": prog.output_beats,
+        "output_beats": prog.output_beats, "fused_pools": [f"{lp.name}+{lp.pool.name}" for lp in prog.fused],
         "cycles_per_image": sched["cycles_per_image"], "macs_per_image": sched["macs_per_image"],
         "utilisation_ratio": sched["utilisation_ratio"], "cycle_model": sched["layers"],
         "memories": {"feature_banks": lanes, "feature_words_per_bank": prog.fm_words, "feature_width": prog.fm_width,
@@ -79,9 +81,10 @@ def main(argv=None):
     p.add_argument("--lanes", type=int, default=8, help="parallel MAC lanes (neurons computed at once)")
     p.add_argument("--out", default="build/verilog", help="output directory")
     p.add_argument("--name", default=None, help="top module name (default NETWORK_PRESET)")
+    p.add_argument("--fuse-pools", action="store_true", help="run each fusable pool in its conv layer's drain")
     args = p.parse_args(argv)
     spec = qspec.load(args.spec)
-    text, manifest = generate(spec, args.lanes, args.name)
+    text, manifest = generate(spec, args.lanes, args.name, fuse_pools=args.fuse_pools)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a directory")

@@ -7,16 +7,20 @@ One image, streams never stalling::
       INIT             1  layer registers
       FILL      border    the padding of the layer's input (none for the first layer: LOAD writes it)
       ISSUE          sum of taps over the layer's groups (one tap per cycle, all lanes at once)
-      WAIT           sum over groups after the first of max(0, lanes - taps): a group of fewer taps
-                           than lanes waits for the drain (one accumulator per cycle) to keep up
-      GAP      lanes + 7  the last group's drain lands before the next layer reads
+      WAIT           sum over groups after the first of max(0, D - taps): a group of fewer taps
+                           than its drain's D turns waits for the drain (one turn per cycle) to keep
+                           up; D = lanes, or with a fused pool lanes + 3 + (R/k)(C/k)
+                           (:func:`hw.program.drain_turns`)
+      GAP        D* + 7  the last group's drain lands before the next layer reads (D* = the
+                           program's longest drain: lanes + 7 without fused pools)
     FINISH             1
     OUTPUT   1 + classes  the class, then one score per class
     DONE               1
 
 A group is an R x C tile of output positions of one map (conv mode; ceil(h/R) * ceil(w/C) tiles
 per map) or ``lanes`` neurons (dense mode); its taps are the map's weights (conv: table inputs x
-K x K; pools: k x k) or the layer's inputs.
+K x K; pools: k x k) or the layer's inputs. A pool fused into its conv's drain
+(``compile_spec(..., fuse_pools=True)``) is no layer here: it costs its conv's longer drain only.
 """
 from __future__ import annotations
 
@@ -25,35 +29,42 @@ import json
 
 from model.util import UserError, cli
 
-from .program import Program, compile_spec, layer_gap
+from .program import Program, compile_spec, drain_turns, layer_gap
 
 
-def layer_cycles(lp, lanes: int) -> dict:
+def layer_cycles(lp, lanes: int, gap: int | None = None) -> dict:
+    """One layer's cycles; ``gap`` = INIT + GAP (default :func:`layer_gap` of ``lanes``)."""
+    gap = layer_gap(lanes) if gap is None else gap
     group_taps = [t for t in lp.taps for _ in range(lp.groups)] if lp.mode == "conv" else lp.taps * lp.groups
     issue = sum(group_taps)
-    wait = sum(max(0, lanes - t) for t in group_taps[1:])
-    return {"layer": lp.name, "mode": lp.mode, "groups": len(group_taps), "issue": issue, "wait": wait,
-            "fill": lp.fill_count, "overhead": layer_gap(lanes), "macs": lp.spec.macs(),  # INIT (1) + GAP (lanes + 7)
-            "cycles": lp.fill_count + issue + wait + layer_gap(lanes)}
+    d = drain_turns(lp, lanes)
+    wait = sum(max(0, d - t) for t in group_taps[1:])
+    macs = lp.spec.macs() + (lp.pool.spec.macs() if lp.pool else 0)
+    return {"layer": lp.name + (f"+{lp.pool.name}" if lp.pool else ""), "mode": lp.mode, "groups": len(group_taps),
+            "issue": issue, "wait": wait, "drain": d,
+            "fill": lp.fill_count, "overhead": gap, "macs": macs,  # INIT (1) + GAP
+            "cycles": lp.fill_count + issue + wait + gap}
 
 
 def program_schedule(prog: Program, macs: int) -> dict:
     lanes = prog.lanes
-    per_layer = [layer_cycles(lp, lanes) for lp in prog.layers]
+    per_layer = [layer_cycles(lp, lanes, prog.gap) for lp in prog.layers]
     total = prog.load_cycles + sum(l["cycles"] for l in per_layer) + 1 + prog.output_beats + 1
     ideal = max(macs, 1) / lanes
-    return {"lanes": lanes, "cycles_per_image": total, "macs_per_image": macs,
+    return {"lanes": lanes, "cycles_per_image": total, "macs_per_image": macs, "fm_words": prog.fm_words,
+            "fused": [f"{lp.name}+{lp.pool.name}" for lp in prog.fused],
             "ideal_cycles": round(ideal, 1), "utilisation_ratio": round(total / ideal, 4),
             "mac_cycles": sum(l["issue"] for l in per_layer), "layers": per_layer}
 
 
-def schedule(spec, lanes: int, program: Program | None = None) -> dict:
-    return program_schedule(program if program is not None else compile_spec(spec, lanes), spec.macs())
+def schedule(spec, lanes: int, program: Program | None = None, fuse_pools: bool = False) -> dict:
+    prog = program if program is not None else compile_spec(spec, lanes, fuse_pools=fuse_pools)
+    return program_schedule(prog, spec.macs())
 
 
-def cycles_per_image(spec, lanes: int, program: Program | None = None) -> int:
+def cycles_per_image(spec, lanes: int, program: Program | None = None, fuse_pools: bool = False) -> int:
     """Cycles from the first loading cycle to ``done``, for one image, streams never stalling."""
-    return schedule(spec, lanes, program)["cycles_per_image"]
+    return schedule(spec, lanes, program, fuse_pools)["cycles_per_image"]
 
 
 @cli
@@ -64,13 +75,14 @@ def main(argv=None):
     p.add_argument("--spec", required=True)
     p.add_argument("--lanes", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--fmax", type=float, default=None, help="MHz, to print images/s")
+    p.add_argument("--fuse-pools", action="store_true", help="run each fusable pool in its conv layer's drain")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     spec = qspec.load(args.spec)
     rows = []
     for n in args.lanes:
         try:
-            s = schedule(spec, n)
+            s = schedule(spec, n, fuse_pools=args.fuse_pools)
         except ValueError as e:
             raise UserError(str(e)) from None
         if args.fmax:
@@ -81,7 +93,8 @@ def main(argv=None):
     else:
         for s in rows:
             print(f"lanes {s['lanes']:3}: {s['cycles_per_image']:8,} cycles/image, {s['macs_per_image']:,} MACs, "
-                  f"{s['cycles_per_image'] / s['ideal_cycles']:.3f} x MACs/lanes"
+                  f"{s['cycles_per_image'] / s['ideal_cycles']:.3f} x MACs/lanes, {s['fm_words']:,} feature words/bank"
+                  + (f", fused {' '.join(s['fused'])}" if s["fused"] else "")
                   + (f", {s['images_per_s']:,.0f} images/s at {args.fmax} MHz" if args.fmax else ""))
     return 0
 

@@ -47,11 +47,16 @@ def tile_shape(lanes: int) -> tuple[int, int]:
     return 1 << (lg // 2), 1 << (lg - lg // 2)
 
 
-def layer_gap(lanes: int) -> int:
+#: idle drain turns of a fused group between its last lane and its first pool window: the last
+#: lane's state reaches the window registers 3 cycles after its turn (bias, sum, ROM stages)
+POOL_LATENCY = 3
+
+
+def layer_gap(lanes: int, drain: int | None = None) -> int:
     """Idle cycles between a layer's last tap and the next layer's first (GAP + INIT): the drain of
-    the last group (capture 6 cycles after the tap, lanes turns, bias, sum and ROM stages) must
-    land before the next layer reads, and the last score before OUTPUT."""
-    return lanes + 8
+    the last group (capture 6 cycles after the tap, ``drain`` turns (default: lanes), bias, sum
+    and ROM stages) must land before the next layer reads, and the last score before OUTPUT."""
+    return (lanes if drain is None else drain) + 8
 
 
 def is_dense_mode(l: LayerSpec) -> bool:
@@ -86,6 +91,11 @@ class LayerProgram:
     lut_base: int = 0
     fill_base: int = 0  # first entry of this layer's input border in the fill list
     fill_count: int = 0
+    # a pool fused into this conv-mode layer's drain (fuse_pools): the pool's own program (its
+    # out_layout is this layer's, its tiles this layer's; no taps); None: states go to memory
+    pool: LayerProgram | None = None
+    coef_base: int = 0  # a fused pool: its first per-map coefficient in Program.coef_words
+    pool_mul_cycles: int = 1  # a fused pool: drain turns per window (its coefficient multiply)
 
     @property
     def stride(self) -> int:
@@ -124,6 +134,18 @@ class Program:
     classes: int
     score_width: int
     info: dict = field(default_factory=dict)
+    coef_words: list[int] = field(default_factory=list)  # fused pools: one coefficient per map (max-pool: 1)
+    pool_mul_cycles: int = 1  # fused pools: 1 (one product per turn) or the serial multiplier's steps
+
+    @property
+    def fused(self) -> list[LayerProgram]:
+        """The conv-mode layers with a fused pool, in network order."""
+        return [lp for lp in self.layers if lp.pool is not None]
+
+    @property
+    def gap(self) -> int:
+        """GAP + INIT cycles after every layer: :func:`layer_gap` of the longest drain."""
+        return layer_gap(self.lanes, max(drain_turns(lp, self.lanes) for lp in self.layers))
 
     @property
     def output_beats(self) -> int:
@@ -170,6 +192,18 @@ class Program:
         return b"".join(w.to_bytes(nb, "little") for w in self.weight_words())
 
 
+def drain_turns(lp: LayerProgram, lanes: int) -> int:
+    """Cycles the drain spends on one group of ``lp`` (the one home of this number: the cycle
+    model's and the sequencer's waits, the gap): ``lanes`` turns, one per lane; a fused pool adds
+    :data:`POOL_LATENCY` idle turns and ``pool_mul_cycles`` turns per pool window of the tile,
+    (R/k) x (C/k) windows."""
+    from .fuse import pool_windows
+
+    if lp.pool is None:
+        return lanes
+    return lanes + POOL_LATENCY + pool_windows(lp, lanes) * lp.pool_mul_cycles
+
+
 def _check_spec(spec: QuantSpec, lanes: int) -> None:
     if not isinstance(lanes, int) or isinstance(lanes, bool) or not 1 <= lanes <= MAX_LANES or lanes & (lanes - 1):
         raise ValueError(f"lanes must be a power of two in 1..{MAX_LANES}, got {lanes!r}")
@@ -208,25 +242,38 @@ def _acc_format(l: LayerSpec, weight_width: int) -> QFormat:
     return l.formats["acc"]
 
 
-def _layouts(spec: QuantSpec, R: int, C: int) -> list[Layout]:
-    """Each layer's input layout (stride and padding of its reader); ping-pong buffers A (even
-    layers) from word 0 and B (odd layers) after A."""
+def _layouts(spec: QuantSpec, R: int, C: int, keep: list[int] | None = None) -> list[Layout]:
+    """Each kept layer's input layout (stride and padding of its reader); ping-pong buffers A (even
+    kept layers) from word 0 and B (odd) after A. ``keep``: the spec's layers that run on the MACs
+    (default all); a fused pool's input (its conv's output) is never stored."""
     L = spec.layers
-    shapes = [spec.input_shape] + [l.out_shape for l in L[:-1]]
+    keep = list(range(len(L))) if keep is None else keep
+    shapes = [spec.input_shape if i == 0 else L[i - 1].out_shape for i in keep]
     raw = [Layout(m, h + 2 * l.pad, w + 2 * l.pad, 1 if is_dense_mode(l) else l.stride, R, C, 0, l.pad)
-           for (m, h, w), l in zip(shapes, L)]
+           for (m, h, w), l in zip(shapes, [L[i] for i in keep])]
     size_a = max(lay.words for lay in raw[0::2])
     return [Layout(lay.maps, lay.h, lay.w, lay.s, R, C, 0 if i % 2 == 0 else size_a, lay.pad)
             for i, lay in enumerate(raw)]
 
 
-def compile_spec(spec: QuantSpec, lanes: int = 8) -> Program:
-    """Lay the spec out for an engine of ``lanes`` lanes. Raises ValueError on what it cannot build."""
+def compile_spec(spec: QuantSpec, lanes: int = 8, fuse_pools: bool = False, pool_multiplier: str = "auto") -> Program:
+    """Lay the spec out for an engine of ``lanes`` lanes. Raises ValueError on what it cannot build.
+
+    ``fuse_pools``: every pool that :func:`hw.fuse.fusable` allows runs in its conv layer's drain
+    (no layer of its own, its input never stored); ``Program.layers`` then lists the other layers.
+    ``pool_multiplier``: how the drain multiplies a pool window by its coefficient
+    (:func:`hw.fuse.mul_cycles`: "serial", "parallel" or "auto")."""
+    from .fuse import MULTIPLIERS, fusable, fuse_pool, mul_cycles
+
+    if pool_multiplier not in MULTIPLIERS:
+        raise ValueError(f"pool_multiplier must be one of {', '.join(MULTIPLIERS)}, got {pool_multiplier!r}")
     _check_spec(spec, lanes)
     P = lanes
     R, C = tile_shape(P)
     L = spec.layers
-    layouts = _layouts(spec, R, C)
+    fuse = {i + 1 for i in range(len(L) - 2) if fuse_pools and fusable(L[i], L[i + 1], P)}
+    keep = [i for i in range(len(L)) if i not in fuse]
+    layouts = _layouts(spec, R, C, keep)
     fm_words = max(1, max(lay.base + lay.words for lay in layouts))
     size_a = layouts[1].base if len(layouts) > 1 else fm_words  # buffer A: the even layers' inputs
     aw = max(1, (fm_words - 1).bit_length())
@@ -237,9 +284,11 @@ def compile_spec(spec: QuantSpec, lanes: int = 8) -> Program:
     layers: list[LayerProgram] = []
     tap_words, dense_words, bias_words, lut_rom, fill_words = [], [], [], [], []
     lut_seen: dict[tuple, int] = {}
-    for i, l in enumerate(L):
+    coef_words: list[int] = []
+    for j, i in enumerate(keep):
+        l = L[i]
         last = i == len(L) - 1
-        lin, lout = layouts[i], (None if last else layouts[i + 1])
+        lin, lout = layouts[j], (None if last else layouts[j + 1])
         dense = is_dense_mode(l)
         kw = dict(name=l.name, spec=l, in_layout=lin, out_layout=lout, out_h=l.out_h, out_w=l.out_w,
                   out_fn=_out_fn(l, last), acc_format=_acc_format(l, weight_width),
@@ -253,14 +302,21 @@ def compile_spec(spec: QuantSpec, lanes: int = 8) -> Program:
             lp = _dense_layer(l, lin, P, dense_words, bias_words, kw)
         else:
             lp = _conv_layer(l, lin, R, C, tap_words, bias_words, kw)
-        if l.lut is not None:  # identical tables (the usual case: one squash) are stored once
-            key = tuple(l.lut.tolist())
-            if key not in lut_seen:
-                lut_seen[key] = len(lut_rom)
-                lut_rom += list(key)
-            lp.lut_base = lut_seen[key]
+        if i + 1 in fuse:
+            fuse_pool(lp, L[i + 1], _acc_format(L[i + 1], weight_width), bias_words, coef_words)
+        for stage in [lp] + ([lp.pool] if lp.pool else []):
+            if stage.spec.lut is not None:  # identical tables (the usual case: one squash) are stored once
+                key = tuple(stage.spec.lut.tolist())
+                if key not in lut_seen:
+                    lut_seen[key] = len(lut_rom)
+                    lut_rom += list(key)
+                stage.lut_base = lut_seen[key]
         layers.append(lp)
-    acc_width = max(lp.acc_format.width for lp in layers)
+    fused = [lp for lp in layers if lp.pool is not None]
+    mul = mul_cycles(fused, P, weight_width, pool_multiplier)
+    for lp in fused:
+        lp.pool_mul_cycles = mul
+    acc_width = max(st.acc_format.width for lp in layers for st in [lp] + ([lp.pool] if lp.pool else []))
     # a bias wider than the accumulator is taken modulo 2**acc_width: the drain's sum wraps to the
     # layer's accumulator width anyway, and (a + b) mod 2**n only depends on b mod 2**n
     half = 1 << (acc_width - 1)
@@ -276,7 +332,8 @@ def compile_spec(spec: QuantSpec, lanes: int = 8) -> Program:
                    image_shape=tuple(spec.input_shape), input_layout=layouts[0],
                    input_pad_code=int(l0.pad_code) if l0.pad else 0, classes=spec.classes,
                    score_width=L[-1].formats["acc"].width,
-                   info={"fm_a": size_a, "fm_b": fm_words - size_a})
+                   info={"fm_a": size_a, "fm_b": fm_words - size_a}, coef_words=coef_words,
+                   pool_mul_cycles=mul if fused else 1)
 
 
 def _conv_layer(l: LayerSpec, lin: Layout, R: int, C: int, tap_words: list, bias_words: list, kw: dict) -> LayerProgram:
@@ -347,6 +404,7 @@ def _dense_layer(l: LayerSpec, lin: Layout, P: int, dense_words: list, bias_word
 def output_addresses(lp: LayerProgram, program: Program) -> list[int] | None:
     """For each flat index of the layer's output tensor (emulator order), the drain's write address
     ``bank * 2**AW + word`` (``AW`` = :func:`addr_width`); None for the last layer (scores)."""
+    lp = lp.pool or lp  # a fused stage writes its pool's output, never the conv's
     lay = lp.out_layout
     if lay is None:
         return None

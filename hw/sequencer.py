@@ -17,7 +17,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .layout import Layout, address, log2
-from .program import Program, addr_width, layer_gap
+from .program import Program, addr_width, drain_turns
 from .weights import WeightMemory
 
 
@@ -109,7 +109,7 @@ class Sequencer(wiring.Component):
         conv_maps = [(i, o) for i, lp in enumerate(layers) if lp.mode == "conv" for o in range(lp.maps)]
         # taps and drain waits per conv map in network order (one spare entry: "the map after the last")
         tm1_arr = Array([Const(layers[i].taps[o] - 1, 16) for i, o in conv_maps] + [Const(0, 16)])
-        wait_arr = Array([Const(max(0, P - layers[i].taps[o]), 16) for i, o in conv_maps] + [Const(0, 16)])
+        wait_arr = Array([Const(max(0, drain_turns(layers[i], P) - layers[i].taps[o]), 16) for i, o in conv_maps] + [Const(0, 16)])
         layer = Signal(range(max(len(layers), 2)))
         k = layer_constants(m, prog, layer)
 
@@ -124,8 +124,8 @@ class Sequencer(wiring.Component):
         tap_map_base = Signal.like(tap_ptr)
         dense_ptr = Signal.like(tap_ptr)
         bias_ptr = Signal.like(ctl.bias_addr)
-        waits = [max(0, P - t) for lp in layers for t in lp.taps]
-        counter = Signal(range(max([lp.fill_count for lp in layers] + waits + [layer_gap(P)]) + 1))
+        waits = [max(0, drain_turns(lp, P) - t) for lp in layers for t in lp.taps]
+        counter = Signal(range(max([lp.fill_count for lp in layers] + waits + [prog.gap]) + 1))
         fill_ptr = Signal(range(max(len(prog.fill_words), 2)))
 
         # the taps (minus one) and the drain wait of this group and of the next map's, with the
@@ -236,7 +236,7 @@ class Sequencer(wiring.Component):
                     layer_done = last_group & (last_map | ~k["conv"])
                     wait_next = Mux(k["conv"] & last_group, nxt_wait, wait_cur)
                     with m.If(layer_done):
-                        m.d.sync += counter.eq(layer_gap(P) - 2)
+                        m.d.sync += counter.eq(prog.gap - 2)
                         m.next = "GAP"
                     with m.Elif(Mux(k["conv"] & last_group, nxt_wait_nz, wait_cur_nz)):
                         m.d.sync += counter.eq(wait_next - 1)

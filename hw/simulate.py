@@ -14,15 +14,19 @@ from .accelerator import Accelerator
 
 
 def rtl_accelerator(spec, lanes: int, images: np.ndarray, vcd: str | None = None, max_cycles: int = 10_000_000,
-                    weights: str = "rom", batch: int = 1):
+                    weights: str = "rom", batch: int = 1, fuse_pools: bool = False):
     """Stream each image in (uint8, the spec's input shape, or MNIST digits that
     :func:`model.data.fit_images` adapts); return (classes N, scores N x classes, cycles per image N).
 
     With ``weights="load"`` the weight memory starts empty and the weight image is streamed
     through ``wl`` first, one byte per cycle. With ``batch`` = B the images go in B at a time (the
-    last group padded with blank images, whose results are dropped); cycles are per group."""
+    last group padded with blank images, whose results are dropped); cycles are per group.
+    ``fuse_pools``: compile the spec with its fusable pools in their conv layers' drains."""
+    from .program import compile_spec
+
     images = fit_images(np.asarray(images), spec.input_shape)
-    dut = Accelerator(spec, lanes, weights=weights, batch=batch)
+    dut = Accelerator(spec, lanes, weights=weights, batch=batch,
+                      program=compile_spec(spec, lanes, fuse_pools=True) if fuse_pools else None)
     n_images = len(images)
     if batch > 1 and len(images) % batch:
         images = np.concatenate([images, np.zeros((batch - len(images) % batch,) + images.shape[1:], images.dtype)])

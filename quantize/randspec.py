@@ -135,7 +135,7 @@ def _geometry(rng, h: int, w: int, last: bool, lenet: bool):
 
 
 def _layer(rng, name: str, kind: str, fmt: QFormat, shape, last: bool, lenet: bool, max_maps: int,
-           classes: int | None, pad0: int) -> LayerSpec:
+           classes: int | None, pad0: int, pools: bool = False) -> LayerSpec:
     """A layer's shape and integer weights; formats are provisional until :func:`_calibrate`."""
     c, h, w = shape
     spatial = kind not in ("dense", "rbf")
@@ -148,12 +148,12 @@ def _layer(rng, name: str, kind: str, fmt: QFormat, shape, last: bool, lenet: bo
         pad_code = 0 if p == 0 or rng.random() < 0.4 else int(_codes(rng, fmt, 1)[0])
         pad_code = pad0 if lenet and p else pad_code
     elif spatial:
-        k = 2 if lenet else int(rng.integers(2, min(3, h, w) + 1))
+        k = 2 if lenet or pools and rng.random() < 0.6 else int(rng.integers(2, min(3, h, w) + 1))
         s = k
     if spatial:
         out_maps = int(rng.integers(1, max_maps + 1))
         if kind in ("subsample", "avgpool", "maxpool"):
-            if rng.random() < 0.5:
+            if not (pools and rng.random() < 0.85) and rng.random() < 0.5:
                 source = [int(v) for v in rng.integers(0, c, out_maps)]
             else:
                 out_maps = c
@@ -267,7 +267,7 @@ def _images(rng, shape, n: int) -> np.ndarray:
 
 
 def _attempt(rng, max_side: int, max_maps: int, max_layers: int, max_macs: int, lenet: bool,
-             classes: int | None) -> QuantSpec | None:
+             classes: int | None, pools: bool = False) -> QuantSpec | None:
     c = 1 if lenet or rng.random() < 0.4 else int(rng.integers(2, 5))
     h = int(rng.integers(4, max_side + 1))
     w = h if lenet or rng.random() < 0.6 else int(rng.integers(4, max_side + 1))
@@ -290,10 +290,16 @@ def _attempt(rng, max_side: int, max_maps: int, max_layers: int, max_macs: int, 
             p = (0.34, 0.13, 0.15, 0.13, 0.13, 0.12)
             if lenet:
                 kinds, p = ("conv", "subsample", "dense"), ((1, 0, 0) if i == 0 else (0.5, 0.4, 0.1))
+            elif pools:
+                p = (0.5, 0.3, 0.04, 0.03, 0.03, 0.1)
             kind = _pick(rng, kinds, p)
+            prev = spec.layers[-1] if spec.layers else None
+            if pools and prev is not None and prev.kind in ("conv", "local") and not dense_mode(prev) \
+                    and rng.random() < 0.75:  # a pool after a conv: one that hw.program can fuse, or k = 3
+                kind = _pick(rng, ("subsample", "avgpool", "maxpool"))
             if kind in ("subsample", "avgpool", "maxpool") and min(shape[1:]) < 2:
                 kind = "dense"
-        l = _layer(rng, f"L{i}", kind, fmt, shape, last, lenet, max_maps, classes, int(input_lut[0, 0]))
+        l = _layer(rng, f"L{i}", kind, fmt, shape, last, lenet, max_maps, classes, int(input_lut[0, 0]), pools)
         spec.layers.append(l)
         if spec.macs() > max_macs:
             return None
@@ -311,7 +317,7 @@ def _attempt(rng, max_side: int, max_maps: int, max_layers: int, max_macs: int, 
 
 
 def random_spec(seed: int, *, max_side: int = 12, max_maps: int = 4, max_layers: int = 5, max_macs: int = 2500,
-                lenet: bool = False, classes: int | None = None) -> QuantSpec:
+                lenet: bool = False, classes: int | None = None, pools: bool = False) -> QuantSpec:
     """A random valid spec, a pure function of the arguments.
 
     Parameters
@@ -328,6 +334,9 @@ def random_spec(seed: int, *, max_side: int = 12, max_maps: int = 4, max_layers:
         code of grey level 0), 2x2 subsampling, dense/rbf, table activations everywhere.
     classes : int, optional
         Force the number of outputs of the last layer.
+    pools : bool
+        Mostly a pool (k = 2 or 3, mostly map o from map o) after each spatial conv/local: the
+        pairs that ``hw.program.compile_spec(..., fuse_pools=True)`` fuses, and some it cannot.
     """
     import torch
 
@@ -336,7 +345,7 @@ def random_spec(seed: int, *, max_side: int = 12, max_maps: int = 4, max_layers:
     torch.set_num_threads(1)  # the calibration runs are tiny: threads cost ~100x here
     try:
         for _ in range(1000):
-            spec = _attempt(rng, max_side, max_maps, max_layers, max_macs, lenet, classes)
+            spec = _attempt(rng, max_side, max_maps, max_layers, max_macs, lenet, classes, pools)
             if spec is not None:
                 break
         else:  # pragma: no cover
@@ -344,7 +353,7 @@ def random_spec(seed: int, *, max_side: int = 12, max_maps: int = 4, max_layers:
     finally:
         torch.set_num_threads(threads)
     spec.provenance = {"generator": "quantize.randspec", "seed": int(seed), "lenet": lenet,
-                       "max_macs": max_macs, **spec.provenance}
+                       "max_macs": max_macs, **({"pools": True} if pools else {}), **spec.provenance}
     validate(spec)
     return spec
 

@@ -31,6 +31,8 @@ def main(argv=None):
     p.add_argument("--simulator", default=os.environ.get("SIM") or "verilator",
                    help="verilator (default, or $SIM) or icarus")
     p.add_argument("--lanes", type=int, default=8)
+    p.add_argument("--fuse-pools", action="store_true",
+                   help="compile with each fusable pool in its conv layer's drain (hw.program.compile_spec)")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                    help="simulator processes in parallel (images split between them; default: up to 2)")
     p.add_argument("--duts", type=int, default=None,
@@ -72,13 +74,13 @@ def main(argv=None):
         raise UserError("--shards must be at least 1")
     if args.executor == "local" and not args.scheduler:
         res = run(args.spec, images, args.simulator, args.lanes, args.waves, args.out, jobs=args.jobs,
-                  progress=not args.quiet, duts=args.duts)
+                  progress=not args.quiet, duts=args.duts, fuse_pools=args.fuse_pools)
     else:
         from .shards import run_distributed
 
         with executor.make(args.executor, args.scheduler, args.jobs) as ex:  # local + --scheduler: refused
             res = run_distributed(args.spec, images, args.simulator, args.lanes, ex, args.out, duts=args.duts,
-                                  shards=args.shards, progress=not args.quiet)
+                                  shards=args.shards, progress=not args.quiet, fuse_pools=args.fuse_pools)
     if args.report:
         os.makedirs(os.path.dirname(os.path.abspath(args.report)), exist_ok=True)
         with open(args.report, "a") as f:

@@ -32,25 +32,31 @@ from .scoreboard import combine, split_streams
 POLL_SECONDS = 0.5
 
 
-def _spec_key(spec_dir: Path, lanes: int) -> str:
-    """What the emitted Verilog depends on: the spec, the lanes and the generator's own source."""
+def _spec_key(spec_dir: Path, lanes: int, fuse_pools: bool = False) -> str:
+    """What the emitted Verilog depends on: the spec, the lanes, pool fusion and the generator's own source."""
     import hw
 
     h = hashlib.sha256()
     for f in ("spec.json", "weights.npz"):
         h.update((spec_dir / f).read_bytes())
-    h.update(str(lanes).encode())
+    h.update(str(lanes).encode() + (b" fused" if fuse_pools else b""))
     for src in sorted(Path(hw.__file__).parent.glob("*.py")):
         h.update(src.name.encode() + src.read_bytes())
     return h.hexdigest()[:16]
 
 
+def work_name(spec_dir: Path, lanes: int, fuse_pools: bool = False) -> str:
+    """The directory (under ``out``) of a spec's Verilog and simulator builds."""
+    return f"{Path(spec_dir).resolve().name}-L{lanes}" + ("-fused" if fuse_pools else "")
+
+
 def prepare_verilog(spec, spec_dir: Path, lanes: int, out: Path, program=None) -> tuple[Path, dict]:
     """Generate the Verilog into ``out`` unless the same spec, lanes and generator made what is there.
-    ``program``: the spec compiled for ``lanes``, if the caller has it (not compiled again)."""
+    ``program``: the spec compiled for ``lanes``, if the caller has it (not compiled again; a
+    program with fused pools is keyed apart)."""
     from hw.generate import generate
 
-    key = _spec_key(spec_dir, lanes)
+    key = _spec_key(spec_dir, lanes, bool(program is not None and program.fused))
     stamp = out / "key.txt"
     mpath = out / "manifest.json"
     if stamp.is_file() and stamp.read_text() == key and mpath.is_file():
@@ -68,7 +74,8 @@ def layer_table(prog) -> list[dict]:
     order), so the tracer can rebuild the tensors; ``addrs`` None for the last layer (scores)."""
     from hw.program import output_addresses
 
-    return [{"name": lp.name, "addrs": output_addresses(lp, prog)} for lp in prog.layers]
+    # a fused stage writes its pool's tensor (the conv's output is never stored)
+    return [{"name": (lp.pool or lp).name, "addrs": output_addresses(lp, prog)} for lp in prog.layers]
 
 
 class _Shard:
@@ -101,11 +108,12 @@ def default_duts(simulator: str, images_per_process: int) -> int:
 
 def run(spec_dir, images: np.ndarray, simulator: str = "icarus", lanes: int = 8, waves: bool = False,
         out: str | os.PathLike = "build/sim", trace_on_mismatch: bool = True, verilog: Path | None = None,
-        jobs: int = 1, progress: bool = False, duts: int | None = None) -> dict:
+        jobs: int = 1, progress: bool = False, duts: int | None = None, fuse_pools: bool = False) -> dict:
     """Simulate ``images`` (uint8, the spec's C x H x W input, or what
     :func:`model.data.fit_images` adapts to it, e.g. MNIST digits) and compare with the emulator.
     ``jobs`` simulator processes of ``duts`` accelerator copies each (default:
-    :func:`default_duts`). ``progress`` shows a bar on a terminal, periodic lines otherwise."""
+    :func:`default_duts`). ``progress`` shows a bar on a terminal, periodic lines otherwise.
+    ``fuse_pools``: the spec compiled with its fusable pools in their conv layers' drains."""
     from hw.perf import cycles_per_image
     from hw.program import compile_spec
     from quantize import spec as qspec
@@ -116,10 +124,11 @@ def run(spec_dir, images: np.ndarray, simulator: str = "icarus", lanes: int = 8,
     spec = qspec.load(spec_dir)
     images = fit_images(np.asarray(images), spec.input_shape)  # before any build: bad input fails at once
     try:
-        prog = compile_spec(spec, lanes)  # one compiled program for the Verilog, the cycle model and the tracer
+        # one compiled program for the Verilog, the cycle model and the tracer
+        prog = compile_spec(spec, lanes, fuse_pools=fuse_pools)
     except ValueError as e:
         raise UserError(str(e)) from None
-    work = Path(out) / f"{spec_dir.resolve().name}-L{lanes}"
+    work = Path(out) / work_name(spec_dir, lanes, fuse_pools)
     vpath, manifest = prepare_verilog(spec, spec_dir, lanes, work, program=prog)
     if verilog is not None:  # a given (e.g. deliberately corrupted) copy of the Verilog
         vpath = Path(verilog)
@@ -201,7 +210,7 @@ def run(spec_dir, images: np.ndarray, simulator: str = "icarus", lanes: int = 8,
 
     scored = combine(streams, len(images))
     done, cycles, first, classes = scored["images"], scored["cycles"], scored["first_mismatch"], scored["classes"]
-    result = {"spec": str(spec_dir), "simulator": simulator, "lanes": lanes, "images": done,
+    result = {"spec": str(spec_dir), "simulator": simulator, "lanes": lanes, "fuse_pools": fuse_pools, "images": done,
               "mismatches": scored["mismatches"], "first_mismatch": first,
               "cycles_per_image": int(cycles[0]) if cycles and len(set(cycles)) == 1 else cycles,
               "cycles_per_image_model": model, "cycles_match_model": bool(cycles) and all(c == model for c in cycles),

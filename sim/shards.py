@@ -31,7 +31,7 @@ SPEC_FILES = ("spec.json", "weights.npz")
 
 def run_shard(ctx: dict, item) -> dict:
     """On a worker: simulate one shard (``item`` = (shard number, first image index, uint8 images))."""
-    from .runner import run
+    from .runner import run, work_name
 
     k, start, images = item
     root = Path(tempfile.gettempdir()) / f"lenet-hw-sim-{os.getpid()}" / ctx["token"]
@@ -41,16 +41,18 @@ def run_shard(ctx: dict, item) -> dict:
         if not p.is_file():
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_bytes(data)
+    fuse = ctx.get("fuse_pools", False)
     r = run(spec_dir, images, ctx["simulator"], ctx["lanes"], out=root / "out", trace_on_mismatch=False, jobs=1,
-            duts=ctx["duts"])
-    work = root / "out" / f"{spec_dir.resolve().name}-L{ctx['lanes']}" / ctx["simulator"]
+            duts=ctx["duts"], fuse_pools=fuse)
+    work = root / "out" / work_name(spec_dir, ctx["lanes"], fuse) / ctx["simulator"]
     r["classes"] = json.loads((work / "result.json").read_text())["classes"]
     r.update(shard=k, start=start, worker_pid=os.getpid())
     return r
 
 
 def run_distributed(spec_dir, images: np.ndarray, simulator: str, lanes: int, executor, out="build/sim",
-                    duts: int | None = None, shards: int | None = None, progress: bool = False) -> dict:
+                    duts: int | None = None, shards: int | None = None, progress: bool = False,
+                    fuse_pools: bool = False) -> dict:
     """Simulate ``images`` as shards on ``executor``; the same result dict as :func:`sim.runner.run`."""
     from quantize import spec as qspec
     from tasks.executor import code_digest
@@ -63,10 +65,11 @@ def run_distributed(spec_dir, images: np.ndarray, simulator: str, lanes: int, ex
     spec = qspec.load(spec_dir)
     images = fit_images(np.asarray(images), spec.input_shape)
     files = {name: (spec_dir / name).read_bytes() for name in SPEC_FILES}
-    h = hashlib.sha256(f"{simulator} {lanes} {duts} {code_digest()}".encode())
+    h = hashlib.sha256(f"{simulator} {lanes} {duts} {code_digest()}{' fused' if fuse_pools else ''}".encode())
     for name in SPEC_FILES:
         h.update(files[name])
-    ctx = {"token": h.hexdigest()[:16], "spec": files, "simulator": simulator, "lanes": lanes, "duts": duts}
+    ctx = {"token": h.hexdigest()[:16], "spec": files, "simulator": simulator, "lanes": lanes, "duts": duts,
+           "fuse_pools": fuse_pools}
     n = shards or min(len(images), max(2 * executor.workers, -(-len(images) // 2000)))
     bounds = np.array_split(np.arange(len(images)), n)
     items = [(f"{ctx['token']}-{k}", (k, int(sel[0]), images[sel])) for k, sel in enumerate(bounds) if len(sel)]
@@ -86,7 +89,9 @@ def run_distributed(spec_dir, images: np.ndarray, simulator: str, lanes: int, ex
     wall = time.perf_counter() - t0
     result = combine(spec_dir, simulator, lanes, [done[k] for k in sorted(done)], wall)
     result.update(executor=executor.kind, shards=len(items), workers=executor.workers)
-    work = Path(out) / f"{spec_dir.resolve().name}-L{lanes}" / f"{simulator}-{executor.kind}"
+    from .runner import work_name
+
+    work = Path(out) / work_name(spec_dir, lanes, fuse_pools) / f"{simulator}-{executor.kind}"
     if errors:
         partial = work / "partial.json"
         atomic_write_text(partial, json.dumps({**result, "images_requested": len(images)}))
@@ -96,7 +101,8 @@ def run_distributed(spec_dir, images: np.ndarray, simulator: str, lanes: int, ex
     first = result["first_mismatch"]
     if first is not None:  # the tracer, here: one image
         n_img = first["image"]
-        local = run(spec_dir, images[[n_img]], simulator, lanes, out=out, trace_on_mismatch=True, jobs=1)
+        local = run(spec_dir, images[[n_img]], simulator, lanes, out=out, trace_on_mismatch=True, jobs=1,
+                    fuse_pools=fuse_pools)
         if local["first_mismatch"]:
             first["trace"] = local["first_mismatch"].get("trace")
     atomic_write_text(work / "result.json", json.dumps(result))
