@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -63,9 +64,9 @@ TARGETS = {
 # spec preset (``None``: any other spec), the fastest one measured to fit and meet its clock (README's
 # hardware table; ``make synth`` rebuilds it).
 SHIPPED = {
-    ("ice40-up5k", None): {"lanes": 8, "batch": 1, "freq": 27.0},
-    ("ecp5-25k", None): {"lanes": 8, "batch": 1, "freq": 75.0},
-    ("ecp5-85k", None): {"lanes": 8, "batch": 12, "freq": 50.0},
+    ("ice40-up5k", None): {"lanes": 8, "batch": 1, "freq": 27.0, "fuse_pools": False},
+    ("ecp5-25k", None): {"lanes": 8, "batch": 1, "freq": 75.0, "fuse_pools": False},
+    ("ecp5-85k", None): {"lanes": 8, "batch": 12, "freq": 50.0, "fuse_pools": False},
 }
 
 
@@ -207,6 +208,15 @@ def cell_counts(stat: dict, top: str) -> dict:
     return {**mod.get("num_cells_by_type", {}), "IO": int(mod.get("num_port_bits", 0))}
 
 
+def _overused(log: str) -> tuple[str, int, int] | None:
+    """The first resource of nextpnr's utilisation report (``ICESTORM_LC:  5998/  5280  113%``) used
+    beyond the device, as (name, used, available); None if every one fits."""
+    for m in re.finditer(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", log, re.M):
+        if int(m[2]) > int(m[3]):
+            return m[1], int(m[2]), int(m[3])
+    return None
+
+
 def check_fit(target: Target, cells: dict, name: str) -> None:
     """Refuse, before place and route, a design with more DSPs/RAMs/FFs than the device has."""
     used: dict[str, int] = {"IO": cells.get("IO", 0)}
@@ -256,7 +266,8 @@ def parse_report(report: dict, target: Target) -> dict:
 
 def synthesize(spec_dir: str | None, target_key: str, lanes: int = 8, component: str | None = None,
                freq_mhz: float | None = None, out: str | os.PathLike = "build/synth", seed: int = 1,
-               bitstream: bool = True, progress=print, batch: int = 1, core: bool = False) -> dict:
+               bitstream: bool = True, progress=print, batch: int = 1, core: bool = False,
+               fuse_pools: bool = False) -> dict:
     if target_key not in TARGETS:
         raise UserError(f"unknown target {target_key!r}; choose one of {', '.join(TARGETS)}")
     target = TARGETS[target_key]
@@ -272,7 +283,7 @@ def synthesize(spec_dir: str | None, target_key: str, lanes: int = 8, component:
         from .program import compile_spec
 
         try:
-            program = compile_spec(spec, lanes)  # once: the design, and the cycles per image
+            program = compile_spec(spec, lanes, fuse_pools)  # once: the design, and the cycles per image
         except ValueError as e:
             raise UserError(str(e)) from None
     for tool in ("yosys", f"nextpnr-{target.family}", "icepack" if target.family == "ice40" else "ecppack"):
@@ -280,7 +291,7 @@ def synthesize(spec_dir: str | None, target_key: str, lanes: int = 8, component:
     t0 = time.perf_counter()
     name, files, info = design_files(target, spec, lanes, component, freq_mhz, batch, core, program)
     tag = component or f"{Path(spec_dir).resolve().name}-L{lanes}" + (f"-B{batch}" if batch > 1 else "") + \
-        ("-core" if core and batch == 1 else "")
+        ("-fused" if fuse_pools else "") + ("-core" if core else "")
     work = Path(out) / target_key / tag
     work.mkdir(parents=True, exist_ok=True)
     for fn, text in files.items():
@@ -322,6 +333,11 @@ def synthesize(spec_dir: str | None, target_key: str, lanes: int = 8, component:
             why = fails[-1].strip().removeprefix("ERROR:").removeprefix("Info:").strip()
             raise UserError(f"timing not met at {clk:g} MHz: {why} "
                             f"(ask for a lower --freq; log: {work / 'nextpnr.log'})")
+        over = _overused(log)
+        if over:  # found when nextpnr packs, before it places: name the resource and by how much
+            res_name, n, cap = over
+            raise UserError(f"{name} does not fit {target_key}: it needs {n:,} {_RESOURCE_NAMES.get(res_name, res_name)} "
+                            f"(as nextpnr packs it), the device has {cap:,} ({n - cap:,} over; log: {work / 'nextpnr.log'})")
         raise UserError(f"nextpnr failed: {_last_error(log)} (log: {work / 'nextpnr.log'})")
     res = parse_report(json.loads(report.read_text()), target)
 
@@ -351,7 +367,7 @@ def synthesize(spec_dir: str | None, target_key: str, lanes: int = 8, component:
     if component is None:
         from .perf import cycles_per_image
 
-        result.update(preset=spec.provenance.get("preset"),
+        result.update(preset=spec.provenance.get("preset"), fuse_pools=fuse_pools,
                       spec_formats={l.name: {k: str(f) for k, f in l.formats.items()} for l in spec.layers})
         cyc = cycles_per_image(spec, lanes, program=program)  # per image, or per batch of images in lockstep
         result.update(cycles_per_image=round(cyc / batch, 1), cycles_per_batch=cyc if batch > 1 else None,
@@ -371,6 +387,9 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=None,
                    help="images in lockstep (B copies of features and drain, B x lanes MACs; one sequencer and "
                         "weight memory; the board protocol takes B images per command)")
+    p.add_argument("--fuse-pools", action=argparse.BooleanOptionalAction, default=None,
+                   help="run each pool that can fuse in its convolution's drain (hw/fuse.py; default: the shipped "
+                        "configuration's choice)")
     p.add_argument("--core", action="store_true",
                    help="build the accelerator core behind a two-pin shim instead of the board top")
     p.add_argument("--freq", type=float, default=None,
@@ -382,19 +401,22 @@ def main(argv=None):
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     args = p.parse_args(argv)
     say = (lambda *_: None) if args.json else (lambda s: print(s, file=sys.stderr))
-    if args.component is None and None in (args.lanes, args.batch, args.freq) and args.target in TARGETS:
+    if args.component is None and None in (args.lanes, args.batch, args.freq, args.fuse_pools) and args.target in TARGETS:
         if args.spec is None:
             raise UserError("--spec is required (or --component NAME for a single component)")
         from quantize import spec as qspec
 
         ship = shipped(args.target, qspec.load(args.spec).provenance.get("preset"))
         given = {k: getattr(args, k) for k in ship if getattr(args, k) is not None}
-        args.lanes, args.batch, args.freq = (given.get(k, ship[k]) for k in ("lanes", "batch", "freq"))
+        args.lanes, args.batch, args.freq, args.fuse_pools = (given.get(k, ship[k])
+                                                              for k in ("lanes", "batch", "freq", "fuse_pools"))
         say(f"{args.target}: {args.lanes} lanes, batch {args.batch}, {args.freq:g} MHz"
+            + (", pools fused" if args.fuse_pools else "")
             + (" (the shipped configuration)" if not given else ""))
     args.lanes, args.batch = args.lanes or 8, args.batch or 1
     r = synthesize(args.spec, args.target, args.lanes, args.component, args.freq, args.out, args.seed,
-                   not args.no_bitstream, progress=say, batch=args.batch, core=args.core)
+                   not args.no_bitstream, progress=say, batch=args.batch, core=args.core,
+                   fuse_pools=bool(args.fuse_pools))
     if args.json:
         print(json.dumps(r))
     else:

@@ -135,7 +135,17 @@ def test_shipped_configurations():
 
     for t in TARGETS:
         cfg = shipped(t, "no-such-preset")
-        assert set(cfg) == {"lanes", "batch", "freq"} and cfg == SHIPPED[(t, None)]
+        assert set(cfg) == {"lanes", "batch", "freq", "fuse_pools"} and cfg == SHIPPED[(t, None)]
     for (t, preset), cfg in SHIPPED.items():
         assert t in TARGETS and shipped(t, preset) == cfg
         assert cfg["lanes"] & (cfg["lanes"] - 1) == 0 and cfg["batch"] >= 1 and cfg["freq"] > 0
+
+
+def test_overused_resource_from_the_nextpnr_log():
+    """A design nextpnr packs into more logic cells than the device has is named with the overrun."""
+    from hw.synth import _overused
+
+    log = ("Info: Device utilisation:\nInfo: \t         ICESTORM_LC:    5998/   5280   113%\n"
+           "Info: \t        ICESTORM_RAM:      28/     30    93%\nERROR: Failed to expand region (0, 0) |_> (25, 31)\n")
+    assert _overused(log) == ("ICESTORM_LC", 5998, 5280)
+    assert _overused(log.replace("5998", "5000")) is None
