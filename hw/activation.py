@@ -38,6 +38,11 @@ class Activation(wiring.Component):
     output layout, unless the window reaches past the pool's output (a masked lane or beyond
     k * floor(h/k)): it is dropped, as the pool drops it.
 
+    ``images`` = B > 1: the drain of B images in lockstep. The control (turns, addresses, bias ROM,
+    pool windows' order) is shared; each image has its own accumulator copies, sums, ROM and pool
+    window registers: ``acc``, ``wdata`` and ``score`` are then per image (``acc[b][q]``), while
+    ``we``, ``waddr``, ``score_we`` and ``score_idx`` hold for every image.
+
     Latency: turn k of a group is cycle ``capture + 1 + k``; its score is presented two cycles later
     and its feature write three cycles later, so a group's last write is presented ``D + 3``
     cycles after ``capture``, ``D`` = :func:`~hw.program.drain_turns` (``lanes``, or more with a
@@ -45,8 +50,8 @@ class Activation(wiring.Component):
     last turn.
     """
 
-    def __init__(self, program: Program):
-        self.program = program
+    def __init__(self, program: Program, images: int = 1):
+        self.program, self.images = program, images
         P = program.lanes
         self.lanes = P
         n = len(program.layers)
@@ -54,7 +59,7 @@ class Activation(wiring.Component):
         bw = max(1, log2(P))
         super().__init__({
             "capture": In(1),
-            "acc": In(signed(program.acc_width)).array(P),
+            "acc": In(signed(program.acc_width)).array(*self._dims(P)),
             "layer": In(range(max(n, 2))),
             "ty": In(8),
             "tx": In(8),
@@ -64,16 +69,23 @@ class Activation(wiring.Component):
             "mask": In(P),
             "we": Out(1),
             "waddr": Out(unsigned(aw + bw)),
-            "wdata": Out(signed(program.fm_width)),
+            "wdata": Out(signed(program.fm_width)).array(*self._dims()),
             "score_we": Out(1),
             "score_idx": Out(range(max(program.classes, 2))),
-            "score": Out(signed(program.score_width)),
+            "score": Out(signed(program.score_width)).array(*self._dims()),
             "busy": Out(1),
         })
 
+    def _dims(self, *inner):
+        """Port dimensions: per image (``images`` > 1) and then ``inner``; a one-image port as before."""
+        return ((self.images,) if self.images > 1 else ()) + inner
+
+    def _of(self, port, b):
+        return port[b] if self.images > 1 else port
+
     def elaborate(self, platform):
         m = Module()
-        prog, P = self.program, self.lanes
+        prog, P, B = self.program, self.lanes, self.images
         R, C, aw = prog.R, prog.C, self.addr_width
         lr, lc = log2(R), log2(C)
         n = len(prog.layers)
@@ -81,7 +93,9 @@ class Activation(wiring.Component):
         stages = prog.layers + [lp.pool for lp in prog.fused]
         pool_stage = {id(lp): n + j for j, lp in enumerate(prog.fused)}
         d_max = max(drain_turns(lp, P) for lp in prog.layers)
-        accs = [Signal(signed(prog.acc_width), name=f"acc{q}", reset_less=True) for q in range(P)]  # data: no reset
+        sfx = [f"_{b}" if B > 1 else "" for b in range(B)]
+        accs = [[Signal(signed(prog.acc_width), name=f"acc{q}{sfx[b]}", reset_less=True) for q in range(P)]
+                for b in range(B)]  # data: no reset
         mask = Signal(P)
         layer = Signal.like(self.layer)
         ty, tx, map_off, n0 = Signal.like(self.ty), Signal.like(self.tx), Signal.like(self.map_off), Signal.like(self.n0)
@@ -94,7 +108,10 @@ class Activation(wiring.Component):
         fused, pmax, pstage = Signal(), Signal(), Signal(range(max(len(stages), 2)))
         last_turn = Signal.like(k)
         if F:
-            m.submodules.pool = pool = PoolStage(prog)
+            pools = [PoolStage(prog) for b in range(B)]  # per image; image 0's drives the shared control
+            for b in range(B):
+                m.submodules["pool" + sfx[b]] = pools[b]
+            pool = pools[0]
             fused_now, pmax_now, pstage_now, last_now = Signal(), Signal(), Signal.like(pstage), Signal.like(k)
             cbase_now, cbase = Signal.like(pool.coef_addr), Signal.like(pool.coef_addr)
             m.d.comb += last_now.eq(P - 1)
@@ -107,16 +124,17 @@ class Activation(wiring.Component):
             with m.If(self.capture):
                 m.d.sync += [fused.eq(fused_now), pmax.eq(pmax_now), pstage.eq(pstage_now), last_turn.eq(last_now),
                              cbase.eq(cbase_now)]
-            m.d.comb += pool.coef_addr.eq(cbase + n0)
+            m.d.comb += [p.coef_addr.eq(cbase + n0) for p in pools]
         else:
             m.d.comb += last_turn.eq(P - 1)
 
         # d0: lane k's value is at the head of the shift register accs[0]
         # the accumulators as expressions, not inside the If below: their inputs change every cycle,
         # and an event-driven simulator re-runs an If's process at each change (see hw.window.select)
-        for q in range(P):
-            shifted = accs[q + 1] if q < P - 1 else accs[q]
-            m.d.sync += accs[q].eq(Mux(self.capture, self.acc[q], Mux(active, shifted, accs[q])))
+        for b in range(B):
+            for q in range(P):
+                shifted = accs[b][q + 1] if q < P - 1 else accs[b][q]
+                m.d.sync += accs[b][q].eq(Mux(self.capture, self._of(self.acc, b)[q], Mux(active, shifted, accs[b][q])))
         with m.If(self.capture):
             m.d.sync += [mask.eq(self.mask), layer.eq(self.layer), ty.eq(self.ty), tx.eq(self.tx),
                          map_off.eq(self.map_off), n0.eq(self.n0), bias_addr.eq(self.bias_addr), k.eq(0), active.eq(1)]
@@ -128,9 +146,11 @@ class Activation(wiring.Component):
         m.submodules.bias = bias_mem = Memory(shape=signed(prog.acc_width), depth=max(len(prog.bias_words), 2),
                                               init=prog.bias_words or [0])
         brp = bias_mem.read_port()
-        m.submodules.rom = rom = Memory(shape=signed(prog.fm_width), depth=max(len(prog.lut_rom), 2),
-                                        init=prog.lut_rom or [0])
-        rp = rom.read_port()
+        rps = []  # the activation ROM: one per image (one read port each)
+        for b in range(B):
+            m.submodules["rom" + sfx[b]] = rom = Memory(shape=signed(prog.fm_width), depth=max(len(prog.lut_rom), 2),
+                                                        init=prog.lut_rom or [0])
+            rps.append(rom.read_port())
 
         # lane k's output coordinates and write address in the next layer's layout
         kk = k[:max(1, log2(P))] if P > 1 else Const(0, 1)
@@ -148,7 +168,8 @@ class Activation(wiring.Component):
         pf, wmask = Signal(), Signal()
         pbias = Signal.like(bias_addr)
         if F:
-            m.d.comb += [pool.run.eq(active & fused & (k >= P + POOL_LATENCY)), win_turn.eq(pool.run & pool.valid),
+            m.d.comb += [p.run.eq(active & fused & (k >= P + POOL_LATENCY)) for p in pools]
+            m.d.comb += [win_turn.eq(pool.run & pool.valid),
                          lane_turn.eq(fused & (k < P)), jw.eq(pool.rd), stage.eq(Mux(win_turn, pstage, layer))]
         else:
             m.d.comb += stage.eq(layer)
@@ -183,7 +204,7 @@ class Activation(wiring.Component):
         m.d.comb += brp.addr.eq(Mux(win_turn, pbias, lane_bias) if F else lane_bias)
 
         # d1: the bias arrives; the sum is registered (a block RAM's output is slow: no more logic after it)
-        acc1 = Signal(signed(prog.acc_width), reset_less=True)
+        acc1 = [Signal(signed(prog.acc_width), name="acc1" + sfx[b], reset_less=True) for b in range(B)]
         v1 = Signal()
         waddr1 = Signal.like(self.waddr, reset_less=True)
         idx1 = Signal.like(self.score_idx, reset_less=True)
@@ -192,40 +213,47 @@ class Activation(wiring.Component):
         p1, p2, p3 = Signal(), Signal(), Signal()  # a fused lane's state: to the pool stage, not memory
         pw1, pw2, pw3, pf1, pf2, pf3 = (Signal.like(s, reset_less=True) for s in (pw, pw, pw, pf, pf, pf))
         if F:
-            m.d.sync += [acc1.eq(Mux(win_turn, pool.value, accs[0])),
-                         v1.eq(active & Mux(fused, win_turn & wmask, mask[0])), p1.eq(active & lane_turn),
+            m.d.sync += [acc1[b].eq(Mux(win_turn, pools[b].value, accs[b][0])) for b in range(B)]
+            m.d.sync += [v1.eq(active & Mux(fused, win_turn & wmask, mask[0])), p1.eq(active & lane_turn),
                          pw1.eq(pw), pf1.eq(pf), p2.eq(p1), pw2.eq(pw1), pf2.eq(pf1), p3.eq(p2), pw3.eq(pw2), pf3.eq(pf2)]
         else:
-            m.d.sync += [acc1.eq(accs[0]), v1.eq(active & mask[0])]
-        total = Signal(signed(prog.acc_width), reset_less=True)
+            m.d.sync += [acc1[b].eq(accs[b][0]) for b in range(B)] + [v1.eq(active & mask[0])]
+        total = [Signal(signed(prog.acc_width), name="total" + sfx[b], reset_less=True) for b in range(B)]
         v2 = Signal()
         waddr2, idx2, layer2 = (Signal.like(s, reset_less=True) for s in (self.waddr, self.score_idx, layer1))
-        m.d.sync += [total.eq(acc1 + brp.data), v2.eq(v1), waddr2.eq(waddr1), idx2.eq(idx1), layer2.eq(layer1)]
-        # d2: wrap, then the ROM address, the computed state, or the score
+        m.d.sync += [total[b].eq(acc1[b] + brp.data) for b in range(B)]
+        m.d.sync += [v2.eq(v1), waddr2.eq(waddr1), idx2.eq(idx1), layer2.eq(layer1)]
+        # d2: wrap, then the ROM address, the computed state, or the score (every image alike)
         is_score2, from_rom2 = Signal(), Signal()
-        state2 = Signal(signed(prog.fm_width))
+        state2 = [Signal(signed(prog.fm_width), name="state2" + sfx[b]) for b in range(B)]
         with m.Switch(layer2):
             for i, lp in enumerate(stages):
                 with m.Case(i):
                     f, acc_fmt = lp.spec.formats, lp.acc_format
-                    wrapped = total[:acc_fmt.width].as_signed()
-                    if lp.out_fn == "score":
-                        m.d.comb += [is_score2.eq(1), self.score.eq(wrapped)]
-                    elif lp.out_fn == "lut":
-                        idx, _ = requantize(wrapped, acc_fmt.frac, f["index"])
-                        m.d.comb += [from_rom2.eq(1), rp.addr.eq(lp.lut_base + (idx - f["index"].code_min).as_unsigned())]
-                    else:
-                        src = Mux(wrapped < 0, 0, wrapped) if lp.out_fn == "relu" else wrapped
-                        v, _ = requantize(src, acc_fmt.frac, lp.spec.out_format)
-                        m.d.comb += state2.eq(v)
+                    m.d.comb += [is_score2.eq(lp.out_fn == "score"), from_rom2.eq(lp.out_fn == "lut")]
+                    for b in range(B):
+                        wrapped = total[b][:acc_fmt.width].as_signed()
+                        if lp.out_fn == "score":
+                            m.d.comb += self._of(self.score, b).eq(wrapped)
+                        elif lp.out_fn == "lut":
+                            idx, _ = requantize(wrapped, acc_fmt.frac, f["index"])
+                            m.d.comb += rps[b].addr.eq(lp.lut_base + (idx - f["index"].code_min).as_unsigned())
+                        else:
+                            src = Mux(wrapped < 0, 0, wrapped) if lp.out_fn == "relu" else wrapped
+                            v, _ = requantize(src, acc_fmt.frac, lp.spec.out_format)
+                            m.d.comb += state2[b].eq(v)
         m.d.comb += [self.score_we.eq(v2 & is_score2), self.score_idx.eq(idx2)]
         # d3: the ROM's data (or the registered state) arrives with the registered write address
         we3, from_rom3 = Signal(), Signal()
         waddr3 = Signal.like(self.waddr, reset_less=True)
-        state3 = Signal.like(state2, reset_less=True)
-        m.d.sync += [we3.eq(v2 & ~is_score2), waddr3.eq(waddr2), from_rom3.eq(from_rom2), state3.eq(state2)]
-        data3 = Mux(from_rom3, rp.data, state3)
-        m.d.comb += [self.we.eq(we3), self.waddr.eq(waddr3), self.wdata.eq(data3)]
-        if F:
-            m.d.comb += [pool.we.eq(p3), pool.win.eq(pw3), pool.first.eq(pf3), pool.max.eq(pmax), pool.state.eq(data3)]
+        m.d.sync += [we3.eq(v2 & ~is_score2), waddr3.eq(waddr2), from_rom3.eq(from_rom2)]
+        m.d.comb += [self.we.eq(we3), self.waddr.eq(waddr3)]
+        for b in range(B):
+            state3 = Signal.like(state2[b], name="state3" + sfx[b], reset_less=True)
+            m.d.sync += state3.eq(state2[b])
+            data3 = Mux(from_rom3, rps[b].data, state3)
+            m.d.comb += self._of(self.wdata, b).eq(data3)
+            if F:
+                m.d.comb += [pools[b].we.eq(p3), pools[b].win.eq(pw3), pools[b].first.eq(pf3), pools[b].max.eq(pmax),
+                             pools[b].state.eq(data3)]
         return m

@@ -57,6 +57,11 @@ class Engine(wiring.Component):
         m.submodules.mac = mac = MACLanes(P, ww, dw, prog.acc_width, bias=False, max_op=max_op, images=B, dsp=self.dsp)
         m.d.comb += [mac.valid.eq(ctl.mac_valid), mac.first.eq(ctl.mac_first), mac.max.eq(ctl.mac_max)]
         m.d.comb += [mac.w[q].eq(ctl.lane_w[q * ww:(q + 1) * ww].as_signed()) for q in range(P)]
+        # one drain for the B images (shared control, per-image data)
+        m.submodules.act = act = Activation(prog, images=B)
+        m.d.comb += [act.capture.eq(ctl.capture), act.layer.eq(ctl.layer), act.ty.eq(ctl.ty), act.tx.eq(ctl.tx),
+                     act.map_off.eq(ctl.map_off), act.n0.eq(ctl.n0), act.bias_addr.eq(ctl.bias_addr),
+                     act.mask.eq(ctl.mask)]
         # the feature memories: images in lockstep write the same words at the same addresses, so
         # several share one window, side by side in its words
         pack = min(B, images_per_window(prog.fm_words, dw, platform))
@@ -67,13 +72,12 @@ class Engine(wiring.Component):
             self._read(m, win)
             wdata = []
             for b in imgs:  # one image: the plain names (the tracer and tests look for them)
-                sfx = "" if B == 1 else str(b)
-                acc = mac.acc if B == 1 else mac.acc[b]
-                pixel, value = (self.pixel, self.value) if B == 1 else (self.pixel[b], self.value[b])
+                one = (lambda port: port) if B == 1 else (lambda port: port[b])
                 x = [win.x[q][(b - w0) * dw:(b - w0 + 1) * dw].as_signed() for q in range(P)]
-                m.d.comb += [(mac.x[q] if B == 1 else mac.x[b][q]).eq(x[q]) for q in range(P)]
-                act, data = self._image(m, sfx, acc, pixel, value)
-                wdata.append(data)
+                m.d.comb += [one(mac.x)[q].eq(x[q]) for q in range(P)]
+                m.d.comb += [one(act.acc)[q].eq(one(mac.acc)[q]) for q in range(P)]
+                wdata.append(self._image(m, "" if B == 1 else str(b), act, one(act.wdata), one(act.score),
+                                         one(self.pixel), one(self.value)))
             # feature-memory writes: the loader and the fill (input table word or pad code), else the
             # drain; every image's drain writes in the same cycles at the same address
             m.d.comb += [win.we.eq(ctl.fm_we | act.we), win.waddr.eq(Mux(ctl.fm_we, ctl.fm_waddr, act.waddr)),
@@ -89,21 +93,16 @@ class Engine(wiring.Component):
         if prog.C > 1:
             m.d.comb += win.mx.eq(ctl.rd_mx)
 
-    def _image(self, m, sfx, acc, pixel, value):
-        """One image's drain, input table and scores; returns the drain and the word it writes."""
-        prog, ctl, P = self.program, self.ctl, self.program.lanes
+    def _image(self, m, sfx, act, act_wdata, act_score, pixel, value):
+        """One image's input table and scores; returns the word it writes into its window."""
+        prog, ctl = self.program, self.ctl
         dw = prog.fm_width
-        m.submodules["act" + sfx] = act = Activation(prog)
         m.submodules["inlut" + sfx] = inlut = Memory(shape=signed(dw), depth=len(prog.input_lut), init=prog.input_lut)
         in_rp = inlut.read_port()
         channels = prog.image_shape[0]
         m.d.comb += in_rp.addr.eq(Cat(pixel, ctl.in_lut_addr_hi) if channels > 1 else pixel)
-        m.d.comb += [act.capture.eq(ctl.capture), act.layer.eq(ctl.layer), act.ty.eq(ctl.ty), act.tx.eq(ctl.tx),
-                     act.map_off.eq(ctl.map_off), act.n0.eq(ctl.n0), act.bias_addr.eq(ctl.bias_addr),
-                     act.mask.eq(ctl.mask)]
-        m.d.comb += [act.acc[q].eq(acc[q]) for q in range(P)]
         data = Signal(signed(dw), name="wdata" + sfx)
-        m.d.comb += data.eq(Mux(ctl.fm_we, Mux(ctl.fm_pad, ctl.fm_pad_code, in_rp.data), act.wdata))
+        m.d.comb += data.eq(Mux(ctl.fm_we, Mux(ctl.fm_pad, ctl.fm_pad_code, in_rp.data), act_wdata))
 
         # scores and the running argmax (first maximum wins, as in the emulator)
         scores = Array(Signal(signed(prog.score_width), name=f"score{sfx}_{j}" if sfx else f"score{j}")
@@ -111,8 +110,8 @@ class Engine(wiring.Component):
         best = Signal(signed(prog.score_width), name="best" + sfx)
         cls = Signal(range(max(prog.classes, 2)), name="cls" + sfx)
         with m.If(act.score_we):
-            m.d.sync += scores[act.score_idx].eq(act.score)
-            with m.If((act.score_idx == 0) | (act.score > best)):
-                m.d.sync += [best.eq(act.score), cls.eq(act.score_idx)]
+            m.d.sync += scores[act.score_idx].eq(act_score)
+            with m.If((act.score_idx == 0) | (act_score > best)):
+                m.d.sync += [best.eq(act_score), cls.eq(act.score_idx)]
         m.d.comb += value.eq(Mux(ctl.out_beat == 0, cls, scores[ctl.out_beat - 1]))
-        return act, data
+        return data

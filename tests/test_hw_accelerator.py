@@ -87,6 +87,21 @@ def test_accelerator_batch_anna_shared_window(anna_spec, quant_images):
     check_accelerator(anna_spec, 8, quant_images[0][5:8], batch=3)
 
 
+def test_accelerator_batch_fused(q8_spec, quant_images):
+    """Batch 2 with fused pools (the UP5K's candidate): one shared drain, two images' pool windows,
+    three images (the last group padded): bit-exact, the fused program's cycles per group."""
+    from hw.program import compile_spec
+
+    images = quant_images[0][8:11]
+    classes, scores, cycles = rtl_accelerator(q8_spec, 8, images, batch=2, fuse_pools=True)
+    want = Emulator(q8_spec).run(images)
+    np.testing.assert_array_equal(scores, want.scores)
+    np.testing.assert_array_equal(classes, want.predictions)
+    fused = cycles_per_image(q8_spec, 8, program=compile_spec(q8_spec, 8, fuse_pools=True))
+    assert fused < cycles_per_image(q8_spec, 8)
+    np.testing.assert_array_equal(cycles, [fused] * 2)
+
+
 def test_accelerator_loaded_weights(q8_spec, mnist_two):
     """weights="load": the weight memory starts empty; the image from weight_load_data() goes in
     through ``wl`` (as the board's 'W' command sends it), then the images."""
