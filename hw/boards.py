@@ -32,9 +32,11 @@ import importlib
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 from amaranth.hdl import Cat, Const, Elaboratable, Module, Mux, ResetInserter, Signal, signed
 from amaranth.lib import io, wiring
+from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
 from model.util import UserError, atomic_write_text, cli
@@ -147,7 +149,11 @@ class BoardTop(wiring.Component):
         m.submodules.uart_rx = urx = UARTReceiver(self.divisor)
         m.submodules.uart_tx = utx = UARTTransmitter(self.divisor)
         m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(utx.tx)]
-        acc, rx = self.acc, urx.o
+        # received bytes pass a two-entry FIFO: its flags are registers, so the protocol's decisions
+        # (and the accelerator's ready) do not form one path with the receiver's
+        m.submodules.rx_fifo = fifo = SyncFIFO(width=8, depth=2)
+        m.d.comb += [fifo.w_data.eq(urx.o.payload), fifo.w_en.eq(urx.o.valid), urx.o.ready.eq(fifo.w_rdy)]
+        acc, rx = self.acc, SimpleNamespace(valid=fifo.r_rdy, ready=fifo.r_en, payload=fifo.r_data)
 
         B = self.batch
         # reply buffer: the longest reply unit (the '?' answer, 'R' and B classes, B scores), sent LSB

@@ -19,16 +19,22 @@ from .window import TileWindow
 # block RAM shapes (depth, width): the iCE40's 4 kbit EBR and the ECP5's 18 kbit DP16KD
 BRAM_SHAPES = {"ice40": ((256, 16), (512, 8), (1024, 4), (2048, 2)),
                "ecp5": ((512, 36), (1024, 18), (2048, 9), (4096, 4))}
+MAX_WINDOW_BITS = 48  # hw.window.TileWindow's widest word
 
 
-def images_per_window(words: int, width: int, platform) -> int:
-    """How many images' feature maps share one window: as many as fit the word of the platform's
-    block RAM in the shape deep enough for ``words`` (so sharing never costs a block RAM)."""
+def images_per_window(words: int, width: int, platform, images: int = 2) -> int:
+    """How many of ``images`` images' feature maps share one window (side by side in its words): the
+    most that need no more of the platform's block RAMs in all than separate windows would."""
     from .weights import _is_ice40
 
     shapes = BRAM_SHAPES["ice40" if _is_ice40(platform) else "ecp5"]
-    bits = next((w for d, w in shapes if words <= d), shapes[-1][1])
-    return max(1, bits // width)
+
+    def brams(k):  # per bank, for all images, k to a window
+        per_window = min(-(-words // d) * -(-(k * width) // w) for d, w in shapes)
+        return -(-images // k) * per_window
+
+    widest = max(1, MAX_WINDOW_BITS // width)
+    return max(range(1, max(1, min(images, widest)) + 1), key=lambda k: (-brams(k), k))
 
 
 class Engine(wiring.Component):
@@ -64,7 +70,7 @@ class Engine(wiring.Component):
                      act.mask.eq(ctl.mask)]
         # the feature memories: images in lockstep write the same words at the same addresses, so
         # several share one window, side by side in its words
-        pack = min(B, images_per_window(prog.fm_words, dw, platform))
+        pack = images_per_window(prog.fm_words, dw, platform, B)
         for w0 in range(0, B, pack):
             imgs = list(range(w0, min(w0 + pack, B)))
             win = TileWindow(prog.R, prog.C, prog.fm_words, dw * len(imgs))

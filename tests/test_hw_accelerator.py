@@ -162,3 +162,17 @@ def test_accelerator_randomized(request, quant_images, which, lanes):
     assert sum(s.saturations for s in r.stats.values()) > 0
     assert len(set(r.scores.ravel().tolist())) > 2
     check_accelerator(spec, lanes, images)
+
+
+def test_images_per_window():
+    """Images share a window as far as it costs no block RAM: q8 at 296 words, two images in 16-bit
+    words (2 x 256 x 16 EBR per bank, as two windows of 512 x 8); never wider than a window's 48 bits."""
+    from amaranth_boards.icebreaker import ICEBreakerPlatform
+
+    from hw.engine import images_per_window
+
+    up5k = ICEBreakerPlatform()
+    assert images_per_window(296, 8, up5k, 2) == 2
+    assert images_per_window(296, 3, up5k, 4) == 4  # anna: 12-bit words
+    assert images_per_window(840, 8, None, 12) == 6  # ECP5 DP16KD, 48-bit words at most
+    assert images_per_window(100, 8, up5k, 1) == 1
