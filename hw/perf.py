@@ -76,8 +76,11 @@ def main(argv=None):
     p.add_argument("--lanes", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--fmax", type=float, default=None, help="MHz, to print images/s")
     p.add_argument("--fuse-pools", action="store_true", help="run each fusable pool in its conv layer's drain")
+    p.add_argument("--batch", type=int, default=1, help="images in lockstep: the cycles are per batch, images/s x B")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    if not 1 <= args.batch <= 64:
+        raise UserError(f"--batch must be 1..64, got {args.batch}")
     spec = qspec.load(args.spec)
     rows = []
     for n in args.lanes:
@@ -85,14 +88,17 @@ def main(argv=None):
             s = schedule(spec, n, fuse_pools=args.fuse_pools)
         except ValueError as e:
             raise UserError(str(e)) from None
+        s["batch"], s["macs_per_cycle"] = args.batch, n * args.batch  # per image: the cycles of one image
         if args.fmax:
-            s["images_per_s"] = round(args.fmax * 1e6 / s["cycles_per_image"], 1)
+            s["images_per_s"] = round(args.batch * args.fmax * 1e6 / s["cycles_per_image"], 1)
         rows.append(s)
     if args.json:
         print(json.dumps(rows if len(rows) > 1 else rows[0]))
     else:
         for s in rows:
-            print(f"lanes {s['lanes']:3}: {s['cycles_per_image']:8,} cycles/image, {s['macs_per_image']:,} MACs, "
+            print(f"lanes {s['lanes']:3}" + (f" x batch {args.batch}" if args.batch > 1 else "")
+                  + f": {s['cycles_per_image']:8,} cycles/" + ("batch" if args.batch > 1 else "image")
+                  + f", {s['macs_per_image']:,} MACs, "
                   f"{s['cycles_per_image'] / s['ideal_cycles']:.3f} x MACs/lanes, {s['fm_words']:,} feature words/bank"
                   + (f", fused {' '.join(s['fused'])}" if s["fused"] else "")
                   + (f", {s['images_per_s']:,.0f} images/s at {args.fmax} MHz" if args.fmax else ""))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import numpy as np
@@ -264,3 +265,15 @@ def test_weight_image(spec, lanes):
     nb = -(-prog.weight_word_width // 8)
     assert len(data) == nb * len(words)
     assert [int.from_bytes(data[i * nb:(i + 1) * nb], "little") for i in range(len(words))] == words
+
+
+def test_perf_cli_batch(q8_spec_dir, run_module):
+    """``python -m hw.perf --batch B``: the cycles of one image per batch, B x lanes MACs per cycle,
+    B times the images/s; a batch of 0 is one error line."""
+    r = run_module("hw.perf", "--spec", q8_spec_dir, "--lanes", 8, "--batch", 2, "--fmax", 27, "--fuse-pools", "--json")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["batch"] == 2 and s["macs_per_cycle"] == 16
+    assert s["images_per_s"] == round(2 * 27e6 / s["cycles_per_image"], 1)
+    bad = run_module("hw.perf", "--spec", q8_spec_dir, "--batch", 0)
+    assert bad.returncode != 0 and bad.stderr.strip().splitlines() == ["error: --batch must be 1..64, got 0"]

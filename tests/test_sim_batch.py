@@ -275,3 +275,46 @@ def test_verilator_batch2_sb_mac16_fused_1000(q8_spec_dir, sim_spec, mnist_dir, 
     assert r["mismatches"] == 0 and r["first_mismatch"] is None, r["first_mismatch"]
     model = cycles_per_image(sim_spec, LANES, program=compile_spec(sim_spec, LANES, fuse_pools=True))
     assert r["cycles_match_model"] is True and r["cycles_per_batch"] == model
+
+
+@pytest.mark.slow
+def test_icarus_batch2_corrupted_weight_is_caught_and_traced(q8_spec_dir, sim_spec, batch_images, sim_out, tmp_path):
+    """A flipped bit of C1's first weight in the batch-2 SB_MAC16 Verilog: the image (run alone,
+    padded with a blank one) is a mismatch and the tracer (drain ``act0``) names C1 and the index."""
+    import copy
+    import re
+
+    try:
+        sim_build.check_simulator("icarus")
+    except UserError as e:
+        pytest.skip(str(e))
+    prog = compile_spec(sim_spec, LANES)
+    ww = prog.weight_width
+    work = Path(sim_out) / runner.work_name(q8_spec_dir, LANES, batch=2, dsp="sb_mac16")
+    vpath, _ = runner.prepare_verilog(sim_spec, q8_spec_dir, LANES, work, program=prog, batch=2, dsp="sb_mac16")
+    text = vpath.read_text()
+    top = re.search(r"^module (\w+)\(", text, re.M).group(1)
+    start = text.index(f"module \\{top}.seq.wmem (")
+    end = text.index("endmodule", start)
+    waddr = len(prog.dense_words)  # the first conv tap: C1's weight [0, 0, 0, 0]
+    m = re.compile(rf"^(\s*rom\[{waddr}\] = )(\d+)'([hbd])([0-9a-fA-F_]+);", re.M).search(text, start, end)
+    assert m is not None
+    word = int(m.group(4).replace("_", ""), {"h": 16, "b": 2, "d": 10}[m.group(3)])
+    assert word == prog.weight_words()[waddr]
+    bit = ww - 2
+    vbad = tmp_path / vpath.name
+    vbad.write_text(text[:m.start()] + f"{m.group(1)}{m.group(2)}'h{word ^ (1 << bit):x};" + text[m.end():])
+    bad_code = (word & ((1 << ww) - 1)) ^ (1 << bit)
+    corrupted = copy.deepcopy(sim_spec)
+    corrupted.layers[0].weight[0, 0, 0, 0] = bad_code - (1 << ww) if bad_code >> (ww - 1) else bad_code
+    image = batch_images[:1]
+    good, bad = Emulator(sim_spec).run(image), Emulator(corrupted).run(image)
+    g, b = good.tensors["C1"][0].reshape(-1), bad.tensors["C1"][0].reshape(-1)
+    j = int(np.flatnonzero(g != b)[0])
+    assert not np.array_equal(good.scores, bad.scores)
+
+    r = runner.run(q8_spec_dir, image, "icarus", lanes=LANES, out=sim_out, verilog=vbad, batch=2, dsp="sb_mac16")
+    assert r["images"] == 1 and r["mismatches"] == 1 and r["cycles_match_model"] is True
+    fm = r["first_mismatch"]
+    assert fm["image"] == 0
+    assert fm["trace"] == {"layer": "C1", "index": j, "expected": int(g[j]), "actual": int(b[j])}
