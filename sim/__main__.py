@@ -1,5 +1,5 @@
 """``python -m sim --spec DIR [--images N | all | FILE.npy] [--split own|mnist|usps|digits480]
-[--simulator verilator|icarus] [--jobs J] [--json]``
+[--simulator verilator|icarus] [--batch B] [--dsp auto|rtl|sb_mac16] [--jobs J] [--json]``
 
 Runs the emitted Verilog of a QuantSpec on its network's test digits (MNIST's, fitted to the spec's
 input shape; the 1989 networks' own splits, see model.usps) or a uint8 N x C x H x W .npy in a real
@@ -15,7 +15,8 @@ import os
 from model.util import UserError, cli
 from tasks import executor
 
-from .runner import SIMULATORS, run
+from .harness import MAX_BATCH
+from .runner import DSP_CHOICES, SIMULATORS, run
 
 
 @cli
@@ -33,6 +34,12 @@ def main(argv=None):
     p.add_argument("--lanes", type=int, default=8)
     p.add_argument("--fuse-pools", action="store_true",
                    help="compile with each fusable pool in its conv layer's drain (hw.program.compile_spec)")
+    p.add_argument("--batch", type=int, default=1,
+                   help="images per accelerator run, in lockstep (1..64; default 1): groups of B images, the last "
+                        "padded with blank ones (not scored); cycles per batch = the model's for one image")
+    p.add_argument("--dsp", choices=DSP_CHOICES, default="auto",
+                   help="the batch's product pairs: sb_mac16 (iCE40 SB_MAC16 Instances, simulated with Yosys' "
+                        "model) or rtl; auto = rtl (the Verilog has no platform)")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                    help="simulator processes in parallel (images split between them; default: up to 2)")
     p.add_argument("--duts", type=int, default=None,
@@ -51,6 +58,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.simulator not in SIMULATORS:
         raise UserError(f"unknown --simulator {args.simulator!r} (icarus or verilator)")
+    if not 1 <= args.batch <= MAX_BATCH:
+        raise UserError(f"--batch must be in 1..{MAX_BATCH} (images per accelerator run), got {args.batch}")
     if not os.path.isdir(args.spec):
         raise UserError(f"--spec {args.spec}: no such directory (make quantize builds build/quant/lenet5-q8)")
     from quantize import spec as qspec
@@ -74,13 +83,14 @@ def main(argv=None):
         raise UserError("--shards must be at least 1")
     if args.executor == "local" and not args.scheduler:
         res = run(args.spec, images, args.simulator, args.lanes, args.waves, args.out, jobs=args.jobs,
-                  progress=not args.quiet, duts=args.duts, fuse_pools=args.fuse_pools)
+                  progress=not args.quiet, duts=args.duts, fuse_pools=args.fuse_pools, batch=args.batch, dsp=args.dsp)
     else:
         from .shards import run_distributed
 
         with executor.make(args.executor, args.scheduler, args.jobs) as ex:  # local + --scheduler: refused
             res = run_distributed(args.spec, images, args.simulator, args.lanes, ex, args.out, duts=args.duts,
-                                  shards=args.shards, progress=not args.quiet, fuse_pools=args.fuse_pools)
+                                  shards=args.shards, progress=not args.quiet, fuse_pools=args.fuse_pools,
+                                  batch=args.batch, dsp=args.dsp)
     if args.report:
         os.makedirs(os.path.dirname(os.path.abspath(args.report)), exist_ok=True)
         with open(args.report, "a") as f:
@@ -88,8 +98,11 @@ def main(argv=None):
     if args.json:
         print(json.dumps(res))
     else:
-        print(f"{res['simulator']}: {res['images'] - res['mismatches']}/{res['images']} images bit-exact, "
-              f"{res['cycles_per_image']} cycles/image (model {res['cycles_per_image_model']}), "
+        batch = res.get("batch", 1)
+        cycles = (f"{res['cycles_per_image']} cycles/image (model {res['cycles_per_image_model']}), " if batch == 1 else
+                  f"batch {batch} (dsp {res['dsp']}, {res['runs']} runs): {res['cycles_per_batch']} cycles/batch "
+                  f"(model {res['cycles_per_batch_model']}), ")
+        print(f"{res['simulator']}: {res['images'] - res['mismatches']}/{res['images']} images bit-exact, {cycles}"
               f"{res['images_per_s']} images/s ({res['cycles_per_s']:,} cycles/s) with {res['jobs']} process{'es' if res['jobs'] != 1 else ''}"
               + (f" ({res['shards']} shards on Dask)" if res.get("executor") == "dask" else "") + ", "
               f"{res['sim_seconds']} s + {res['build_seconds']} s build")

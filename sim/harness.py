@@ -12,7 +12,14 @@ the output beats and at ``done`` appends one line to its own results file (``PAT
     <k> <cycles> <beats seen> <beat 0> ... <beat B-1>     (decimal; then each o__payload in hex)
 
 where k counts that copy's images from 0. Its next image starts in the cycle after ``done``. When
-every copy has finished, ``finished`` rises. Python scores the lines afterwards
+every copy has finished, ``finished`` rises.
+
+With an accelerator batch B > 1 (``batch``; :class:`hw.accelerator.Accelerator` ``batch=B``) each
+accelerator run takes a group of B images: group g is images gB .. gB + B - 1 of the file (copy d
+runs groups d, d + duts, ...), read through B file handles side by side, image b's pixel in bits
+8b .. 8b + 7 of each ``i`` beat; images past ``count`` (the last group's padding) stream zeros.
+The line is the same with k counting the copy's groups and each hex word one ``o`` beat of B
+values (value b in bits b·w .. (b+1)·w - 1, ``last`` on top); Python splits it per image. Python scores the lines afterwards
 (:mod:`sim.scoreboard`), and the runner reads the same files while the simulator runs to show
 progress; a simulator that dies leaves the lines of the images it finished.
 
@@ -25,14 +32,21 @@ HARNESS = "lenet_harness"
 PERIOD_NS = 10
 
 
+MAX_BATCH = 64  # as hw.accelerator.Accelerator
+
+
 def harness_verilog(top: str, payload_width: int, pixels: int, beats: int, duts: int = 1,
-                    period_ns: int = PERIOD_NS) -> str:
+                    period_ns: int = PERIOD_NS, batch: int = 1) -> str:
     """Verilog of modules ``lenet_harness`` and ``lenet_stream`` around the accelerator ``top``
     (ports as in :class:`hw.accelerator.Accelerator`): ``pixels`` input beats per image, ``beats``
-    output beats, ``duts`` copies of the accelerator."""
+    output beats, ``duts`` copies of the accelerator, ``batch`` images per accelerator run."""
     if min(pixels, beats, payload_width, duts) < 1:
         raise ValueError(f"pixels, beats, payload_width and duts must be positive, "
                          f"got {pixels}, {beats}, {payload_width}, {duts}")
+    if not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
+        raise ValueError(f"batch must be in 1..{MAX_BATCH}, got {batch!r}")
+    if batch > 1:
+        return _batch_harness(top, payload_width, pixels, beats, duts, period_ns, batch)
     pw = payload_width
     # the signals cocotb touches are marked public: Verilator is built without --public-flat-rw
     pub = "/*verilator public_flat_rw*/"
@@ -120,6 +134,144 @@ module lenet_stream #(parameter ID = 0) (input clk, input rst, input start, inpu
     end else begin
       if (start && !running) begin
         mine = count > ID ? (count - ID + DUTS - 1) / DUTS : 0;
+        n_done = 0; idx <= 0; nbeat <= 0; cycles <= 0;
+        if (mine == 0) finished <= 1;
+        else begin
+          running <= 1; finished <= 0; active <= 1;
+          first_pixel;
+        end
+      end
+      if (active && i_ready) begin
+        if (idx == PIXELS - 1) active <= 0;
+        else next_pixel;
+        idx <= idx + 1;
+      end
+      if (busy) cycles <= cycles + 1;
+      if (o_valid) begin
+        beat[nbeat] <= o_payload;
+        nbeat <= nbeat + 1;
+      end
+      if (done && running) begin
+        // the done cycle is a busy cycle too
+        $fwrite(fout, "%0d %0d %0d", n_done, cycles + 1, nbeat);
+        for (k = 0; k < BEATS; k = k + 1) $fwrite(fout, " %0h", beat[k]);
+        $fwrite(fout, "\\n");
+        $fflush(fout);
+        n_done = n_done + 1;
+        cycles <= 0; nbeat <= 0; idx <= 0;
+        if (n_done == mine) begin
+          running <= 0; finished <= 1;
+          $fclose(fout);
+        end else begin
+          active <= 1;
+          first_pixel;
+        end
+      end
+    end
+  end
+endmodule
+"""
+
+
+def _batch_harness(top: str, pw: int, pixels: int, beats: int, duts: int, period_ns: int, batch: int) -> str:
+    """:func:`harness_verilog` for an accelerator batch of ``batch`` > 1 images per run."""
+    pub = "/*verilator public_flat_rw*/"
+    streams = "\n".join(
+        f"  lenet_stream #(.ID({d})) s{d}(.clk(clk), .rst(rst), .start(start), .count(count), .finished(fin[{d}]));"
+        for d in range(duts))
+    handles = ", ".join(f"fin{b}" for b in range(batch))
+    opens = "\n".join(f"    fin{b} = $fopen(images_path, \"rb\");" for b in range(batch))
+    none_open = " || ".join(f"fin{b} == 0" for b in range(batch))
+    seeks = "\n".join(f"""      if (first + {b} < count) begin
+        if ($fseek(fin{b}, (first + {b}) * PIXELS, 0) != 0) begin
+          $display("lenet_harness: cannot seek to image %0d of %0s", first + {b}, images_path);
+          $finish;
+        end
+      end""" for b in range(batch))
+    reads = "\n".join(f"""      if (first + {b} < count) begin
+        c = $fgetc(fin{b});
+        if (c < 0) begin
+          $display("lenet_harness: %0s ends early (copy %0d, image %0d)", images_path, ID, first + {b});
+          $finish;
+        end
+        pixel[{8 * b + 7}:{8 * b}] <= c[7:0];
+      end else pixel[{8 * b + 7}:{8 * b}] <= 8'd0;""" for b in range(batch))
+    return f"""`timescale 1ns/1ps
+// generated by sim/harness.py: file-driven stream drivers and output monitors around {top}, batch {batch}
+module {HARNESS}(clk, rst, start, finished);
+  output reg clk {pub};
+  input rst {pub};
+  input start {pub};
+  output finished {pub};
+  // the clock lives in the simulator, not in Python: no callback per edge
+  initial clk = 1'b0;
+  always #{period_ns // 2} clk = ~clk;
+  integer count;
+  initial begin
+    if (!$value$plusargs("count=%d", count)) begin
+      $display("lenet_harness: needs +images=PATH +results=PATH +count=N");
+      $finish;
+    end
+  end
+  wire [{duts - 1}:0] fin;
+  assign finished = &fin;
+{streams}
+endmodule
+
+// one accelerator of a batch of {batch} images with its driver and monitor: groups ID, ID + {duts}, ...
+// of the file's images (group g: images {batch}g .. {batch}g + {batch - 1}, past count: zeros)
+module lenet_stream #(parameter ID = 0) (input clk, input rst, input start, input [31:0] count,
+                                         output reg finished);
+  localparam DUTS = {duts}, PIXELS = {pixels}, BEATS = {beats}, BATCH = {batch};
+  integer {handles}, fout, groups, mine, n_done, first, k, c;
+  reg [8 * 512 - 1:0] images_path, results_path, my_results;
+  reg [31:0] idx, cycles;
+  reg [8 * BATCH - 1:0] pixel;
+  reg [15:0] nbeat;
+  reg active, running;
+  reg [{pw - 1}:0] beat [0:BEATS - 1];
+  wire i_ready, o_valid, busy, done;
+  wire [{pw - 1}:0] o_payload;
+
+  {top} dut(.clk(clk), .rst(rst), .i__valid(active), .i__payload(pixel), .i__ready(i_ready),
+            .o__valid(o_valid), .o__ready(1'b1), .o__payload(o_payload), .busy(busy), .done(done));
+
+  initial begin
+    if (!$value$plusargs("images=%s", images_path) || !$value$plusargs("results=%s", results_path)) begin
+      $display("lenet_harness: needs +images=PATH +results=PATH +count=N");
+      $finish;
+    end
+    $sformat(my_results, "%0s.%0d", results_path, ID);
+{opens}
+    fout = $fopen(my_results, "w");
+    if ({none_open} || fout == 0) begin
+      $display("lenet_harness: cannot open %0s or %0s", images_path, my_results);
+      $finish;
+    end
+  end
+
+  // the first pixels of this copy's group n_done: image first + b of the file in bits 8b .. 8b + 7
+  task first_pixel;
+    begin
+      first = (ID + n_done * DUTS) * BATCH;
+{seeks}
+      next_pixel;
+    end
+  endtask
+
+  task next_pixel;
+    begin
+{reads}
+    end
+  endtask
+
+  always @(posedge clk) begin
+    if (rst) begin
+      active <= 0; running <= 0; finished <= 0; idx <= 0; nbeat <= 0; cycles <= 0; n_done = 0;
+    end else begin
+      if (start && !running) begin
+        groups = (count + BATCH - 1) / BATCH;
+        mine = groups > ID ? (groups - ID + DUTS - 1) / DUTS : 0;
         n_done = 0; idx <= 0; nbeat <= 0; cycles <= 0;
         if (mine == 0) finished <= 1;
         else begin

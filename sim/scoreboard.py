@@ -1,7 +1,8 @@
 """The scoreboard: the accelerator's outputs against the emulator's golden vectors, image by image.
 
-The harness (:mod:`sim.harness`) writes one line per finished image; :class:`Scoreboard` parses
-those lines and compares each image's class and every score with the golden class and scores by
+The harness (:mod:`sim.harness`) writes one line per finished image (with an accelerator batch of
+B images, one per run of B: :func:`parse_batch_line` splits it, the padding images are dropped);
+:class:`Scoreboard` parses those lines and compares each image's class and every score with the golden class and scores by
 integer equality, and its cycle count with the cycle model. Golden values come only from the
 emulator (``quantize.run`` / :class:`quantize.emulator.Emulator`); nothing here computes one.
 """
@@ -45,6 +46,31 @@ def parse_line(line: str, beats: int, value_width: int, payload_width: int) -> I
     elif lasts != [0] * (beats - 1) + [1]:
         error = f"'last' flags {lasts}, expected only on beat {beats - 1}"
     return ImageResult(image, cycles, values[0], values[1:], error)
+
+
+def parse_batch_line(line: str, beats: int, payload_width: int, batch: int) -> list[ImageResult]:
+    """One results line of an accelerator batch of ``batch`` images (``group cycles beats_seen beat0
+    ... beat{B-1}``, each beat B values of ``(payload_width - 1) / batch`` bits, value b in bits b·w..,
+    ``last`` on top): one result per image of the group, numbered by the group, the run's cycles each."""
+    if (payload_width - 1) % batch:
+        raise ValueError(f"o__payload of {payload_width} bits is not {batch} values and 'last'")
+    width = (payload_width - 1) // batch
+    parts = line.split()
+    if len(parts) != 3 + beats:
+        raise ValueError(f"malformed results line (expected {3 + beats} fields): {line!r}")
+    group, cycles, seen = int(parts[0]), int(parts[1]), int(parts[2])
+    words = [int(p, 16) for p in parts[3:]]
+    lasts = [(w >> (payload_width - 1)) & 1 for w in words]
+    error = None
+    if seen != beats:
+        error = f"{seen} output beats, expected {beats}"
+    elif lasts != [0] * (beats - 1) + [1]:
+        error = f"'last' flags {lasts}, expected only on beat {beats - 1}"
+    out = []
+    for b in range(batch):
+        values = [decode_beat(w >> (b * width), width, width + 1)[0] for w in words]
+        out.append(ImageResult(group, cycles, values[0], values[1:], error))
+    return out
 
 
 @dataclass
@@ -116,33 +142,65 @@ def read_complete_lines(path, skip: int = 0) -> list[str]:
 
 class ResultsStream:
     """One accelerator copy's results file and the scoreboard of its images: ``sel`` (batch indices,
-    in the order the copy ran them) against the golden ``classes``/``scores`` of the whole batch."""
+    in the order the copy ran them) against the golden ``classes``/``scores`` of the whole batch.
 
-    def __init__(self, sel: np.ndarray, path, classes: np.ndarray, scores: np.ndarray, model_cycles: int):
-        self.sel, self.path = sel, path
+    ``batch`` = B > 1: each line is one accelerator run of a group of images, ``groups`` (one per
+    line) how many of its B images are real (the rest is padding, not scored)."""
+
+    def __init__(self, sel: np.ndarray, path, classes: np.ndarray, scores: np.ndarray, model_cycles: int,
+                 batch: int = 1, groups: list[int] | None = None):
+        self.sel, self.path, self.batch = sel, path, batch
+        self.groups = groups if groups is not None else [1] * len(sel)
+        if sum(self.groups) != len(sel) or any(not 1 <= g <= batch for g in self.groups):
+            raise ValueError(f"groups {self.groups} do not split {len(sel)} images into runs of at most {batch}")
         self.board = Scoreboard(classes[sel], scores[sel], model_cycles, index=sel)
+        self.lines = 0  # accelerator runs scored
+        self.run_cycles: list[int] = []  # cycles of each run
 
     def poll(self, beats: int, value_width: int, payload_width: int) -> None:
         """Score the lines written since the last poll (a line still being written waits)."""
-        self.board.add_lines(read_complete_lines(self.path, self.board.done), beats, value_width, payload_width)
+        for line in read_complete_lines(self.path, self.lines):
+            if self.batch == 1:
+                results = [parse_line(line, beats, value_width, payload_width)]
+            else:
+                results = parse_batch_line(line, beats, payload_width, self.batch)
+                if results[0].image != self.lines:
+                    raise ValueError(f"results out of order: run {results[0].image} after {self.lines} runs")
+                if self.lines >= len(self.groups):
+                    raise ValueError(f"more runs than the {len(self.groups)} expected in {self.path}")
+                results = results[:self.groups[self.lines]]  # the padding images are not scored
+                for j, r in enumerate(results):
+                    r.image = self.board.done + j
+            for r in results:
+                self.board.add(r)
+            self.run_cycles.append(results[0].cycles)
+            self.lines += 1
 
 
 def split_streams(sel: np.ndarray, results_base, duts: int, classes: np.ndarray, scores: np.ndarray,
-                  model_cycles: int) -> list[ResultsStream]:
+                  model_cycles: int, batch: int = 1) -> list[ResultsStream]:
     """The streams of one simulator process that ran images ``sel`` on ``duts`` copies: copy d ran
-    ``sel[d::duts]`` and wrote ``<results_base>.d`` (see :mod:`sim.harness`)."""
-    return [ResultsStream(sel[d::duts], f"{results_base}.{d}", classes, scores, model_cycles)
-            for d in range(min(duts, len(sel)))]
+    ``sel[d::duts]`` and wrote ``<results_base>.d`` (see :mod:`sim.harness`). With an accelerator
+    batch B > 1 the images form groups of B (the last one short) and copy d ran groups d, d + duts, ..."""
+    if batch == 1:
+        return [ResultsStream(sel[d::duts], f"{results_base}.{d}", classes, scores, model_cycles)
+                for d in range(min(duts, len(sel)))]
+    groups = [sel[g:g + batch] for g in range(0, len(sel), batch)]
+    return [ResultsStream(np.concatenate(groups[d::duts]), f"{results_base}.{d}", classes, scores, model_cycles,
+                          batch, [len(g) for g in groups[d::duts]])
+            for d in range(min(duts, len(groups)))]
 
 
 def combine(streams: list[ResultsStream], n: int) -> dict:
-    """Images scored, per-image classes (-1 where none), cycles, mismatches and the first mismatch
-    (lowest batch index) of all ``streams`` over a batch of ``n`` images."""
+    """Images scored, per-image classes (-1 where none), cycles (per image: its run's), the cycles
+    of each accelerator run, mismatches and the first mismatch (lowest batch index) of all
+    ``streams`` over a batch of ``n`` images."""
     classes = np.full(n, -1, np.int64)
     for s in streams:
         classes[s.sel[:s.board.done]] = s.board.classes
     firsts = [s.board.first_mismatch for s in streams if s.board.first_mismatch is not None]
     return {"images": sum(s.board.done for s in streams), "classes": classes.tolist(),
             "cycles": [c for s in streams for c in s.board.cycles],
+            "run_cycles": [c for s in streams for c in s.run_cycles],
             "mismatches": sum(s.board.mismatches for s in streams),
             "first_mismatch": min(firsts, key=lambda f: f["image"]) if firsts else None}

@@ -43,8 +43,11 @@ def summary(reports: Path) -> tuple[str, bool]:
         exact = r["images"] - r["mismatches"]
         good = r["mismatches"] == 0 and r["cycles_match_model"]
         ok &= good
-        rows.append(f"  RTL {Path(r['spec']).name} ({r['simulator']}, {r['lanes']} lanes): {exact:,}/{r['images']:,} "
-                    f"images bit-exact, {r['cycles_per_image']} cycles/image (model {r['cycles_per_image_model']}), "
+        batch = r.get("batch", 1)
+        rows.append(f"  RTL {Path(r['spec']).name} ({r['simulator']}, {r['lanes']} lanes"
+                    + (f", batch {batch}" if batch != 1 else "") + f"): {exact:,}/{r['images']:,} "
+                    f"images bit-exact, {r['cycles_per_image']} cycles/{'image' if batch == 1 else 'batch'} "
+                    f"(model {r['cycles_per_image_model']}), "
                     f"{r['images_per_s']} images/s" + ("" if good else "  <-- FAILED"))
     if not sims:
         rows.append("  RTL: no simulation result (the simulation failed; see its error above)")

@@ -6,7 +6,7 @@ Python is not woken per pixel, per beat or per image. This test resets the harne
 batch, waits for ``finished`` and then scores every image against the emulator's golden vectors
 (:class:`sim.scoreboard.Scoreboard`, integer equality); it fails if any image differs.
 
-``$LENET_SIM_CONFIG`` names a JSON file: ``count``, ``duts``, ``results`` (the harness' files), ``golden``
+``$LENET_SIM_CONFIG`` names a JSON file: ``count``, ``duts``, ``batch`` (images per accelerator run), ``results`` (the harness' files), ``golden``
 (.npz: ``predictions``, ``scores`` and each layer's tensor), ``result`` (where to write the
 summary), ``beats``, ``score_width``, ``payload_width``, ``model_cycles``, and with ``trace`` the
 layers' write addresses for the tracer (one image: it records every feature-memory write).
@@ -28,14 +28,15 @@ POLL_NS = 100_000  # 10,000 cycles of the harness' 10 ns clock
 class Tracer:
     """Records every feature-memory write of the activation drain: each layer's output tensor."""
 
-    def __init__(self, dut, layers: list[dict]):
-        self.dut, self.layers = dut, layers
+    def __init__(self, dut, layers: list[dict], act: str = "act"):
+        self.dut, self.layers, self.act = dut, layers, act
         self.writes: list[tuple[int, int]] = []
 
     async def run(self):
         # the drain of the first accelerator copy (a trace runs one image): harness stream s0, its
-        # accelerator ``dut``, the engine (hw/engine.py) and its activation drain ``act``
-        act = self.dut.s0.dut.engine.act
+        # accelerator ``dut``, the engine (hw/engine.py) and its activation drain ``act`` (with an
+        # accelerator batch: image 0's, ``act0``)
+        act = getattr(self.dut.s0.dut.engine, self.act)
         while True:
             await FallingEdge(self.dut.clk)
             if int(act.we.value):
@@ -80,7 +81,7 @@ async def accelerator_matches_emulator(dut):
     dut.rst.value = 0
     await RisingEdge(dut.clk)
 
-    tracer = Tracer(dut, cfg["layers"]) if cfg.get("trace") else None
+    tracer = Tracer(dut, cfg["layers"], "act" if cfg.get("batch", 1) == 1 else "act0") if cfg.get("trace") else None
     trace_task = cocotb.start_soon(tracer.run()) if tracer else None
     dut.start.value = 1
     await RisingEdge(dut.clk)
@@ -93,10 +94,11 @@ async def accelerator_matches_emulator(dut):
     if trace_task:
         trace_task.cancel()
 
-    # copy d of the accelerator ran images d, d + duts, ...; its lines are in results.d
+    # copy d of the accelerator ran images d, d + duts, ... (with an accelerator batch B: groups of B);
+    # its lines are in results.d
     n = cfg["count"]
     streams = split_streams(np.arange(n), cfg["results"], cfg["duts"], golden["predictions"], golden["scores"],
-                            cfg["model_cycles"])
+                            cfg["model_cycles"], cfg.get("batch", 1))
     for s in streams:
         s.poll(cfg["beats"], cfg["score_width"], cfg["payload_width"])
     results = combine(streams, n)
