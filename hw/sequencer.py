@@ -299,7 +299,20 @@ class Sequencer(wiring.Component):
                      st[1].conv.eq(k["conv"]), st[1].lane_w.eq(k["lane_w"]), st[1].max.eq(k["max"]),
                      st[1].layer.eq(layer), st[1].ty.eq(ty), st[1].tx.eq(tx),
                      st[1].map_off.eq(map_off), st[1].n0.eq(Mux(k["conv"], o_cnt, p0)), st[1].bias_addr.eq(bias_ptr), st[1].mask.eq(mask_now)]
-        m.d.sync += [st[j + 1].eq(st[j]) for j in range(1, 6)]
+        # the drain's fields of a group (layer, tile, map, bias, mask) are read at its capture, five
+        # cycles after st[1] holds its last tap. When every group lasts at least 6 cycles, one
+        # register latched from st[1] holds them until then (fewer flip-flops than 5 stages of them)
+        hold = min(max(min(lp.taps), drain_turns(lp, P)) for lp in layers) >= 6
+        if hold:
+            grp = Signal(info, name="group")
+            with m.If(st[1].last):
+                m.d.sync += grp.eq(st[1])
+            for j in range(1, 6):
+                m.d.sync += [getattr(st[j + 1], f).eq(getattr(st[j], f))
+                             for f in ("valid", "first", "last", "conv", "lane_w", "max")]
+        else:
+            m.d.sync += [st[j + 1].eq(st[j]) for j in range(1, 6)]
+            grp = st[6]
         # the datapath registers below carry no reset: they are qualified by the valid bits of ``st``
         s1_tile, s1_dense, s2_tile, s2_dense = (Signal(AW, reset_less=True) for _ in range(4))
         s1_bank, s2_bank = (Signal(max(1, log2(P)), reset_less=True) for _ in range(2))
@@ -326,6 +339,6 @@ class Sequencer(wiring.Component):
         m.d.sync += [s3_w.eq(Mux(st[2].lane_w, wdata[:P * ww], wdata[:ww].replicate(P))), s4_w.eq(s3_w)]
         m.d.comb += [ctl.lane_w.eq(s4_w), ctl.mac_valid.eq(st[4].valid), ctl.mac_first.eq(st[4].first),
                      ctl.mac_max.eq(st[4].max)]
-        m.d.comb += [ctl.capture.eq(st[6].last), ctl.layer.eq(st[6].layer), ctl.ty.eq(st[6].ty), ctl.tx.eq(st[6].tx),
-                     ctl.map_off.eq(st[6].map_off), ctl.n0.eq(st[6].n0), ctl.bias_addr.eq(st[6].bias_addr),
-                     ctl.mask.eq(st[6].mask)]
+        m.d.comb += [ctl.capture.eq(st[6].last), ctl.layer.eq(grp.layer), ctl.ty.eq(grp.ty), ctl.tx.eq(grp.tx),
+                     ctl.map_off.eq(grp.map_off), ctl.n0.eq(grp.n0), ctl.bias_addr.eq(grp.bias_addr),
+                     ctl.mask.eq(grp.mask)]

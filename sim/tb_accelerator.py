@@ -28,19 +28,24 @@ POLL_NS = 100_000  # 10,000 cycles of the harness' 10 ns clock
 class Tracer:
     """Records every feature-memory write of the activation drain: each layer's output tensor."""
 
-    def __init__(self, dut, layers: list[dict], act: str = "act"):
-        self.dut, self.layers, self.act = dut, layers, act
+    def __init__(self, dut, layers: list[dict], batch: int = 1):
+        self.dut, self.layers, self.batch = dut, layers, batch
         self.writes: list[tuple[int, int]] = []
 
+    def drain(self):
+        """(write enable, address, data) of the drain of the first accelerator copy's image 0 (a trace
+        runs one image): harness stream s0, its accelerator ``dut``, the engine (hw/engine.py) and its
+        activation drain ``act``; with an accelerator batch one drain serves every image and its data
+        port is per image (``wdata__0``: image 0's)."""
+        act = self.dut.s0.dut.engine.act
+        return act.we, act.waddr, act.wdata if self.batch == 1 else getattr(act, "wdata__0")
+
     async def run(self):
-        # the drain of the first accelerator copy (a trace runs one image): harness stream s0, its
-        # accelerator ``dut``, the engine (hw/engine.py) and its activation drain ``act`` (with an
-        # accelerator batch: image 0's, ``act0``)
-        act = getattr(self.dut.s0.dut.engine, self.act)
+        we, waddr, wdata = self.drain()
         while True:
             await FallingEdge(self.dut.clk)
-            if int(act.we.value):
-                self.writes.append((int(act.waddr.value), act.wdata.value.to_signed()))
+            if int(we.value):
+                self.writes.append((int(waddr.value), wdata.value.to_signed()))
 
     def tensors(self) -> dict[str, np.ndarray]:
         """Each layer's output in the emulator's flat order; the writes come layer after layer."""
@@ -81,7 +86,7 @@ async def accelerator_matches_emulator(dut):
     dut.rst.value = 0
     await RisingEdge(dut.clk)
 
-    tracer = Tracer(dut, cfg["layers"], "act" if cfg.get("batch", 1) == 1 else "act0") if cfg.get("trace") else None
+    tracer = Tracer(dut, cfg["layers"], cfg.get("batch", 1)) if cfg.get("trace") else None
     trace_task = cocotb.start_soon(tracer.run()) if tracer else None
     dut.start.value = 1
     await RisingEdge(dut.clk)

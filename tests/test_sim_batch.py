@@ -260,6 +260,25 @@ def test_batch_and_dsp_key_the_build(q8_spec_dir, tmp_path):
         runner.run(q8_spec_dir, np.zeros((1, 28, 28), np.uint8), "icarus", batch=0, out=tmp_path)
 
 
+def test_generate_cli_batch_and_dsp(q8_spec_dir, tmp_path, capsys):
+    """``python -m hw.generate --batch 2 --dsp sb_mac16``: 16-bit pixel beats, two values per output
+    beat, one SB_MAC16 per lane (images 0 and 1 paired); a bad --batch is one error line."""
+    import hw.generate as gen
+
+    assert gen.main(["--spec", str(q8_spec_dir), "--batch", "0", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0] == "error: --batch must be in 1..64, got 0"
+    assert gen.main(["--spec", str(q8_spec_dir), "--lanes", "4", "--batch", "2", "--dsp", "sb_mac16",
+                     "--out", str(tmp_path), "--name", "top"]) == 0
+    assert "batch 2, dsp sb_mac16" in capsys.readouterr().out
+    man = json.loads((tmp_path / "top.json").read_text())
+    spec = qspec.load(q8_spec_dir)
+    assert man["batch"] == 2 and man["dsp"] == "sb_mac16" and man["cycles_per_batch"] == cycles_per_image(spec, 4)
+    ports = {p["name"]: p["width"] for p in man["ports"]}
+    assert ports["i__payload"] == 16 and ports["o__payload"] == 2 * max(man["widths"]["score"], 5) + 1
+    assert (tmp_path / "top.v").read_text().count("SB_MAC16 #(") == 4
+
+
 # --------------------------------------------------------------------------- 4. slow: Verilator, 1,000 images
 
 @pytest.mark.slow
