@@ -65,6 +65,7 @@ TARGETS = {
 # hardware table; ``make synth`` rebuilds it).
 SHIPPED = {
     ("ice40-up5k", None): {"lanes": 8, "batch": 1, "freq": 27.0, "fuse_pools": True},
+    ("ice40-up5k", "anna"): {"lanes": 8, "batch": 2, "freq": 23.0, "fuse_pools": True},
     ("ecp5-25k", None): {"lanes": 8, "batch": 1, "freq": 75.0, "fuse_pools": False},
     ("ecp5-85k", None): {"lanes": 8, "batch": 12, "freq": 50.0, "fuse_pools": False},
 }
