@@ -35,6 +35,45 @@ PERIOD_NS = 10
 MAX_BATCH = 64  # as hw.accelerator.Accelerator
 
 
+# the part of a stream's clocked block after it computed ``mine`` (runs of this copy): stream each
+# run's pixels, count busy cycles, keep the output beats, write the results line at ``done``
+_RUN_LOOP = """        n_done = 0; idx <= 0; nbeat <= 0; cycles <= 0;
+        if (mine == 0) finished <= 1;
+        else begin
+          running <= 1; finished <= 0; active <= 1;
+          first_pixel;
+        end
+      end
+      if (active && i_ready) begin
+        if (idx == PIXELS - 1) active <= 0;
+        else next_pixel;
+        idx <= idx + 1;
+      end
+      if (busy) cycles <= cycles + 1;
+      if (o_valid) begin
+        beat[nbeat] <= o_payload;
+        nbeat <= nbeat + 1;
+      end
+      if (done && running) begin
+        // the done cycle is a busy cycle too
+        $fwrite(fout, "%0d %0d %0d", n_done, cycles + 1, nbeat);
+        for (k = 0; k < BEATS; k = k + 1) $fwrite(fout, " %0h", beat[k]);
+        $fwrite(fout, "\\n");
+        $fflush(fout);
+        n_done = n_done + 1;
+        cycles <= 0; nbeat <= 0; idx <= 0;
+        if (n_done == mine) begin
+          running <= 0; finished <= 1;
+          $fclose(fout);
+        end else begin
+          active <= 1;
+          first_pixel;
+        end
+      end
+    end
+"""
+
+
 def harness_verilog(top: str, payload_width: int, pixels: int, beats: int, duts: int = 1,
                     period_ns: int = PERIOD_NS, batch: int = 1) -> str:
     """Verilog of modules ``lenet_harness`` and ``lenet_stream`` around the accelerator ``top``
@@ -134,41 +173,7 @@ module lenet_stream #(parameter ID = 0) (input clk, input rst, input start, inpu
     end else begin
       if (start && !running) begin
         mine = count > ID ? (count - ID + DUTS - 1) / DUTS : 0;
-        n_done = 0; idx <= 0; nbeat <= 0; cycles <= 0;
-        if (mine == 0) finished <= 1;
-        else begin
-          running <= 1; finished <= 0; active <= 1;
-          first_pixel;
-        end
-      end
-      if (active && i_ready) begin
-        if (idx == PIXELS - 1) active <= 0;
-        else next_pixel;
-        idx <= idx + 1;
-      end
-      if (busy) cycles <= cycles + 1;
-      if (o_valid) begin
-        beat[nbeat] <= o_payload;
-        nbeat <= nbeat + 1;
-      end
-      if (done && running) begin
-        // the done cycle is a busy cycle too
-        $fwrite(fout, "%0d %0d %0d", n_done, cycles + 1, nbeat);
-        for (k = 0; k < BEATS; k = k + 1) $fwrite(fout, " %0h", beat[k]);
-        $fwrite(fout, "\\n");
-        $fflush(fout);
-        n_done = n_done + 1;
-        cycles <= 0; nbeat <= 0; idx <= 0;
-        if (n_done == mine) begin
-          running <= 0; finished <= 1;
-          $fclose(fout);
-        end else begin
-          active <= 1;
-          first_pixel;
-        end
-      end
-    end
-  end
+{_RUN_LOOP}  end
 endmodule
 """
 
@@ -272,40 +277,6 @@ module lenet_stream #(parameter ID = 0) (input clk, input rst, input start, inpu
       if (start && !running) begin
         groups = (count + BATCH - 1) / BATCH;
         mine = groups > ID ? (groups - ID + DUTS - 1) / DUTS : 0;
-        n_done = 0; idx <= 0; nbeat <= 0; cycles <= 0;
-        if (mine == 0) finished <= 1;
-        else begin
-          running <= 1; finished <= 0; active <= 1;
-          first_pixel;
-        end
-      end
-      if (active && i_ready) begin
-        if (idx == PIXELS - 1) active <= 0;
-        else next_pixel;
-        idx <= idx + 1;
-      end
-      if (busy) cycles <= cycles + 1;
-      if (o_valid) begin
-        beat[nbeat] <= o_payload;
-        nbeat <= nbeat + 1;
-      end
-      if (done && running) begin
-        // the done cycle is a busy cycle too
-        $fwrite(fout, "%0d %0d %0d", n_done, cycles + 1, nbeat);
-        for (k = 0; k < BEATS; k = k + 1) $fwrite(fout, " %0h", beat[k]);
-        $fwrite(fout, "\\n");
-        $fflush(fout);
-        n_done = n_done + 1;
-        cycles <= 0; nbeat <= 0; idx <= 0;
-        if (n_done == mine) begin
-          running <= 0; finished <= 1;
-          $fclose(fout);
-        end else begin
-          active <= 1;
-          first_pixel;
-        end
-      end
-    end
-  end
+{_RUN_LOOP}  end
 endmodule
 """
