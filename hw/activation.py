@@ -68,6 +68,7 @@ class Activation(wiring.Component):
             "bias_addr": In(range(max(len(program.bias_words), 2))),
             "mask": In(P),
             "we": Out(1),
+            "we_next": Out(1),  # ``we`` in the next cycle
             "waddr": Out(unsigned(aw + bw)),
             "wdata": Out(signed(program.fm_width)).array(*self._dims()),
             "score_we": Out(1),
@@ -130,7 +131,7 @@ class Activation(wiring.Component):
 
         # d0: lane k's value is at the head of the shift register accs[0]
         # the accumulators as expressions, not inside the If below: their inputs change every cycle,
-        # and an event-driven simulator re-runs an If's process at each change (see hw.window.select)
+        # and an event-driven simulator re-runs an If's process at each change (see hw.window.rotate)
         for b in range(B):
             for q in range(P):
                 shifted = accs[b][q + 1] if q < P - 1 else accs[b][q]
@@ -247,7 +248,7 @@ class Activation(wiring.Component):
         we3, from_rom3 = Signal(), Signal()
         waddr3 = Signal.like(self.waddr, reset_less=True)
         m.d.sync += [we3.eq(v2 & ~is_score2), waddr3.eq(waddr2), from_rom3.eq(from_rom2)]
-        m.d.comb += [self.we.eq(we3), self.waddr.eq(waddr3)]
+        m.d.comb += [self.we.eq(we3), self.we_next.eq(v2 & ~is_score2), self.waddr.eq(waddr3)]
         for b in range(B):
             state3 = Signal.like(state2[b], name="state3" + sfx[b], reset_less=True)
             m.d.sync += state3.eq(state2[b])

@@ -43,14 +43,16 @@ DSP_CHOICES = ("auto", "rtl", "sb_mac16")
 
 
 def generate(spec, lanes: int, name: str | None = None, program: Program | None = None,
-             fuse_pools: bool = False, batch: int = 1, dsp: str = "auto") -> tuple[str, dict]:
+             fuse_pools: bool = False, batch: int = 1, dsp: str = "auto",
+             overlap_load: bool = False) -> tuple[str, dict]:
     """Return (verilog, manifest) for ``spec`` with ``lanes`` MAC lanes. ``program`` (the spec
     compiled for ``lanes``) is used instead of compiling the spec again; else it is compiled with
-    ``fuse_pools``. ``batch`` images in lockstep and ``dsp`` as in :class:`Accelerator`."""
+    ``fuse_pools`` and ``overlap_load``. ``batch`` images in lockstep and ``dsp`` as in :class:`Accelerator`."""
     if dsp not in DSP_CHOICES:
         raise UserError(f"dsp must be one of {', '.join(DSP_CHOICES)}, got {dsp!r}")
     try:
-        prog = program if program is not None else compile_spec(spec, lanes, fuse_pools=fuse_pools)
+        prog = program if program is not None else compile_spec(spec, lanes, fuse_pools=fuse_pools,
+                                                                        overlap_load=overlap_load)
         dut = Accelerator(spec, lanes, program=prog, batch=batch, dsp=dsp)
         name = name or top_name(spec)
         text = emit_verilog(dut, name)
@@ -75,6 +77,7 @@ def generate(spec, lanes: int, name: str | None = None, program: Program | None 
         "image_shape": [c, h, w], "image_bytes": prog.image_bytes, "classes": prog.classes,
         "output_beats": prog.output_beats, "fused_pools": [f"{lp.name}+{lp.pool.name}" for lp in prog.fused],
         "cycles_per_image": sched["cycles_per_image"], "macs_per_image": sched["macs_per_image"],
+        "overlap_load": prog.overlap, "latency_cycles": sched["latency_cycles"],
         **({} if batch == 1 and dsp == "auto" else {"batch": batch, "dsp": dsp, "cycles_per_batch": sched["cycles_per_image"]}),
         "utilisation_ratio": sched["utilisation_ratio"], "cycle_model": sched["layers"],
         "memories": {"feature_banks": lanes, "feature_words_per_bank": prog.fm_words, "feature_width": prog.fm_width,
@@ -97,6 +100,8 @@ def main(argv=None):
     p.add_argument("--out", default="build/verilog", help="output directory")
     p.add_argument("--name", default=None, help="top module name (default NETWORK_PRESET)")
     p.add_argument("--fuse-pools", action="store_true", help="run each fusable pool in its conv layer's drain")
+    p.add_argument("--overlap-load", action="store_true",
+                   help="load each image while the one before runs (its own feature-memory region)")
     p.add_argument("--batch", type=int, default=1,
                    help="images in lockstep (1..64): B pixels per i beat, B values per o beat, the cycles of one image")
     p.add_argument("--dsp", choices=DSP_CHOICES, default="auto",
@@ -107,7 +112,7 @@ def main(argv=None):
         raise UserError(f"--batch must be in 1..64, got {args.batch}")
     spec = qspec.load(args.spec)
     text, manifest = generate(spec, args.lanes, args.name, fuse_pools=args.fuse_pools, batch=args.batch,
-                              dsp=args.dsp)
+                              dsp=args.dsp, overlap_load=args.overlap_load)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a directory")

@@ -2,7 +2,9 @@
 
 One image, streams never stalling::
 
-    LOAD      C * Hp * Wp  one feature-memory write per cycle over the padded input
+    LOAD      C * Hp * Wp  one feature-memory write per cycle over the padded input (an overlapped
+                           program, ``--overlap-load``: hidden under the previous image, except
+                           for the first image of a stream)
     per layer:
       INIT             1  layer registers
       FILL      border    the padding of the layer's input (none for the first layer: LOAD writes it)
@@ -49,22 +51,38 @@ def layer_cycles(lp, lanes: int, gap: int | None = None) -> dict:
 def program_schedule(prog: Program, macs: int) -> dict:
     lanes = prog.lanes
     per_layer = [layer_cycles(lp, lanes, prog.gap) for lp in prog.layers]
-    total = prog.load_cycles + sum(l["cycles"] for l in per_layer) + 1 + prog.output_beats + 1
+    latency = prog.load_cycles + sum(l["cycles"] for l in per_layer) + 1 + prog.output_beats + 1
+    # overlapped: the next image loads while this one runs, and starts right after DONE
+    total = latency - prog.load_cycles if prog.overlap else latency
     ideal = max(macs, 1) / lanes
-    return {"lanes": lanes, "cycles_per_image": total, "macs_per_image": macs, "fm_words": prog.fm_words,
+    return {"lanes": lanes, "cycles_per_image": total, "latency_cycles": latency, "overlap": prog.overlap,
+            "macs_per_image": macs, "fm_words": prog.fm_words,
             "fused": [f"{lp.name}+{lp.pool.name}" for lp in prog.fused],
             "ideal_cycles": round(ideal, 1), "utilisation_ratio": round(total / ideal, 4),
             "mac_cycles": sum(l["issue"] for l in per_layer), "layers": per_layer}
 
 
-def schedule(spec, lanes: int, program: Program | None = None, fuse_pools: bool = False) -> dict:
-    prog = program if program is not None else compile_spec(spec, lanes, fuse_pools=fuse_pools)
+def schedule(spec, lanes: int, program: Program | None = None, fuse_pools: bool = False,
+             overlap_load: bool = False) -> dict:
+    prog = program if program is not None else compile_spec(spec, lanes, fuse_pools=fuse_pools,
+                                                             overlap_load=overlap_load)
     return program_schedule(prog, spec.macs())
 
 
-def cycles_per_image(spec, lanes: int, program: Program | None = None, fuse_pools: bool = False) -> int:
-    """Cycles from the first loading cycle to ``done``, for one image, streams never stalling."""
-    return schedule(spec, lanes, program, fuse_pools)["cycles_per_image"]
+def cycles_per_image(spec, lanes: int, program: Program | None = None, fuse_pools: bool = False,
+                     overlap_load: bool = False) -> int:
+    """Cycles per image of a stream of images, streams never stalling: from the first loading cycle
+    to ``done`` for one image; an overlapped program (``Program.overlap``) takes each image after the
+    first in that many fewer cycles than :func:`latency_cycles`, its load hidden under the previous image."""
+    return schedule(spec, lanes, program, fuse_pools, overlap_load)["cycles_per_image"]
+
+
+def latency_cycles(spec, lanes: int, program: Program | None = None, fuse_pools: bool = False,
+                   overlap_load: bool = False) -> int:
+    """Cycles from the first loading cycle to ``done`` for an image that starts with the accelerator
+    idle (the first of a stream; with an overlapped program the same as ``cycles_per_image`` plus
+    the load)."""
+    return schedule(spec, lanes, program, fuse_pools, overlap_load)["latency_cycles"]
 
 
 @cli
@@ -77,6 +95,8 @@ def main(argv=None):
     p.add_argument("--fmax", type=float, default=None, help="MHz, to print images/s")
     p.add_argument("--fuse-pools", action="store_true", help="run each fusable pool in its conv layer's drain")
     p.add_argument("--batch", type=int, default=1, help="images in lockstep: the cycles are per batch, images/s x B")
+    p.add_argument("--overlap-load", action="store_true",
+                   help="load the next image while the current one runs (its own feature-memory region)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if not 1 <= args.batch <= 64:
@@ -85,7 +105,7 @@ def main(argv=None):
     rows = []
     for n in args.lanes:
         try:
-            s = schedule(spec, n, fuse_pools=args.fuse_pools)
+            s = schedule(spec, n, fuse_pools=args.fuse_pools, overlap_load=args.overlap_load)
         except ValueError as e:
             raise UserError(str(e)) from None
         s["batch"], s["macs_per_cycle"] = args.batch, n * args.batch  # per image: the cycles of one image
@@ -101,6 +121,7 @@ def main(argv=None):
                   + f", {s['macs_per_image']:,} MACs, "
                   f"{s['cycles_per_image'] / s['ideal_cycles']:.3f} x MACs/lanes, {s['fm_words']:,} feature words/bank"
                   + (f", fused {' '.join(s['fused'])}" if s["fused"] else "")
+                  + (f", load overlapped (first image {s['latency_cycles']:,})" if s["overlap"] else "")
                   + (f", {s['images_per_s']:,.0f} images/s at {args.fmax} MHz" if args.fmax else ""))
     return 0
 

@@ -136,6 +136,7 @@ class Program:
     info: dict = field(default_factory=dict)
     coef_words: list[int] = field(default_factory=list)  # fused pools: one coefficient per map (max-pool: 1)
     pool_mul_cycles: int = 1  # fused pools: 1 (one product per turn) or the serial multiplier's steps
+    overlap: bool = False  # the loader takes the next image while layers 1.. run (its input region is its own)
 
     @property
     def fused(self) -> list[LayerProgram]:
@@ -242,27 +243,34 @@ def _acc_format(l: LayerSpec, weight_width: int) -> QFormat:
     return l.formats["acc"]
 
 
-def _layouts(spec: QuantSpec, R: int, C: int, keep: list[int] | None = None) -> list[Layout]:
+def _layouts(spec: QuantSpec, R: int, C: int, keep: list[int] | None = None, overlap: bool = False) -> list[Layout]:
     """Each kept layer's input layout (stride and padding of its reader); ping-pong buffers A (even
     kept layers) from word 0 and B (odd) after A. ``keep``: the spec's layers that run on the MACs
-    (default all); a fused pool's input (its conv's output) is never stored."""
+    (default all); a fused pool's input (its conv's output) is never stored. ``overlap``: the
+    image (layer 0's input) has a region of its own from word 0, A and B follow it."""
     L = spec.layers
     keep = list(range(len(L))) if keep is None else keep
     shapes = [spec.input_shape if i == 0 else L[i - 1].out_shape for i in keep]
     raw = [Layout(m, h + 2 * l.pad, w + 2 * l.pad, 1 if is_dense_mode(l) else l.stride, R, C, 0, l.pad)
            for (m, h, w), l in zip(shapes, [L[i] for i in keep])]
-    size_a = max(lay.words for lay in raw[0::2])
-    return [Layout(lay.maps, lay.h, lay.w, lay.s, R, C, 0 if i % 2 == 0 else size_a, lay.pad)
-            for i, lay in enumerate(raw)]
+    first = raw[0].words if overlap else 0
+    size_a = max([lay.words for lay in raw[2 if overlap else 0::2]] + [0])
+    bases = [0] + [first + (0 if i % 2 == 0 else size_a) for i in range(1, len(raw))]
+    return [Layout(lay.maps, lay.h, lay.w, lay.s, R, C, base, lay.pad) for lay, base in zip(raw, bases)]
 
 
-def compile_spec(spec: QuantSpec, lanes: int = 8, fuse_pools: bool = False, pool_multiplier: str = "auto") -> Program:
+def compile_spec(spec: QuantSpec, lanes: int = 8, fuse_pools: bool = False, pool_multiplier: str = "auto",
+                 overlap_load: bool = False) -> Program:
     """Lay the spec out for an engine of ``lanes`` lanes. Raises ValueError on what it cannot build.
 
     ``fuse_pools``: every pool that :func:`hw.fuse.fusable` allows runs in its conv layer's drain
     (no layer of its own, its input never stored); ``Program.layers`` then lists the other layers.
     ``pool_multiplier``: how the drain multiplies a pool window by its coefficient
-    (:func:`hw.fuse.mul_cycles`: "serial", "parallel" or "auto")."""
+    (:func:`hw.fuse.mul_cycles`: "serial", "parallel" or "auto").
+    ``overlap_load``: the input gets a region of its own in the feature memory, and the loader takes
+    the next image while layers 1.. of the current one run (``Program.overlap``), where the load
+    surely finishes in the cycles those layers leave the write port free (:func:`load_fits`);
+    otherwise the program loads between images as without it."""
     from .fuse import MULTIPLIERS, fusable, fuse_pool, mul_cycles
 
     if pool_multiplier not in MULTIPLIERS:
@@ -273,9 +281,11 @@ def compile_spec(spec: QuantSpec, lanes: int = 8, fuse_pools: bool = False, pool
     L = spec.layers
     fuse = {i + 1 for i in range(len(L) - 2) if fuse_pools and fusable(L[i], L[i + 1], P)}
     keep = [i for i in range(len(L)) if i not in fuse]
-    layouts = _layouts(spec, R, C, keep)
+    overlap = overlap_load and len(keep) > 1
+    layouts = _layouts(spec, R, C, keep, overlap)
     fm_words = max(1, max(lay.base + lay.words for lay in layouts))
-    size_a = layouts[1].base if len(layouts) > 1 else fm_words  # buffer A: the even layers' inputs
+    fm_in = layouts[0].words if overlap else 0  # the image's own region (overlap), then A, then B
+    size_a = layouts[1].base - fm_in if len(layouts) > 1 else fm_words  # buffer A: the even layers' inputs
     aw = max(1, (fm_words - 1).bit_length())
     # weights are signed in the lanes: an unsigned weight format takes one more bit
     weight_width = max([l.formats["weight"].width + (not l.formats["weight"].signed) for l in L
@@ -325,15 +335,30 @@ def compile_spec(spec: QuantSpec, lanes: int = 8, fuse_pools: bool = False, pool
     fm_width = max(f.width + (not f.signed) for f in [spec.input_format] + [l.out_format for l in L[:-1]])
     max_off = max((t[1] for t in tap_words), default=0)
     l0 = L[0]
-    return Program(lanes=P, R=R, C=C, layers=layers, fm_words=fm_words, fm_width=fm_width,
+    prog = Program(lanes=P, R=R, C=C, layers=layers, fm_words=fm_words, fm_width=fm_width,
                    weight_width=weight_width, acc_width=acc_width, offset_width=max(1, max_off.bit_length()),
                    tap_shift=tap_shift, tap_words=tap_words, dense_words=dense_words, bias_words=bias_words,
                    lut_rom=lut_rom, fill_words=fill_words, input_lut=spec.input_lut.reshape(-1).tolist(),
                    image_shape=tuple(spec.input_shape), input_layout=layouts[0],
                    input_pad_code=int(l0.pad_code) if l0.pad else 0, classes=spec.classes,
                    score_width=L[-1].formats["acc"].width,
-                   info={"fm_a": size_a, "fm_b": fm_words - size_a}, coef_words=coef_words,
-                   pool_mul_cycles=mul if fused else 1)
+                   info={"fm_in": fm_in, "fm_a": size_a, "fm_b": fm_words - fm_in - size_a}, coef_words=coef_words,
+                   pool_mul_cycles=mul if fused else 1, overlap=overlap)
+    if overlap and not load_fits(prog):
+        return compile_spec(spec, lanes, fuse_pools, pool_multiplier, overlap_load=False)
+    return prog
+
+
+def load_fits(prog: Program) -> bool:
+    """True if an overlapped load surely ends before the image it loads is due: layers 1.. (plus
+    FINISH, OUTPUT and DONE) last at least the load's cycles plus every cycle they could take the
+    write port from the loader (each fill word, each drain turn of every group)."""
+    from .perf import layer_cycles
+
+    later = prog.layers[1:]
+    span = sum(layer_cycles(lp, prog.lanes, prog.gap)["cycles"] for lp in later) + 1 + prog.output_beats + 1
+    busy = sum(lp.fill_count + lp.group_count * drain_turns(lp, prog.lanes) for lp in later)
+    return span - busy >= prog.load_cycles + 2
 
 
 def _conv_layer(l: LayerSpec, lin: Layout, R: int, C: int, tap_words: list, bias_words: list, kw: dict) -> LayerProgram:

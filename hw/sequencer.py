@@ -5,7 +5,12 @@ Per image: LOAD streams the image in (writing the first layer's padding itself),
 INIT, FILL (the padding of this layer's input, from the fill list), ISSUE (one tap per cycle: the
 weight memory word and the window address of every lane), WAIT (a group shorter than the lanes
 waits for the drain), GAP (the last group drains); then FINISH, OUTPUT (class and scores) and DONE.
-The cycle counts are :mod:`hw.perf`'s. Per-layer constants come from one table
+The cycle counts are :mod:`hw.perf`'s.
+
+An overlapped program (``Program.overlap``, its input in a region of its own) loads the next image
+beside the layers instead: the loader takes the image while layers 1.. of the current one run
+(once layer 0 has read its input), writing in the cycles the drain and the fill leave free, and
+the next image starts right after DONE. Per-layer constants come from one table
 (:func:`layer_constants`); the tap pipeline registers a control word per stage so that the
 engines see the tap's address, weights and drain coordinates at the right cycle.
 """
@@ -40,6 +45,9 @@ def control_signature(prog: Program) -> wiring.Signature:
         "fm_we": Out(1), "fm_waddr": Out(unsigned(aw + bw)), "fm_pad": Out(1), "fm_pad_code": Out(signed(prog.fm_width)),
         # output beat: 0 the class, 1 + j score j
         "out_beat": Out(range(prog.output_beats + 1)),
+        # from the engines: the drain writes the feature memory in the next cycle (the loader of an
+        # overlapped program waits for a free write port)
+        "drain_we_next": In(1),
     })
 
 
@@ -166,28 +174,53 @@ class Sequencer(wiring.Component):
         # the fill list's word arrives a cycle after its address, as the input table's for the loader
         m.d.comb += [ctl.in_lut_addr_hi.eq(load_c), fill_rp.addr.eq(fill_ptr), ctl.fm_we.eq(load_we | fill_we),
                      ctl.fm_waddr.eq(Mux(fill_we, fill_rp.data, load_waddr)), ctl.fm_pad.eq(fill_we | load_pad)]
+        # loader: ``load_go`` steps it (a pixel taken, or a border word); ``loaded``: an image waits in
+        # the input region; ``in_use``: layer 0 reads it (overlap: the loader waits for both)
+        overlap = prog.overlap
+        load_go, loading, filling = Signal(), Signal(), Signal()
+        loaded, in_use = Signal(), Signal()
+        load_last = (load_x == wp_ - 1) & (load_y == hp - 1) & (load_c == ch - 1)
+        if overlap:
+            m.d.comb += [loading.eq(~loaded & ~in_use & ~filling & ~ctl.drain_we_next),
+                         self.i_ready.eq(loading & ~border), load_go.eq(loading & (border | self.i_valid))]
+            with m.If(load_go & load_last):
+                m.d.sync += loaded.eq(1)
+        with m.If(load_go):
+            m.d.sync += [load_we.eq(1), load_waddr.eq(load_addr_now), load_pad.eq(border),
+                         load_x.eq(nx), load_y.eq(ny),
+                         bx.eq((nx < pad) | (nx >= wp_ - pad)), by.eq((ny < pad) | (ny >= hp - pad))]
+            with m.If((load_x == wp_ - 1) & (load_y == hp - 1)):
+                m.d.sync += [load_c.eq(load_c + 1), load_coff.eq(load_coff + lay0.lhw)]
+                with m.If(load_c == ch - 1):
+                    m.d.sync += [load_c.eq(0), load_coff.eq(0)]
+        # the loader's border words take the first layer's pad code, the fill's the current layer's
+        m.d.comb += ctl.fm_pad_code.eq(Mux(fill_we, k["pad_code"], prog.input_pad_code))
 
         with m.FSM(name="seq"):
+            def start_image():  # the first layer's registers (``layer`` is 0 already)
+                return [tap_ptr.eq(n_dense), dense_ptr.eq(0), gm.eq(0), gm_next.eq(1)]
+
             with m.State("IDLE"):
-                m.d.sync += [tap_ptr.eq(n_dense), dense_ptr.eq(0), gm.eq(0), gm_next.eq(1), layer.eq(0), load_c.eq(0),
-                             load_y.eq(0), load_x.eq(0), load_coff.eq(0), bx.eq(pad > 0), by.eq(pad > 0)]
+                m.d.sync += start_image()
                 if self.weights == "load":  # weight bytes are taken only between images
                     m.d.comb += [wmem.load.valid.eq(self.wl_valid), wmem.load.payload.eq(self.wl_payload),
                                  self.wl_ready.eq(wmem.load.ready)]
-                with m.If(self.i_valid):
-                    m.next = "LOAD"
+                if overlap:  # the loader's steps count as busy cycles of the image they load
+                    m.d.comb += self.busy.eq(load_go)
+                    with m.If(loaded):
+                        m.d.sync += [loaded.eq(0), in_use.eq(1)]
+                        m.next = "INIT"
+                else:
+                    with m.If(self.i_valid):
+                        m.next = "LOAD"
             with m.State("LOAD"):
-                m.d.comb += [self.busy.eq(1), self.i_ready.eq(~border)]
-                with m.If(border | self.i_valid):
-                    m.d.sync += [load_we.eq(1), load_waddr.eq(load_addr_now), load_pad.eq(border),
-                                 load_x.eq(nx), load_y.eq(ny),
-                                 bx.eq((nx < pad) | (nx >= wp_ - pad)), by.eq((ny < pad) | (ny >= hp - pad))]
-                    with m.If((load_x == wp_ - 1) & (load_y == hp - 1)):
-                        m.d.sync += [load_c.eq(load_c + 1), load_coff.eq(load_coff + lay0.lhw)]
-                        with m.If(load_c == ch - 1):
-                            m.next = "INIT"
+                m.d.comb += [self.busy.eq(1), self.i_ready.eq(~border), load_go.eq(border | self.i_valid)]
+                with m.If(load_go & load_last):
+                    m.next = "INIT"
             with m.State("INIT"):
                 m.d.comb += self.busy.eq(1)
+                with m.If(layer != 0):  # layer 0's last read is long done: the loader may refill its input
+                    m.d.sync += in_use.eq(0)
                 m.d.sync += restart_map() + restart_dense_input() + [
                     o_cnt.eq(0), t_cnt.eq(0), map_off.eq(0), tap_map_base.eq(tap_ptr), bias_ptr.eq(k["bias_base"]),
                     fill_ptr.eq(k["fill_base"]), counter.eq(k["fill_m1"]),
@@ -198,7 +231,7 @@ class Sequencer(wiring.Component):
                 with m.If(k["fill"]):
                     m.next = "FILL"
             with m.State("FILL"):
-                m.d.comb += self.busy.eq(1)
+                m.d.comb += [self.busy.eq(1), filling.eq(1)]
                 m.d.sync += [fill_we.eq(1), fill_ptr.eq(fill_ptr + 1), counter.eq(counter - 1)]
                 with m.If(counter == 0):
                     m.next = "ISSUE"
@@ -259,7 +292,8 @@ class Sequencer(wiring.Component):
                         m.next = "INIT"
             with m.State("FINISH"):
                 m.d.comb += self.busy.eq(1)
-                m.d.sync += ctl.out_beat.eq(0)
+                # layer 0's constants are registered by INIT, even straight after DONE
+                m.d.sync += [ctl.out_beat.eq(0), layer.eq(0), in_use.eq(0)]
                 m.next = "OUTPUT"
             with m.State("OUTPUT"):
                 m.d.comb += [self.busy.eq(1), self.o_valid.eq(1)]
@@ -270,7 +304,11 @@ class Sequencer(wiring.Component):
             with m.State("DONE"):
                 m.d.comb += [self.busy.eq(1), self.done.eq(1)]
                 m.next = "IDLE"
-        m.d.comb += [self.o_last.eq(ctl.out_beat == prog.output_beats - 1), ctl.fm_pad_code.eq(k["pad_code"])]
+                if overlap:  # the next image is in: start it now
+                    with m.If(loaded):
+                        m.d.sync += start_image() + [loaded.eq(0), in_use.eq(1)]
+                        m.next = "INIT"
+        m.d.comb += self.o_last.eq(ctl.out_beat == prog.output_beats - 1)
         self._tap_pipeline(m, k, issue, last_tap, layer, o_cnt, ty, tx, p0, map_off, bias_ptr, t_cnt,
                            tile_off, dc_off, dy_, dx_, wmem)
         return m

@@ -14,19 +14,22 @@ from .accelerator import Accelerator
 
 
 def rtl_accelerator(spec, lanes: int, images: np.ndarray, vcd: str | None = None, max_cycles: int = 10_000_000,
-                    weights: str = "rom", batch: int = 1, fuse_pools: bool = False):
+                    weights: str = "rom", batch: int = 1, fuse_pools: bool = False, overlap_load: bool = False):
     """Stream each image in (uint8, the spec's input shape, or MNIST digits that
     :func:`model.data.fit_images` adapts); return (classes N, scores N x classes, cycles per image N).
 
     With ``weights="load"`` the weight memory starts empty and the weight image is streamed
     through ``wl`` first, one byte per cycle. With ``batch`` = B the images go in B at a time (the
     last group padded with blank images, whose results are dropped); cycles are per group.
-    ``fuse_pools``: compile the spec with its fusable pools in their conv layers' drains."""
+    ``fuse_pools``: compile the spec with its fusable pools in their conv layers' drains;
+    ``overlap_load``: with the next image's load under the current one (``hw.program.compile_spec``).
+    The images stream back to back: the first group's cycles are :func:`hw.perf.latency_cycles`,
+    the others' :func:`hw.perf.cycles_per_image`."""
     from .program import compile_spec
 
     images = fit_images(np.asarray(images), spec.input_shape)
     dut = Accelerator(spec, lanes, weights=weights, batch=batch,
-                      program=compile_spec(spec, lanes, fuse_pools=True) if fuse_pools else None)
+                      program=compile_spec(spec, lanes, fuse_pools=fuse_pools, overlap_load=overlap_load))
     n_images = len(images)
     if batch > 1 and len(images) % batch:
         images = np.concatenate([images, np.zeros((batch - len(images) % batch,) + images.shape[1:], images.dtype)])
@@ -43,38 +46,40 @@ def rtl_accelerator(spec, lanes: int, images: np.ndarray, vcd: str | None = None
                 ctx.set(dut.wl.payload, b)
                 await ctx.tick().until(dut.wl.ready)
             ctx.set(dut.wl.valid, 0)
-        for group in groups:
-            flat = group.reshape(batch, -1).astype(np.int64)
-            pixels = [int(sum(int(flat[b, k]) << (8 * b) for b in range(batch))) for k in range(flat.shape[1])]
-            beats, n, busy_cycles = [], 0, 0
-            ctx.set(dut.i.valid, 1)
-            ctx.set(dut.i.payload, pixels[0])
-            while True:
-                accepted = ctx.get(dut.i.valid) and ctx.get(dut.i.ready)
-                out = ctx.get(dut.o.valid) and ctx.get(dut.o.ready)
-                busy = ctx.get(dut.busy)
-                done = ctx.get(dut.done)
-                if out:
-                    beats.append(ctx.get(dut.o.payload.value))
-                await ctx.tick()
-                busy_cycles += busy
-                if accepted:
-                    n += 1
-                    if n < len(pixels):
-                        ctx.set(dut.i.payload, pixels[n])
-                    else:
-                        ctx.set(dut.i.valid, 0)
-                if done:
-                    break
-                if busy_cycles > max_cycles:
-                    raise RuntimeError("accelerator did not finish")
-            if batch == 1:
-                classes.append(beats[0])
-                scores.append(beats[1:])
-            else:
-                classes.extend(beats[0])
-                scores.extend([beat[b] for beat in beats[1:]] for b in range(batch))
-            cycles.append(busy_cycles)
+        # every group's pixels back to back: the next image waits on ``i`` while one runs (an
+        # overlapped program takes it early); a group's cycles are the busy cycles since the last done
+        flat = groups.reshape(len(groups), batch, -1).astype(np.int64)
+        feed = [int(sum(int(flat[g, b, k]) << (8 * b) for b in range(batch)))
+                for g in range(len(groups)) for k in range(flat.shape[2])]
+        beats, n, busy_cycles = [], 0, 0
+        ctx.set(dut.i.valid, 1)
+        ctx.set(dut.i.payload, feed[0])
+        while len(cycles) < len(groups):
+            accepted = ctx.get(dut.i.valid) and ctx.get(dut.i.ready)
+            out = ctx.get(dut.o.valid) and ctx.get(dut.o.ready)
+            busy = ctx.get(dut.busy)
+            done = ctx.get(dut.done)
+            if out:
+                beats.append(ctx.get(dut.o.payload.value))
+            await ctx.tick()
+            busy_cycles += busy
+            if accepted:
+                n += 1
+                if n < len(feed):
+                    ctx.set(dut.i.payload, feed[n])
+                else:
+                    ctx.set(dut.i.valid, 0)
+            if done:
+                if batch == 1:
+                    classes.append(beats[0])
+                    scores.append(beats[1:])
+                else:
+                    classes.extend(beats[0])
+                    scores.extend([beat[b] for beat in beats[1:]] for b in range(batch))
+                cycles.append(busy_cycles)
+                beats, busy_cycles = [], 0
+            if busy_cycles > max_cycles:
+                raise RuntimeError("accelerator did not finish")
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)

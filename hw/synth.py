@@ -60,14 +60,14 @@ TARGETS = {
                        "synth_ecp5"),
 }
 
-# The configuration each target is built in when --lanes/--batch/--freq/--fuse-pools are not given: per target and
+# The configuration each target is built in when --lanes/--batch/--freq/--fuse-pools/--overlap-load are not given: per target and
 # spec preset (``None``: any other spec), the fastest one measured to fit and meet its clock (README's
 # hardware table; ``make synth`` rebuilds it).
 SHIPPED = {
-    ("ice40-up5k", None): {"lanes": 8, "batch": 1, "freq": 27.0, "fuse_pools": True},
-    ("ice40-up5k", "anna"): {"lanes": 8, "batch": 2, "freq": 23.0, "fuse_pools": True},
-    ("ecp5-25k", None): {"lanes": 8, "batch": 1, "freq": 75.0, "fuse_pools": False},
-    ("ecp5-85k", None): {"lanes": 8, "batch": 12, "freq": 50.0, "fuse_pools": False},
+    ("ice40-up5k", None): {"lanes": 8, "batch": 1, "freq": 27.0, "fuse_pools": True, "overlap_load": False},
+    ("ice40-up5k", "anna"): {"lanes": 8, "batch": 2, "freq": 23.0, "fuse_pools": True, "overlap_load": False},
+    ("ecp5-25k", None): {"lanes": 8, "batch": 1, "freq": 75.0, "fuse_pools": False, "overlap_load": False},
+    ("ecp5-85k", None): {"lanes": 8, "batch": 12, "freq": 50.0, "fuse_pools": False, "overlap_load": False},
 }
 
 
@@ -268,7 +268,7 @@ def parse_report(report: dict, target: Target) -> dict:
 def synthesize(spec_dir: str | None, target_key: str, lanes: int = 8, component: str | None = None,
                freq_mhz: float | None = None, out: str | os.PathLike = "build/synth", seed: int = 1,
                bitstream: bool = True, progress=print, batch: int = 1, core: bool = False,
-               fuse_pools: bool = False) -> dict:
+               fuse_pools: bool = False, overlap_load: bool = False) -> dict:
     if target_key not in TARGETS:
         raise UserError(f"unknown target {target_key!r}; choose one of {', '.join(TARGETS)}")
     target = TARGETS[target_key]
@@ -284,7 +284,8 @@ def synthesize(spec_dir: str | None, target_key: str, lanes: int = 8, component:
         from .program import compile_spec
 
         try:
-            program = compile_spec(spec, lanes, fuse_pools)  # once: the design, and the cycles per image
+            # once: the design, and the cycles per image
+            program = compile_spec(spec, lanes, fuse_pools, overlap_load=overlap_load)
         except ValueError as e:
             raise UserError(str(e)) from None
     for tool in ("yosys", f"nextpnr-{target.family}", "icepack" if target.family == "ice40" else "ecppack"):
@@ -292,7 +293,7 @@ def synthesize(spec_dir: str | None, target_key: str, lanes: int = 8, component:
     t0 = time.perf_counter()
     name, files, info = design_files(target, spec, lanes, component, freq_mhz, batch, core, program)
     tag = component or f"{Path(spec_dir).resolve().name}-L{lanes}" + (f"-B{batch}" if batch > 1 else "") + \
-        ("-fused" if fuse_pools else "") + ("-core" if core else "")
+        ("-fused" if fuse_pools else "") + ("-overlap" if overlap_load else "") + ("-core" if core else "")
     work = Path(out) / target_key / tag
     work.mkdir(parents=True, exist_ok=True)
     for fn, text in files.items():
@@ -368,7 +369,7 @@ def synthesize(spec_dir: str | None, target_key: str, lanes: int = 8, component:
     if component is None:
         from .perf import cycles_per_image
 
-        result.update(preset=spec.provenance.get("preset"), fuse_pools=fuse_pools,
+        result.update(preset=spec.provenance.get("preset"), fuse_pools=fuse_pools, overlap_load=program.overlap,
                       spec_formats={l.name: {k: str(f) for k, f in l.formats.items()} for l in spec.layers})
         cyc = cycles_per_image(spec, lanes, program=program)  # per image, or per batch of images in lockstep
         result.update(cycles_per_image=round(cyc / batch, 1), cycles_per_batch=cyc if batch > 1 else None,
@@ -391,6 +392,8 @@ def main(argv=None):
     p.add_argument("--fuse-pools", action=argparse.BooleanOptionalAction, default=None,
                    help="run each pool that can fuse in its convolution's drain (hw/fuse.py; default: the shipped "
                         "configuration's choice)")
+    p.add_argument("--overlap-load", action=argparse.BooleanOptionalAction, default=None,
+                   help="load each image while the one before runs (default: the shipped configuration's choice)")
     p.add_argument("--core", action="store_true",
                    help="build the accelerator core behind a two-pin shim instead of the board top")
     p.add_argument("--freq", type=float, default=None,
@@ -403,22 +406,23 @@ def main(argv=None):
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     args = p.parse_args(argv)
     say = (lambda *_: None) if args.json else (lambda s: print(s, file=sys.stderr))
-    if args.component is None and None in (args.lanes, args.batch, args.freq, args.fuse_pools) and args.target in TARGETS:
+    knobs = ("lanes", "batch", "freq", "fuse_pools", "overlap_load")
+    if args.component is None and any(getattr(args, k) is None for k in knobs) and args.target in TARGETS:
         if args.spec is None:
             raise UserError("--spec is required (or --component NAME for a single component)")
         from quantize import spec as qspec
 
         ship = shipped(args.target, qspec.load(args.spec).provenance.get("preset"))
         given = {k: getattr(args, k) for k in ship if getattr(args, k) is not None}
-        args.lanes, args.batch, args.freq, args.fuse_pools = (given.get(k, ship[k])
-                                                              for k in ("lanes", "batch", "freq", "fuse_pools"))
+        for k in knobs:
+            setattr(args, k, given.get(k, ship[k]))
         say(f"{args.target}: {args.lanes} lanes, batch {args.batch}, {args.freq:g} MHz"
-            + (", pools fused" if args.fuse_pools else "")
+            + (", pools fused" if args.fuse_pools else "") + (", load overlapped" if args.overlap_load else "")
             + (" (the shipped configuration)" if not given else ""))
     args.lanes, args.batch = args.lanes or 8, args.batch or 1
     r = synthesize(args.spec, args.target, args.lanes, args.component, args.freq, args.out, args.seed,
                    not args.no_bitstream, progress=say, batch=args.batch, core=args.core,
-                   fuse_pools=bool(args.fuse_pools))
+                   fuse_pools=bool(args.fuse_pools), overlap_load=bool(args.overlap_load))
     if args.json:
         print(json.dumps(r))
     else:

@@ -6,8 +6,8 @@ slides in address space instead: the feature memory is ``lanes`` banks (one copy
 laid out by :class:`hw.program.Layout`), and for a tap (c, ky, kx) of a tile the R x C pixels the
 lanes need sit in R x C different banks, at one of two word addresses per bank row/column
 (``base``, ``base + adj_row``, ``base + adj_col``, ...). A two-stage rotation (rows by ``my``,
-columns by ``mx``) then hands each lane its pixel. In dense mode one bank's word is broadcast to
-every lane.
+columns by ``mx``; logarithmic rotators, :func:`rotate`) then hands each lane its pixel. In dense
+mode the rotation brings the one bank's word to lane 0, and every lane takes lane 0's.
 """
 from __future__ import annotations
 
@@ -21,18 +21,16 @@ from .layout import log2 as _log2
 
 
 
-def select(values: list, index):
-    """``values[index]`` as a tree of 2:1 multiplexers on the index bits, least significant first.
-
-    The same logic as ``Array(values)[index]`` for a power-of-two number of values, written as
-    expressions: in an event-driven simulator (Icarus) they are nets, which cost far less than the
-    process an ``Array`` read becomes (woken at every change of any input).
-    """
-    level, bit = list(values), 0
-    while len(level) > 1:
-        level = [Mux(index[bit], level[k + 1], level[k]) for k in range(0, len(level), 2)]
-        bit += 1
-    return level[0]
+def rotate(values: list, amount, bits: int) -> list:
+    """``[values[(i + amount) % n] for i in range(n)]``, n = 2**bits: a logarithmic rotator, one stage
+    of 2:1 multiplexers per bit of ``amount`` (n * bits multiplexers, against n * (n - 1) for a
+    multiplexer tree per output). Written as expressions: in an event-driven simulator (Icarus) they
+    are nets, which cost far less than the process an ``Array`` read becomes."""
+    n = len(values)
+    for bit in range(bits):
+        step = 1 << bit
+        values = [Mux(amount[bit], values[(i + step) % n], values[i]) for i in range(n)]
+    return values
 
 
 class TileWindow(wiring.Component):
@@ -102,16 +100,16 @@ class TileWindow(wiring.Component):
             m.d.comb += [rp.addr.eq(adj), wp.en.eq(self.we & (wbank == b)), wp.addr.eq(self.waddr[:aw]),
                          wp.data.eq(self.wdata)]
             data.append(rp.data)
-        # the rotation amounts of the word now leaving the banks
-        my, mx, dense, bank = Signal.like(self.my), Signal.like(self.mx), Signal(), Signal.like(self.bank)
-        m.d.sync += [my.eq(self.my), mx.eq(self.mx), dense.eq(self.dense), bank.eq(self.bank)]
-        bcast = select(data, bank)
-        for dy in range(R):
-            row_sel = (dy + my)[:lr] if R > 1 else None
-            for dx in range(C):
-                col_sel = (dx + mx)[:lc] if C > 1 else None
-                v = select([select(data[r * C:(r + 1) * C], col_sel) for r in range(R)], row_sel)
-                x = Signal(signed(self.width), name=f"x{dy * C + dx}", reset_less=True)  # data: no reset
-                m.d.sync += x.eq(Mux(dense, bcast, v))
-                m.d.comb += self.x[dy * C + dx].eq(x)
+        # the rotation amounts of the word now leaving the banks; in dense mode the rotation that
+        # brings bank ``bank`` to lane 0, whose pixel every lane then takes
+        my, mx, dense = Signal.like(self.my), Signal.like(self.mx), Signal()
+        m.d.sync += [my.eq(Mux(self.dense, self.bank >> lc, self.my) if R > 1 else 0),
+                     mx.eq(Mux(self.dense, self.bank[:lc], self.mx) if C > 1 else 0), dense.eq(self.dense)]
+        cols = [rotate(data[c::C], my, lr) for c in range(C)]  # each column's rows, rotated by my
+        rows = [rotate([cols[c][r] for c in range(C)], mx, lc) for r in range(R)]  # each row, by mx
+        lanes_out = [v for row in rows for v in row]
+        for q in range(P):
+            x = Signal(signed(self.width), name=f"x{q}", reset_less=True)  # data: no reset
+            m.d.sync += x.eq(Mux(dense, lanes_out[0], lanes_out[q]) if q else lanes_out[0])
+            m.d.comb += self.x[q].eq(x)
         return m

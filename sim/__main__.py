@@ -34,6 +34,9 @@ def main(argv=None):
     p.add_argument("--lanes", type=int, default=8)
     p.add_argument("--fuse-pools", action="store_true",
                    help="compile with each fusable pool in its conv layer's drain (hw.program.compile_spec)")
+    p.add_argument("--overlap-load", action="store_true",
+                   help="compile with each image loaded while the one before runs (hw.program.compile_spec); "
+                        "each process's first image then takes the model's latency, the others its cycles/image")
     p.add_argument("--batch", type=int, default=1,
                    help="images per accelerator run, in lockstep (1..64; default 1): groups of B images, the last "
                         "padded with blank ones (not scored); cycles per batch = the model's for one image")
@@ -83,14 +86,15 @@ def main(argv=None):
         raise UserError("--shards must be at least 1")
     if args.executor == "local" and not args.scheduler:
         res = run(args.spec, images, args.simulator, args.lanes, args.waves, args.out, jobs=args.jobs,
-                  progress=not args.quiet, duts=args.duts, fuse_pools=args.fuse_pools, batch=args.batch, dsp=args.dsp)
+                  progress=not args.quiet, duts=args.duts, fuse_pools=args.fuse_pools, batch=args.batch, dsp=args.dsp,
+                  overlap_load=args.overlap_load)
     else:
         from .shards import run_distributed
 
         with executor.make(args.executor, args.scheduler, args.jobs) as ex:  # local + --scheduler: refused
             res = run_distributed(args.spec, images, args.simulator, args.lanes, ex, args.out, duts=args.duts,
                                   shards=args.shards, progress=not args.quiet, fuse_pools=args.fuse_pools,
-                                  batch=args.batch, dsp=args.dsp)
+                                  batch=args.batch, dsp=args.dsp, overlap_load=args.overlap_load)
     if args.report:
         os.makedirs(os.path.dirname(os.path.abspath(args.report)), exist_ok=True)
         with open(args.report, "a") as f:

@@ -5,14 +5,17 @@ cocotb resets the harness and pulses ``start`` once. The harness holds ``duts`` 
 accelerator, each with its own stream driver and monitor (module ``lenet_stream``); copy d takes
 images d, d + duts, d + 2 duts, ... of the batch. Each reads its images from one raw file
 (``+images=PATH``: ``+count=N`` images of ``pixels`` bytes, the uint8 pixels in the accelerator's
-stream order), streams each into ``i`` at full rate, counts the cycles with ``busy`` high, keeps
-the output beats and at ``done`` appends one line to its own results file (``PATH.d`` for
-``+results=PATH``, flushed at once):
+stream order), streams them into ``i`` back to back at full rate (the next image's first pixel waits
+on the stream as soon as the last one's is taken), counts the cycles with ``busy`` high since the
+last ``done``, keeps the output beats and at ``done`` appends one line to its own results file
+(``PATH.d`` for ``+results=PATH``, flushed at once):
 
     <k> <cycles> <beats seen> <beat 0> ... <beat B-1>     (decimal; then each o__payload in hex)
 
-where k counts that copy's images from 0. Its next image starts in the cycle after ``done``. When
-every copy has finished, ``finished`` rises.
+where k counts that copy's images from 0. An accelerator that loads between images takes the next
+one in the cycle after ``done``, an overlapped one (``hw.program.Program.overlap``) while the
+current one runs: its first image reports :func:`hw.perf.latency_cycles`, the others
+:func:`hw.perf.cycles_per_image`. When every copy has finished, ``finished`` rises.
 
 With an accelerator batch B > 1 (``batch``; :class:`hw.accelerator.Accelerator` ``batch=B``) each
 accelerator run takes a group of B images: group g is images gB .. gB + B - 1 of the file (copy d
@@ -37,7 +40,7 @@ MAX_BATCH = 64  # as hw.accelerator.Accelerator
 
 # the part of a stream's clocked block after it computed ``mine`` (runs of this copy): stream each
 # run's pixels, count busy cycles, keep the output beats, write the results line at ``done``
-_RUN_LOOP = """        n_done = 0; idx <= 0; nbeat <= 0; cycles <= 0;
+_RUN_LOOP = """        n_done = 0; n_fed = 0; idx <= 0; nbeat <= 0; cycles <= 0;
         if (mine == 0) finished <= 1;
         else begin
           running <= 1; finished <= 0; active <= 1;
@@ -45,9 +48,15 @@ _RUN_LOOP = """        n_done = 0; idx <= 0; nbeat <= 0; cycles <= 0;
         end
       end
       if (active && i_ready) begin
-        if (idx == PIXELS - 1) active <= 0;
-        else next_pixel;
-        idx <= idx + 1;
+        if (idx == PIXELS - 1) begin  // the next run's pixels wait on the stream at once
+          idx <= 0;
+          n_fed = n_fed + 1;
+          if (n_fed == mine) active <= 0;
+          else first_pixel;
+        end else begin
+          next_pixel;
+          idx <= idx + 1;
+        end
       end
       if (busy) cycles <= cycles + 1;
       if (o_valid) begin
@@ -61,13 +70,10 @@ _RUN_LOOP = """        n_done = 0; idx <= 0; nbeat <= 0; cycles <= 0;
         $fwrite(fout, "\\n");
         $fflush(fout);
         n_done = n_done + 1;
-        cycles <= 0; nbeat <= 0; idx <= 0;
+        cycles <= 0; nbeat <= 0;
         if (n_done == mine) begin
           running <= 0; finished <= 1;
           $fclose(fout);
-        end else begin
-          active <= 1;
-          first_pixel;
         end
       end
     end
@@ -124,7 +130,7 @@ def harness_verilog(top: str, payload_width: int, pixels: int, beats: int, duts:
 module lenet_stream #(parameter ID = 0) (input clk, input rst, input start, input [31:0] count,
                                          output reg finished);
   localparam DUTS = {duts}, PIXELS = {pixels}, BEATS = {beats};
-  integer fin, fout, mine, n_done, k, c;
+  integer fin, fout, mine, n_done, n_fed, k, c;
   reg [8 * 512 - 1:0] images_path, results_path, my_results;
   reg [31:0] idx, cycles;
   reg [7:0] pixel;
@@ -151,11 +157,11 @@ module lenet_stream #(parameter ID = 0) (input clk, input rst, input start, inpu
     end
   end
 
-  // the first pixel of this copy's image n_done onto the stream
+  // the first pixel of this copy's image n_fed onto the stream
   task first_pixel;
     begin
-      if ($fseek(fin, (ID + n_done * DUTS) * PIXELS, 0) != 0) begin
-        $display("lenet_harness: cannot seek to image %0d of %0s", ID + n_done * DUTS, images_path);
+      if ($fseek(fin, (ID + n_fed * DUTS) * PIXELS, 0) != 0) begin
+        $display("lenet_harness: cannot seek to image %0d of %0s", ID + n_fed * DUTS, images_path);
         $finish;
       end
       next_pixel;
@@ -166,7 +172,7 @@ module lenet_stream #(parameter ID = 0) (input clk, input rst, input start, inpu
     begin
       c = $fgetc(fin);
       if (c < 0) begin
-        $display("lenet_harness: %0s ends early (copy %0d, image %0d)", images_path, ID, n_done);
+        $display("lenet_harness: %0s ends early (copy %0d, image %0d)", images_path, ID, n_fed);
         $finish;
       end
       pixel <= c[7:0];
@@ -208,7 +214,7 @@ def _batch_harness(top: str, pw: int, pixels: int, beats: int, duts: int, period
 module lenet_stream #(parameter ID = 0) (input clk, input rst, input start, input [31:0] count,
                                          output reg finished);
   localparam DUTS = {duts}, PIXELS = {pixels}, BEATS = {beats}, BATCH = {batch};
-  integer {handles}, fout, groups, mine, n_done, first, k, c;
+  integer {handles}, fout, groups, mine, n_done, n_fed, first, k, c;
   reg [8 * 512 - 1:0] images_path, results_path, my_results;
   reg [31:0] idx, cycles;
   reg [8 * BATCH - 1:0] pixel;
@@ -235,10 +241,10 @@ module lenet_stream #(parameter ID = 0) (input clk, input rst, input start, inpu
     end
   end
 
-  // the first pixels of this copy's group n_done: image first + b of the file in bits 8b .. 8b + 7
+  // the first pixels of this copy's group n_fed: image first + b of the file in bits 8b .. 8b + 7
   task first_pixel;
     begin
-      first = (ID + n_done * DUTS) * BATCH;
+      first = (ID + n_fed * DUTS) * BATCH;
 {seeks}
       next_pixel;
     end

@@ -37,7 +37,8 @@ from .scoreboard import combine, split_streams
 POLL_SECONDS = 0.5
 
 
-def _spec_key(spec_dir: Path, lanes: int, fuse_pools: bool = False, batch: int = 1, dsp: str = "auto") -> str:
+def _spec_key(spec_dir: Path, lanes: int, fuse_pools: bool = False, batch: int = 1, dsp: str = "auto",
+              overlap_load: bool = False) -> str:
     """What the emitted Verilog depends on: the spec, the lanes, pool fusion, the accelerator batch
     and its DSP choice, and the generator's own source."""
     import hw
@@ -45,7 +46,7 @@ def _spec_key(spec_dir: Path, lanes: int, fuse_pools: bool = False, batch: int =
     h = hashlib.sha256()
     for f in ("spec.json", "weights.npz"):
         h.update((spec_dir / f).read_bytes())
-    h.update(str(lanes).encode() + (b" fused" if fuse_pools else b""))
+    h.update(str(lanes).encode() + (b" fused" if fuse_pools else b"") + (b" overlap" if overlap_load else b""))
     if batch != 1 or dsp != "auto":  # the defaults keep the keys (and builds) of before
         h.update(f" batch {batch} dsp {dsp}".encode())
     for src in sorted(Path(hw.__file__).parent.glob("*.py")):
@@ -53,9 +54,11 @@ def _spec_key(spec_dir: Path, lanes: int, fuse_pools: bool = False, batch: int =
     return h.hexdigest()[:16]
 
 
-def work_name(spec_dir: Path, lanes: int, fuse_pools: bool = False, batch: int = 1, dsp: str = "auto") -> str:
+def work_name(spec_dir: Path, lanes: int, fuse_pools: bool = False, batch: int = 1, dsp: str = "auto",
+              overlap_load: bool = False) -> str:
     """The directory (under ``out``) of a spec's Verilog and simulator builds."""
     return (f"{Path(spec_dir).resolve().name}-L{lanes}" + ("-fused" if fuse_pools else "")
+            + ("-overlap" if overlap_load else "")
             + (f"-B{batch}" if batch != 1 else "") + (f"-{dsp}" if dsp != "auto" else ""))
 
 
@@ -66,7 +69,8 @@ def prepare_verilog(spec, spec_dir: Path, lanes: int, out: Path, program=None, b
     again; a program with fused pools is keyed apart)."""
     from hw.generate import generate
 
-    key = _spec_key(spec_dir, lanes, bool(program is not None and program.fused), batch, dsp)
+    key = _spec_key(spec_dir, lanes, bool(program is not None and program.fused), batch, dsp,
+                    bool(program is not None and program.overlap))
     stamp = out / "key.txt"
     mpath = out / "manifest.json"
     if stamp.is_file() and stamp.read_text() == key and mpath.is_file():
@@ -93,10 +97,10 @@ class _Shard:
     running groups of ``batch`` images)."""
 
     def __init__(self, k: int, sel: np.ndarray, directory: Path, duts: int, golden, model_cycles: int,
-                 batch: int = 1):
+                 batch: int = 1, model_first: int | None = None):
         self.k, self.sel, self.directory = k, sel, directory
         self.streams = split_streams(sel, directory / "results.txt", duts, golden.predictions, golden.scores,
-                                     model_cycles, batch)
+                                     model_cycles, batch, model_first)
         self.error: str | None = None
 
     @property
@@ -121,18 +125,21 @@ def default_duts(simulator: str, images_per_process: int) -> int:
 def run(spec_dir, images: np.ndarray, simulator: str = "icarus", lanes: int = 8, waves: bool = False,
         out: str | os.PathLike = "build/sim", trace_on_mismatch: bool = True, verilog: Path | None = None,
         jobs: int = 1, progress: bool = False, duts: int | None = None, fuse_pools: bool = False,
+        overlap_load: bool = False,
         batch: int = 1, dsp: str = "auto") -> dict:
     """Simulate ``images`` (uint8, the spec's C x H x W input, or what
     :func:`model.data.fit_images` adapts to it, e.g. MNIST digits) and compare with the emulator.
     ``jobs`` simulator processes of ``duts`` accelerator copies each (default:
     :func:`default_duts`). ``progress`` shows a bar on a terminal, periodic lines otherwise.
-    ``fuse_pools``: the spec compiled with its fusable pools in their conv layers' drains.
+    ``fuse_pools``: the spec compiled with its fusable pools in their conv layers' drains;
+    ``overlap_load``: with each image loaded while the one before runs (each copy's first image then
+    takes :func:`hw.perf.latency_cycles`, the others :func:`hw.perf.cycles_per_image`).
     ``batch`` = B: an accelerator of B images in lockstep (``Accelerator(batch=B, dsp=dsp)``;
     ``dsp``: auto = rtl without a platform, or sb_mac16 Instances, simulated with Yosys' model):
     each run takes a group of B consecutive images of a shard, the last group padded with blank
     images that are not scored; every image reports its run's cycles, which must equal the cycle
     model's (per run, as for one image)."""
-    from hw.perf import cycles_per_image
+    from hw.perf import schedule
     from hw.program import compile_spec
     from quantize import spec as qspec
     from quantize.emulator import Emulator
@@ -147,10 +154,10 @@ def run(spec_dir, images: np.ndarray, simulator: str = "icarus", lanes: int = 8,
     images = fit_images(np.asarray(images), spec.input_shape)  # before any build: bad input fails at once
     try:
         # one compiled program for the Verilog, the cycle model and the tracer
-        prog = compile_spec(spec, lanes, fuse_pools=fuse_pools)
+        prog = compile_spec(spec, lanes, fuse_pools=fuse_pools, overlap_load=overlap_load)
     except ValueError as e:
         raise UserError(str(e)) from None
-    work = Path(out) / work_name(spec_dir, lanes, fuse_pools, batch, dsp)
+    work = Path(out) / work_name(spec_dir, lanes, fuse_pools, batch, dsp, overlap_load)
     vpath, manifest = prepare_verilog(spec, spec_dir, lanes, work, program=prog, batch=batch, dsp=dsp)
     if verilog is not None:  # a given (e.g. deliberately corrupted) copy of the Verilog
         vpath = Path(verilog)
@@ -166,7 +173,8 @@ def run(spec_dir, images: np.ndarray, simulator: str = "icarus", lanes: int = 8,
     duts = max(1, min(duts or default_duts(simulator, per_process), per_process))
     emulator = Emulator(spec)
     golden = emulator.run(images, keep=False)  # classes and scores; the layers' tensors only for a trace
-    model = cycles_per_image(spec, lanes, program=prog)
+    sched = schedule(spec, lanes, program=prog)
+    model, model_first = sched["cycles_per_image"], sched["latency_cycles"]
 
     def harness(n_duts: int) -> Path:
         hpath = work / f"{HARNESS}_x{n_duts}.v"
@@ -194,6 +202,7 @@ def run(spec_dir, images: np.ndarray, simulator: str = "icarus", lanes: int = 8,
                "results": str((test_dir / "results.txt").resolve()),
                "golden": str((test_dir / "golden.npz").resolve()), "result": str((test_dir / "result.json").resolve()),
                "beats": beats, "score_width": sw, "payload_width": pw, "model_cycles": model,
+               "model_first": model_first,
                "trace": trace, "layers": layer_table(prog) if trace else []}
         atomic_write_text(test_dir / "config.json", json.dumps(cfg))
         plusargs = [f"+images={(test_dir / 'images.bin').resolve()}", f"+results={(test_dir / 'results.txt').resolve()}",
@@ -204,7 +213,7 @@ def run(spec_dir, images: np.ndarray, simulator: str = "icarus", lanes: int = 8,
     # shards of consecutive images (whole groups of the accelerator batch: only the last group of
     # all is short) run in parallel simulator processes, one build shared
     shards = [_Shard(k, np.arange(g[0] * batch, min((g[-1] + 1) * batch, len(images))), run_dir / f"shard{k}",
-                     duts, golden, model, batch)
+                     duts, golden, model, batch, model_first)
               for k, g in enumerate(np.array_split(np.arange(n_groups), jobs))]
     bar = Progress(len(images), "image", f"sim {spec_dir.name} {simulator}", enabled=progress)
     stop = threading.Event()
@@ -237,11 +246,15 @@ def run(spec_dir, images: np.ndarray, simulator: str = "icarus", lanes: int = 8,
     scored = combine(streams, len(images))
     done, cycles, first, classes = scored["images"], scored["cycles"], scored["first_mismatch"], scored["classes"]
     runs = scored["run_cycles"]
-    # cycles_per_image: what each image reported, its accelerator run's cycles (with a batch: the batch's)
-    result = {"spec": str(spec_dir), "simulator": simulator, "lanes": lanes, "fuse_pools": fuse_pools, "images": done,
+    # cycles_per_image: what each image reported, its accelerator run's cycles (with a batch: the
+    # batch's), after each copy's first run (which with an overlapped load takes its latency)
+    steady = scored["steady_cycles"] or cycles
+    result = {"spec": str(spec_dir), "simulator": simulator, "lanes": lanes, "fuse_pools": fuse_pools,
+              "overlap_load": prog.overlap, "images": done,
               "mismatches": scored["mismatches"], "first_mismatch": first,
-              "cycles_per_image": int(cycles[0]) if cycles and len(set(cycles)) == 1 else cycles,
-              "cycles_per_image_model": model, "cycles_match_model": bool(cycles) and all(c == model for c in cycles),
+              "cycles_per_image": int(steady[0]) if steady and len(set(steady)) == 1 else steady,
+              "cycles_per_image_model": model, "cycles_match_model": bool(cycles) and scored["cycles_match_model"],
+              "latency_cycles": sorted(set(scored["first_cycles"])), "latency_cycles_model": model_first,
               "sim_seconds": round(sim_s, 2), "build_seconds": round(build_s, 2),
               "images_per_s": round(done / sim_s, 2) if sim_s else None,
               "cycles_per_s": round(sum(runs) / sim_s) if sim_s else None,

@@ -78,16 +78,20 @@ class Scoreboard:
     """Compares results with ``golden_classes`` (N) and ``golden_scores`` (N x classes).
 
     ``index`` (N) maps the results' local image numbers 0..N-1 to the batch's (for the report);
-    ``model_cycles`` is the cycle model's cycles per image (every image must take exactly that many).
+    ``model_cycles`` is the cycle model's cycles per image (every image must take exactly that many),
+    ``model_first`` those of a copy's first image where they differ (an overlapped program's latency,
+    :func:`hw.perf.latency_cycles`: the first load is not hidden).
     """
 
     golden_classes: np.ndarray
     golden_scores: np.ndarray
     model_cycles: int
     index: np.ndarray | None = None
+    model_first: int | None = None
     classes: list[int] = field(default_factory=list)
     scores: list[list[int]] = field(default_factory=list)
     cycles: list[int] = field(default_factory=list)
+    expected_cycles: list[int] = field(default_factory=list)
     mismatches: int = 0
     first_mismatch: dict | None = None
 
@@ -95,8 +99,9 @@ class Scoreboard:
     def done(self) -> int:
         return len(self.classes)
 
-    def add(self, r: ImageResult) -> bool:
-        """Score one image (they must come in order); True if it matches the emulator exactly."""
+    def add(self, r: ImageResult, first: bool | None = None) -> bool:
+        """Score one image (they must come in order); True if it matches the emulator exactly.
+        ``first``: it ran in the copy's first accelerator run (default: it is image 0)."""
         if r.image != self.done:
             raise ValueError(f"results out of order: image {r.image} after {self.done} images")
         n = int(self.index[r.image]) if self.index is not None else r.image
@@ -105,6 +110,8 @@ class Scoreboard:
         self.classes.append(r.cls)
         self.scores.append(r.scores)
         self.cycles.append(r.cycles)
+        first = r.image == 0 if first is None else first
+        self.expected_cycles.append(self.model_first if first and self.model_first is not None else self.model_cycles)
         ok = r.protocol_error is None and r.cls == exp_cls and r.scores == exp_scores
         if not ok:
             self.mismatches += 1
@@ -125,7 +132,7 @@ class Scoreboard:
 
     @property
     def cycles_match_model(self) -> bool:
-        return all(c == self.model_cycles for c in self.cycles)
+        return all(c == e for c, e in zip(self.cycles, self.expected_cycles))
 
 
 def read_complete_lines(path, skip: int = 0) -> list[str]:
@@ -148,12 +155,12 @@ class ResultsStream:
     line) how many of its B images are real (the rest is padding, not scored)."""
 
     def __init__(self, sel: np.ndarray, path, classes: np.ndarray, scores: np.ndarray, model_cycles: int,
-                 batch: int = 1, groups: list[int] | None = None):
+                 batch: int = 1, groups: list[int] | None = None, model_first: int | None = None):
         self.sel, self.path, self.batch = sel, path, batch
         self.groups = groups if groups is not None else [1] * len(sel)
         if sum(self.groups) != len(sel) or any(not 1 <= g <= batch for g in self.groups):
             raise ValueError(f"groups {self.groups} do not split {len(sel)} images into runs of at most {batch}")
-        self.board = Scoreboard(classes[sel], scores[sel], model_cycles, index=sel)
+        self.board = Scoreboard(classes[sel], scores[sel], model_cycles, index=sel, model_first=model_first)
         self.lines = 0  # accelerator runs scored
         self.run_cycles: list[int] = []  # cycles of each run
 
@@ -172,22 +179,24 @@ class ResultsStream:
                 for j, r in enumerate(results):
                     r.image = self.board.done + j
             for r in results:
-                self.board.add(r)
+                self.board.add(r, first=self.lines == 0)
             self.run_cycles.append(results[0].cycles)
             self.lines += 1
 
 
 def split_streams(sel: np.ndarray, results_base, duts: int, classes: np.ndarray, scores: np.ndarray,
-                  model_cycles: int, batch: int = 1) -> list[ResultsStream]:
+                  model_cycles: int, batch: int = 1, model_first: int | None = None) -> list[ResultsStream]:
     """The streams of one simulator process that ran images ``sel`` on ``duts`` copies: copy d ran
     ``sel[d::duts]`` and wrote ``<results_base>.d`` (see :mod:`sim.harness`). With an accelerator
-    batch B > 1 the images form groups of B (the last one short) and copy d ran groups d, d + duts, ..."""
+    batch B > 1 the images form groups of B (the last one short) and copy d ran groups d, d + duts, ...
+    ``model_first``: the cycles of each copy's first run, where they differ from ``model_cycles``."""
     if batch == 1:
-        return [ResultsStream(sel[d::duts], f"{results_base}.{d}", classes, scores, model_cycles)
+        return [ResultsStream(sel[d::duts], f"{results_base}.{d}", classes, scores, model_cycles,
+                              model_first=model_first)
                 for d in range(min(duts, len(sel)))]
     groups = [sel[g:g + batch] for g in range(0, len(sel), batch)]
     return [ResultsStream(np.concatenate(groups[d::duts]), f"{results_base}.{d}", classes, scores, model_cycles,
-                          batch, [len(g) for g in groups[d::duts]])
+                          batch, [len(g) for g in groups[d::duts]], model_first)
             for d in range(min(duts, len(groups)))]
 
 
@@ -201,6 +210,17 @@ def combine(streams: list[ResultsStream], n: int) -> dict:
     firsts = [s.board.first_mismatch for s in streams if s.board.first_mismatch is not None]
     return {"images": sum(s.board.done for s in streams), "classes": classes.tolist(),
             "cycles": [c for s in streams for c in s.board.cycles],
+            # every image's cycles equal the model's (a copy's first run: its latency)
+            "cycles_match_model": all(s.board.cycles_match_model for s in streams),
+            # the cycles of images after their copy's first run (the throughput's), and of first runs
+            "steady_cycles": [c for s in streams for c, r in zip(s.board.cycles, _first_runs(s)) if not r],
+            "first_cycles": [c for s in streams for c, r in zip(s.board.cycles, _first_runs(s)) if r],
             "run_cycles": [c for s in streams for c in s.run_cycles],
             "mismatches": sum(s.board.mismatches for s in streams),
             "first_mismatch": min(firsts, key=lambda f: f["image"]) if firsts else None}
+
+
+def _first_runs(stream: ResultsStream) -> list[bool]:
+    """For each image the stream scored: did it run in the copy's first accelerator run?"""
+    n0 = stream.groups[0] if stream.groups else 0
+    return [j < n0 for j in range(stream.board.done)]

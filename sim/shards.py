@@ -42,9 +42,10 @@ def run_shard(ctx: dict, item) -> dict:
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_bytes(data)
     fuse, batch, dsp = ctx.get("fuse_pools", False), ctx.get("batch", 1), ctx.get("dsp", "auto")
+    overlap = ctx.get("overlap_load", False)
     r = run(spec_dir, images, ctx["simulator"], ctx["lanes"], out=root / "out", trace_on_mismatch=False, jobs=1,
-            duts=ctx["duts"], fuse_pools=fuse, batch=batch, dsp=dsp)
-    work = root / "out" / work_name(spec_dir, ctx["lanes"], fuse, batch, dsp) / ctx["simulator"]
+            duts=ctx["duts"], fuse_pools=fuse, batch=batch, dsp=dsp, overlap_load=overlap)
+    work = root / "out" / work_name(spec_dir, ctx["lanes"], fuse, batch, dsp, overlap) / ctx["simulator"]
     r["classes"] = json.loads((work / "result.json").read_text())["classes"]
     r.update(shard=k, start=start, worker_pid=os.getpid())
     return r
@@ -52,7 +53,7 @@ def run_shard(ctx: dict, item) -> dict:
 
 def run_distributed(spec_dir, images: np.ndarray, simulator: str, lanes: int, executor, out="build/sim",
                     duts: int | None = None, shards: int | None = None, progress: bool = False,
-                    fuse_pools: bool = False, batch: int = 1, dsp: str = "auto") -> dict:
+                    fuse_pools: bool = False, batch: int = 1, dsp: str = "auto", overlap_load: bool = False) -> dict:
     """Simulate ``images`` as shards on ``executor``; the same result dict as :func:`sim.runner.run`.
     With an accelerator ``batch`` B every shard but the last holds whole groups of B images."""
     from quantize import spec as qspec
@@ -66,12 +67,13 @@ def run_distributed(spec_dir, images: np.ndarray, simulator: str, lanes: int, ex
     spec = qspec.load(spec_dir)
     images = fit_images(np.asarray(images), spec.input_shape)
     files = {name: (spec_dir / name).read_bytes() for name in SPEC_FILES}
-    h = hashlib.sha256(f"{simulator} {lanes} {duts} {code_digest()}{' fused' if fuse_pools else ''}".encode()
+    h = hashlib.sha256(f"{simulator} {lanes} {duts} {code_digest()}{' fused' if fuse_pools else ''}"
+                       f"{' overlap' if overlap_load else ''}".encode()
                        + (f" batch {batch} dsp {dsp}".encode() if batch != 1 or dsp != "auto" else b""))
     for name in SPEC_FILES:
         h.update(files[name])
     ctx = {"token": h.hexdigest()[:16], "spec": files, "simulator": simulator, "lanes": lanes, "duts": duts,
-           "fuse_pools": fuse_pools, "batch": batch, "dsp": dsp}
+           "fuse_pools": fuse_pools, "batch": batch, "dsp": dsp, "overlap_load": overlap_load}
     n_groups = -(-len(images) // batch)
     n = min(shards or max(2 * executor.workers, -(-len(images) // 2000)), n_groups)
     bounds = [np.arange(g[0] * batch, min((g[-1] + 1) * batch, len(images)))
@@ -102,7 +104,7 @@ def run_distributed(spec_dir, images: np.ndarray, simulator: str, lanes: int, ex
                       if wall and isinstance(result["cycles_per_image"], int) else None)
     from .runner import work_name
 
-    work = Path(out) / work_name(spec_dir, lanes, fuse_pools, batch, dsp) / f"{simulator}-{executor.kind}"
+    work = Path(out) / work_name(spec_dir, lanes, fuse_pools, batch, dsp, overlap_load) / f"{simulator}-{executor.kind}"
     if errors:
         partial = work / "partial.json"
         atomic_write_text(partial, json.dumps({**result, "images_requested": len(images)}))
@@ -113,7 +115,7 @@ def run_distributed(spec_dir, images: np.ndarray, simulator: str, lanes: int, ex
     if first is not None:  # the tracer, here: one image
         n_img = first["image"]
         local = run(spec_dir, images[[n_img]], simulator, lanes, out=out, trace_on_mismatch=True, jobs=1,
-                    fuse_pools=fuse_pools, batch=batch, dsp=dsp)
+                    fuse_pools=fuse_pools, batch=batch, dsp=dsp, overlap_load=overlap_load)
         if local["first_mismatch"]:
             first["trace"] = local["first_mismatch"].get("trace")
     atomic_write_text(work / "result.json", json.dumps(result))

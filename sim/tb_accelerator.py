@@ -103,7 +103,7 @@ async def accelerator_matches_emulator(dut):
     # its lines are in results.d
     n = cfg["count"]
     streams = split_streams(np.arange(n), cfg["results"], cfg["duts"], golden["predictions"], golden["scores"],
-                            cfg["model_cycles"], cfg.get("batch", 1))
+                            cfg["model_cycles"], cfg.get("batch", 1), cfg.get("model_first"))
     for s in streams:
         s.poll(cfg["beats"], cfg["score_width"], cfg["payload_width"])
     results = combine(streams, n)
