@@ -11,6 +11,7 @@ from .fixed import requantize
 from .layout import address, log2
 from .pool import PoolStage
 from .program import POOL_LATENCY, Program, addr_width, drain_turns
+from .sequencer import n0_range, tile_range
 
 
 class Activation(wiring.Component):
@@ -61,14 +62,13 @@ class Activation(wiring.Component):
             "capture": In(1),
             "acc": In(signed(program.acc_width)).array(*self._dims(P)),
             "layer": In(range(max(n, 2))),
-            "ty": In(8),
-            "tx": In(8),
+            "ty": In(tile_range(program)),
+            "tx": In(tile_range(program)),
             "map_off": In(unsigned(aw)),
-            "n0": In(16),
+            "n0": In(n0_range(program)),
             "bias_addr": In(range(max(len(program.bias_words), 2))),
             "mask": In(P),
             "we": Out(1),
-            "we_next": Out(1),  # ``we`` in the next cycle
             "waddr": Out(unsigned(aw + bw)),
             "wdata": Out(signed(program.fm_width)).array(*self._dims()),
             "score_we": Out(1),
@@ -100,7 +100,8 @@ class Activation(wiring.Component):
         mask = Signal(P)
         layer = Signal.like(self.layer)
         ty, tx, map_off, n0 = Signal.like(self.ty), Signal.like(self.tx), Signal.like(self.map_off), Signal.like(self.n0)
-        bias_addr = Signal.like(self.bias_addr)
+        lane_bias, pbias = Signal.like(self.bias_addr), Signal.like(self.bias_addr)  # bias ROM addresses
+        per_lane, per_lane_now = Signal(), Signal()
         k = Signal(range(d_max + 1))
         active = Signal()
         m.d.comb += self.busy.eq(active)
@@ -115,16 +116,18 @@ class Activation(wiring.Component):
             pool = pools[0]
             fused_now, pmax_now, pstage_now, last_now = Signal(), Signal(), Signal.like(pstage), Signal.like(k)
             cbase_now, cbase = Signal.like(pool.coef_addr), Signal.like(pool.coef_addr)
+            pbase_now = Signal.like(self.bias_addr)
             m.d.comb += last_now.eq(P - 1)
             with m.Switch(self.layer):
                 for i, lp in enumerate(prog.layers):
                     if lp.pool is not None:
                         with m.Case(i):
                             m.d.comb += [fused_now.eq(1), pmax_now.eq(lp.pool.op == "max"), cbase_now.eq(lp.coef_base),
-                                         pstage_now.eq(pool_stage[id(lp)]), last_now.eq(drain_turns(lp, P) - 1)]
+                                         pstage_now.eq(pool_stage[id(lp)]), last_now.eq(drain_turns(lp, P) - 1),
+                                         pbase_now.eq(lp.pool.bias_base)]
             with m.If(self.capture):
                 m.d.sync += [fused.eq(fused_now), pmax.eq(pmax_now), pstage.eq(pstage_now), last_turn.eq(last_now),
-                             cbase.eq(cbase_now)]
+                             cbase.eq(cbase_now), pbias.eq(pbase_now + self.n0)]
             m.d.comb += [p.coef_addr.eq(cbase + n0) for p in pools]
         else:
             m.d.comb += last_turn.eq(P - 1)
@@ -138,7 +141,7 @@ class Activation(wiring.Component):
                 m.d.sync += accs[b][q].eq(Mux(self.capture, self._of(self.acc, b)[q], Mux(active, shifted, accs[b][q])))
         with m.If(self.capture):
             m.d.sync += [mask.eq(self.mask), layer.eq(self.layer), ty.eq(self.ty), tx.eq(self.tx),
-                         map_off.eq(self.map_off), n0.eq(self.n0), bias_addr.eq(self.bias_addr), k.eq(0), active.eq(1)]
+                         map_off.eq(self.map_off), n0.eq(self.n0), k.eq(0), active.eq(1)]
         with m.Elif(active):
             m.d.sync += [mask.eq(mask >> 1), k.eq(k + 1)]
             with m.If(k == last_turn):
@@ -160,16 +163,18 @@ class Activation(wiring.Component):
         m.d.comb += [y.eq((ty << lr) | dy), x.eq((tx << lc) | dx)]
         bank = Signal(max(1, log2(P)))
         word = Signal(aw)
-        per_lane = Signal()
         # a fused layer: lane turns feed the pool stage (window pw, first lane pf); window turns
         # (jw) read it; the stage of a turn names the layer or pool whose constants it uses
         win_turn, lane_turn = Signal(), Signal()
         stage = Signal.like(pstage)
         pw, jw = Signal(8), Signal(8)
         pf, wmask = Signal(), Signal()
-        pbias = Signal.like(bias_addr)
         if F:
-            m.d.comb += [p.run.eq(active & fused & (k >= P + POOL_LATENCY)) for p in pools]
+            # the window turns (k >= P + POOL_LATENCY while active), from a register: the turn
+            # counter's compare stays out of the paths to the bias ROM and the write address
+            run = Signal()
+            m.d.sync += run.eq(~self.capture & active & fused & (k != last_turn) & (k >= P + POOL_LATENCY - 1))
+            m.d.comb += [p.run.eq(run) for p in pools]
             m.d.comb += [win_turn.eq(pool.run & pool.valid),
                          lane_turn.eq(fused & (k < P)), jw.eq(pool.rd), stage.eq(Mux(win_turn, pstage, layer))]
         else:
@@ -184,9 +189,8 @@ class Activation(wiring.Component):
                         wy, wx = (jw >> cx) if ry else Const(0, 1), (jw[:cx] if cx else Const(0, 1))
                         py, px = Signal(8, name=f"py{i}"), Signal(8, name=f"px{i}")
                         m.d.comb += [py.eq((ty << ry) | wy), px.eq((tx << cx) | wx),
-                                     wmask.eq((py < lp.out_h) & (px < lp.out_w)), pbias.eq(lp.bias_base + n0)]
+                                     wmask.eq((py < lp.out_h) & (px < lp.out_w))]
                         yy, xx = py, px
-                    m.d.comb += per_lane.eq(lp.bias_per_lane)
                     if lp.pool is not None:  # the lane's window of the tile; its first lane starts it
                         kp = lp.pool.spec.kernel
                         lk, cx = log2(kp), log2(C // kp)
@@ -201,7 +205,15 @@ class Activation(wiring.Component):
                         continue
                     b, w = address(lay, yy + lay.pad, xx + lay.pad, 256 + 2 * lay.pad)
                     m.d.comb += [bank.eq(b), word.eq(lay.base + map_off + w)]
-        lane_bias = bias_addr + Mux(per_lane, k, 0)
+        # lane turns read bias bias_addr (+ k where the layer has one per lane), counted in a register
+        with m.Switch(self.layer):
+            for i, lp in enumerate(prog.layers):
+                with m.Case(i):
+                    m.d.comb += per_lane_now.eq(lp.bias_per_lane)
+        with m.If(self.capture):
+            m.d.sync += [lane_bias.eq(self.bias_addr), per_lane.eq(per_lane_now)]
+        with m.Elif(active & per_lane):
+            m.d.sync += lane_bias.eq(lane_bias + 1)
         m.d.comb += brp.addr.eq(Mux(win_turn, pbias, lane_bias) if F else lane_bias)
 
         # d1: the bias arrives; the sum is registered (a block RAM's output is slow: no more logic after it)
@@ -248,7 +260,7 @@ class Activation(wiring.Component):
         we3, from_rom3 = Signal(), Signal()
         waddr3 = Signal.like(self.waddr, reset_less=True)
         m.d.sync += [we3.eq(v2 & ~is_score2), waddr3.eq(waddr2), from_rom3.eq(from_rom2)]
-        m.d.comb += [self.we.eq(we3), self.we_next.eq(v2 & ~is_score2), self.waddr.eq(waddr3)]
+        m.d.comb += [self.we.eq(we3), self.waddr.eq(waddr3)]
         for b in range(B):
             state3 = Signal.like(state2[b], name="state3" + sfx[b], reset_less=True)
             m.d.sync += state3.eq(state2[b])

@@ -67,7 +67,7 @@ class Engine(wiring.Component):
         m.submodules.act = act = Activation(prog, images=B)
         m.d.comb += [act.capture.eq(ctl.capture), act.layer.eq(ctl.layer), act.ty.eq(ctl.ty), act.tx.eq(ctl.tx),
                      act.map_off.eq(ctl.map_off), act.n0.eq(ctl.n0), act.bias_addr.eq(ctl.bias_addr),
-                     act.mask.eq(ctl.mask), ctl.drain_we_next.eq(act.we_next)]
+                     act.mask.eq(ctl.mask)]
         # the feature memories: images in lockstep write the same words at the same addresses, so
         # several share one window, side by side in its words
         pack = images_per_window(prog.fm_words, dw, platform, B)

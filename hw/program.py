@@ -350,15 +350,17 @@ def compile_spec(spec: QuantSpec, lanes: int = 8, fuse_pools: bool = False, pool
 
 
 def load_fits(prog: Program) -> bool:
-    """True if an overlapped load surely ends before the image it loads is due: layers 1.. (plus
-    FINISH, OUTPUT and DONE) last at least the load's cycles plus every cycle they could take the
-    write port from the loader (each fill word, each drain turn of every group)."""
-    from .perf import layer_cycles
-
-    later = prog.layers[1:]
-    span = sum(layer_cycles(lp, prog.lanes, prog.gap)["cycles"] for lp in later) + 1 + prog.output_beats + 1
-    busy = sum(lp.fill_count + lp.group_count * drain_turns(lp, prog.lanes) for lp in later)
-    return span - busy >= prog.load_cycles + 2
+    """True if an overlapped load surely ends before the image it loads is due. The loader writes
+    only while the drain is quiet (the sequencer: from D + 2 cycles after a group's capture, D the
+    longest drain): every group of layers 1.. (taps, plus its wait for the drain) leaves at least
+    its length less D + 3 such cycles, and they must hold the load's cycles."""
+    P = prog.lanes
+    d = max(drain_turns(lp, P) for lp in prog.layers)
+    free = 0
+    for lp in prog.layers[1:]:
+        per_group = [t for t in lp.taps for _ in range(lp.groups)] if lp.mode == "conv" else lp.taps * lp.groups
+        free += sum(max(0, t + max(0, drain_turns(lp, P) - t) - (d + 3)) for t in per_group)
+    return free >= prog.load_cycles + 2
 
 
 def _conv_layer(l: LayerSpec, lin: Layout, R: int, C: int, tap_words: list, bias_words: list, kw: dict) -> LayerProgram:

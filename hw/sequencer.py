@@ -26,6 +26,16 @@ from .program import Program, addr_width, drain_turns
 from .weights import WeightMemory
 
 
+def tile_range(prog: Program) -> range:
+    """The values of a tile coordinate (``ty``, ``tx``) of any layer, one past the last tile."""
+    return range(max([max(lp.tiles) for lp in prog.layers] + [1]) + 1)
+
+
+def n0_range(prog: Program) -> range:
+    """The values of ``n0``: a conv layer's output map, or a dense group's first neuron."""
+    return range(max(max(lp.n_out, lp.maps) for lp in prog.layers) + prog.lanes + 1)
+
+
 def control_signature(prog: Program) -> wiring.Signature:
     """What the sequencer tells every engine each cycle (``Out`` on the sequencer's side)."""
     aw, P = addr_width(prog), prog.lanes
@@ -37,17 +47,14 @@ def control_signature(prog: Program) -> wiring.Signature:
         # the lanes (stage 4): one weight per lane, packed
         "lane_w": Out(unsigned(P * prog.weight_width)), "mac_valid": Out(1), "mac_first": Out(1), "mac_max": Out(1),
         # the drain (stage 6)
-        "capture": Out(1), "layer": Out(range(max(len(prog.layers), 2))), "ty": Out(8), "tx": Out(8),
-        "map_off": Out(unsigned(aw)), "n0": Out(16), "bias_addr": Out(range(max(len(prog.bias_words), 2))),
+        "capture": Out(1), "layer": Out(range(max(len(prog.layers), 2))), "ty": Out(tile_range(prog)), "tx": Out(tile_range(prog)),
+        "map_off": Out(unsigned(aw)), "n0": Out(n0_range(prog)), "bias_addr": Out(range(max(len(prog.bias_words), 2))),
         "mask": Out(P),
         # feature-memory writes of the loader and the fill: the input table's word, or a pad code
         "in_lut_addr_hi": Out(range(max(prog.image_shape[0], 2))),  # channel: the table to read
         "fm_we": Out(1), "fm_waddr": Out(unsigned(aw + bw)), "fm_pad": Out(1), "fm_pad_code": Out(signed(prog.fm_width)),
         # output beat: 0 the class, 1 + j score j
         "out_beat": Out(range(prog.output_beats + 1)),
-        # from the engines: the drain writes the feature memory in the next cycle (the loader of an
-        # overlapped program waits for a free write port)
-        "drain_we_next": In(1),
     })
 
 
@@ -116,15 +123,22 @@ class Sequencer(wiring.Component):
 
         conv_maps = [(i, o) for i, lp in enumerate(layers) if lp.mode == "conv" for o in range(lp.maps)]
         # taps and drain waits per conv map in network order (one spare entry: "the map after the last")
-        tm1_arr = Array([Const(layers[i].taps[o] - 1, 16) for i, o in conv_maps] + [Const(0, 16)])
-        wait_arr = Array([Const(max(0, drain_turns(layers[i], P) - layers[i].taps[o]), 16) for i, o in conv_maps] + [Const(0, 16)])
+        # counters as wide as the program needs (a narrower compare is a shorter path)
+        taps = range(max(t for lp in layers for t in lp.taps) + 1)
+        waits = [max(0, drain_turns(lp, P) - t) for lp in layers for t in lp.taps]
+        wait_shape = range(max(waits + [prog.gap, 1]) + 1)
+        tm1_arr = Array([Const(layers[i].taps[o] - 1, taps) for i, o in conv_maps] + [Const(0, taps)])
+        wait_arr = Array([Const(max(0, drain_turns(layers[i], P) - layers[i].taps[o]), wait_shape)
+                          for i, o in conv_maps] + [Const(0, wait_shape)])
         layer = Signal(range(max(len(layers), 2)))
         k = layer_constants(m, prog, layer)
 
-        o_cnt, g_cnt, t_cnt = Signal(16), Signal(16), Signal(16)  # output map (conv), group, tap in the group
+        o_cnt = Signal(range(max(lp.maps for lp in layers) + 1))  # output map (conv)
+        g_cnt = Signal(range(max(lp.groups for lp in layers) + 1))  # group
+        t_cnt = Signal(taps)  # tap in the group
         gm = Signal(range(max(len(conv_maps), 2)))  # global conv map index
-        p0 = Signal(16)  # first neuron of the group (dense)
-        ty, tx = Signal(8), Signal(8)  # tile (conv)
+        p0 = Signal(n0_range(prog))  # first neuron of the group (dense)
+        ty, tx = Signal(tile_range(prog)), Signal(tile_range(prog))  # tile (conv)
         tile_off, row_off = Signal(AW), Signal(AW)  # word offset of the tile, of its tile row
         map_off = Signal(AW)  # first word of output map o_cnt in the next layer's layout
         dc_off, dy_, dx_ = Signal(AW), Signal(8), Signal(8)  # dense: input (c, y, x) of the current tap
@@ -132,13 +146,12 @@ class Sequencer(wiring.Component):
         tap_map_base = Signal.like(tap_ptr)
         dense_ptr = Signal.like(tap_ptr)
         bias_ptr = Signal.like(ctl.bias_addr)
-        waits = [max(0, drain_turns(lp, P) - t) for lp in layers for t in lp.taps]
         counter = Signal(range(max([lp.fill_count for lp in layers] + waits + [prog.gap]) + 1))
         fill_ptr = Signal(range(max(len(prog.fill_words), 2)))
 
         # the taps (minus one) and the drain wait of this group and of the next map's, with the
         # wait's "not zero" kept as a flag: the next state reads registers and short compares only
-        tm1, wait_cur, nxt_tm1, nxt_wait = Signal(16), Signal(16), Signal(16), Signal(16)
+        tm1, nxt_tm1, wait_cur, nxt_wait = Signal(taps), Signal(taps), Signal(wait_shape), Signal(wait_shape)
         wait_cur_nz, nxt_wait_nz = Signal(), Signal()
         gm_next = Signal(range(len(conv_maps) + 2), init=1)  # gm + 1, counted alongside gm
         m.d.sync += [nxt_tm1.eq(tm1_arr[gm_next]), nxt_wait.eq(wait_arr[gm_next]),
@@ -181,7 +194,16 @@ class Sequencer(wiring.Component):
         loaded, in_use = Signal(), Signal()
         load_last = (load_x == wp_ - 1) & (load_y == hp - 1) & (load_c == ch - 1)
         if overlap:
-            m.d.comb += [loading.eq(~loaded & ~in_use & ~filling & ~ctl.drain_we_next),
+            # the drain's writes end D + 3 cycles after its capture (D: the longest drain): the loader
+            # writes only in the quiet cycles after that, told by a counter since the last capture
+            # (registers only before ``i_ready``: no path from the drain or the stream through it)
+            quiet_after = max(drain_turns(lp, P) for lp in layers) + 2
+            since_cap = Signal(range(quiet_after + 1), init=quiet_after)
+            with m.If(ctl.capture):
+                m.d.sync += since_cap.eq(0)
+            with m.Elif(since_cap != quiet_after):
+                m.d.sync += since_cap.eq(since_cap + 1)
+            m.d.comb += [loading.eq(~loaded & ~in_use & ~filling & (since_cap == quiet_after)),
                          self.i_ready.eq(loading & ~border), load_go.eq(loading & (border | self.i_valid))]
             with m.If(load_go & load_last):
                 m.d.sync += loaded.eq(1)
