@@ -62,7 +62,8 @@ class ProductPair(wiring.Component):
     product O[15:0], ``p1`` the top O[31:16]) or ``"rtl"`` (operand registers, product registers).
     """
 
-    def __init__(self, weight_width: int = 8, data_width: int = 8, impl: str = "rtl", input_registers: bool = True):
+    def __init__(self, weight_width: int = 8, data_width: int = 8, impl: str = "rtl", input_registers: bool = True,
+                 weight_register: bool | None = None):
         for what, width in (("weight_width", weight_width), ("data_width", data_width)):
             if not isinstance(width, int) or not 1 <= width <= MAX_WIDTH:
                 raise ValueError(f"ProductPair: {what} must be 1..{MAX_WIDTH} bits (a signed 8x8 half of an "
@@ -71,6 +72,9 @@ class ProductPair(wiring.Component):
             raise ValueError(f"ProductPair: impl must be one of {', '.join(IMPLS)}, got {impl!r}")
         self.weight_width, self.data_width, self.impl = weight_width, data_width, impl
         self.input_registers = bool(input_registers)
+        # the weight's own input register (A_REG): default as the data's; with it alone, the weight
+        # is presented one cycle before the data (the MAC lanes' ``w_early``)
+        self.weight_register = self.input_registers if weight_register is None else bool(weight_register)
         self.latency = 1 + self.input_registers
         pw = weight_width + data_width  # |w * x| <= 2^(pw - 2): fits pw signed bits
         super().__init__({"w": In(signed(weight_width)), "x0": In(signed(data_width)), "x1": In(signed(data_width)),
@@ -83,8 +87,10 @@ class ProductPair(wiring.Component):
             w, x0, x1 = (Signal(v.shape(), name=f"{n}_r", reset_less=True)
                          for n, v in (("w", self.w), ("x0", self.x0), ("x1", self.x1)))
             p0, p1 = (Signal(signed(pw), name=n, reset_less=True) for n in ("p0_r", "p1_r"))
-            domain = m.d.sync if self.input_registers else m.d.comb
-            domain += [w.eq(self.w), x0.eq(self.x0), x1.eq(self.x1)]
+            w_domain = m.d.sync if self.weight_register else m.d.comb
+            x_domain = m.d.sync if self.input_registers else m.d.comb
+            w_domain += w.eq(self.w)
+            x_domain += [x0.eq(self.x0), x1.eq(self.x1)]
             m.d.sync += [p0.eq(w * x0), p1.eq(w * x1)]
             m.d.comb += [self.p0.eq(p0), self.p1.eq(p1)]
             return m
@@ -96,7 +102,7 @@ class ProductPair(wiring.Component):
         unused = {f"o_{n}": Signal(name=f"dsp_{n.lower()}") for n in ("CO", "ACCUMCO", "SIGNEXTOUT")}
         m.submodules.dsp = Instance(
             "SB_MAC16", **{f"p_{k}": Const(v, w) for k, (v, w) in _PARAMS.items()},
-            p_A_REG=Const(self.input_registers, 1), p_B_REG=Const(self.input_registers, 1),
+            p_A_REG=Const(self.weight_register, 1), p_B_REG=Const(self.input_registers, 1),
             i_CLK=ClockSignal(), i_CE=Const(1, 1),
             i_A=Cat(ext["w"], ext["w"]), i_B=Cat(ext["x0"], ext["x1"]), i_C=Const(0, 16), i_D=Const(0, 16),
             **{f"i_{n}": Const(0, 1) for n in _ZERO_INPUTS}, o_O=o, **unused)

@@ -60,7 +60,9 @@ class Engine(wiring.Component):
         ww, dw = prog.weight_width, prog.fm_width
         max_op = any(lp.op == "max" for lp in prog.layers)
         # bias: in the drain
-        m.submodules.mac = mac = MACLanes(P, ww, dw, prog.acc_width, bias=False, max_op=max_op, images=B, dsp=self.dsp)
+        # the lane weights come a cycle early (ctl.lane_w): the lanes delay them, on the DSPs for free
+        m.submodules.mac = mac = MACLanes(P, ww, dw, prog.acc_width, bias=False, max_op=max_op, images=B, dsp=self.dsp,
+                                          w_early=True)
         m.d.comb += [mac.valid.eq(ctl.mac_valid), mac.first.eq(ctl.mac_first), mac.max.eq(ctl.mac_max)]
         m.d.comb += [mac.w[q].eq(ctl.lane_w[q * ww:(q + 1) * ww].as_signed()) for q in range(P)]
         # one drain for the B images (shared control, per-image data)

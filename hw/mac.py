@@ -47,10 +47,14 @@ class MACLanes(wiring.Component):
     dsp : str
         The ProductPair implementation: ``"auto"`` (the platform's, :func:`hw.dsp.impl_for`),
         ``"sb_mac16"`` or ``"rtl"``.
+    w_early : bool
+        ``w`` comes one cycle before its ``x`` (same latency from ``x``): the lanes delay it
+        themselves, in a ProductPair's weight input register (the SB_MAC16's A_REG: no fabric
+        flip-flops) or in a register of their own for a plain product.
     """
 
     def __init__(self, lanes: int, weight_width: int, data_width: int, acc_width: int, bias: bool = True,
-                 max_op: bool = True, images: int = 1, dsp: str = "auto"):
+                 max_op: bool = True, images: int = 1, dsp: str = "auto", w_early: bool = False):
         _check_int("lanes", lanes, 1, 256)
         _check_int("weight_width", weight_width, 2, 32)
         _check_int("data_width", data_width, 2, 32)
@@ -59,7 +63,7 @@ class MACLanes(wiring.Component):
         _check_int("images", images, 1, 64)
         if dsp not in ("auto", *IMPLS):
             raise ValueError(f"dsp must be 'auto' or one of {', '.join(IMPLS)}, got {dsp!r}")
-        self.has_bias, self.max_op, self.images, self.dsp = bias, max_op, images, dsp
+        self.has_bias, self.max_op, self.images, self.dsp, self.w_early = bias, max_op, images, dsp, w_early
         dims = (lanes,) if images == 1 else (images, lanes)
         ports = {
             "valid": In(1),
@@ -83,6 +87,11 @@ class MACLanes(wiring.Component):
         impl = impl_for(platform) if self.dsp == "auto" else self.dsp
         budget = pair_budget(platform) if self.dsp == "auto" else None  # pairs beyond it: plain products
         n_pairs = 0
+        w_late = self.w  # the weights in the cycle of their data, for plain products
+        if self.w_early:
+            # (where every lane is a pair these registers drive nothing, and synthesis drops them)
+            w_late = [Signal(signed(ww), name=f"w{q}_r", reset_less=True) for q in range(self.lanes)]
+            m.d.sync += [w_late[q].eq(self.w[q]) for q in range(self.lanes)]
         # data registers have no reset (only the control bits do): fewer gates on the FPGA, and in
         # an event-driven simulator no reset multiplexer to re-evaluate whenever the data change
         prods = [[Signal(signed(ww + dw), name=f"prod{q}" if B == 1 else f"prod{b}_{q}", reset_less=True)
@@ -91,13 +100,13 @@ class MACLanes(wiring.Component):
             for q in range(self.lanes):
                 if pairs and b + 1 < B and (budget is None or n_pairs < budget):
                     n_pairs += 1  # images b and b + 1: one DSP, the product registers inside it
-                    pp = ProductPair(ww, dw, impl, input_registers=False)
+                    pp = ProductPair(ww, dw, impl, input_registers=False, weight_register=self.w_early)
                     m.submodules[f"pair{b // 2}_{q}"] = pp
                     m.d.comb += [pp.w.eq(self.w[q]), pp.x0.eq(port(self.x, b, q)), pp.x1.eq(port(self.x, b + 1, q)),
                                  prods[b][q].eq(pp.p0), prods[b + 1][q].eq(pp.p1)]
                 else:
                     for bb in range(b, min(b + 2, B)):
-                        m.d.sync += prods[bb][q].eq(self.w[q] * port(self.x, bb, q))
+                        m.d.sync += prods[bb][q].eq(w_late[q] * port(self.x, bb, q))
         for q in range(self.lanes):
             for b in range(B):
                 self._accumulate(m, prods[b][q], port(self.acc, b, q), port(self.bias, b, q) if self.has_bias else 0,

@@ -351,15 +351,15 @@ def compile_spec(spec: QuantSpec, lanes: int = 8, fuse_pools: bool = False, pool
 
 def load_fits(prog: Program) -> bool:
     """True if an overlapped load surely ends before the image it loads is due. The loader writes
-    only while the drain is quiet (the sequencer: from D + 2 cycles after a group's capture, D the
+    only while the drain is quiet (the sequencer: from D + 3 cycles after a group's capture, D the
     longest drain): every group of layers 1.. (taps, plus its wait for the drain) leaves at least
-    its length less D + 3 such cycles, and they must hold the load's cycles."""
+    its length less D + 4 such cycles, and they must hold the load's cycles."""
     P = prog.lanes
     d = max(drain_turns(lp, P) for lp in prog.layers)
     free = 0
     for lp in prog.layers[1:]:
         per_group = [t for t in lp.taps for _ in range(lp.groups)] if lp.mode == "conv" else lp.taps * lp.groups
-        free += sum(max(0, t + max(0, drain_turns(lp, P) - t) - (d + 3)) for t in per_group)
+        free += sum(max(0, t + max(0, drain_turns(lp, P) - t) - (d + 4)) for t in per_group)
     return free >= prog.load_cycles + 2
 
 

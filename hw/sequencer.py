@@ -44,7 +44,7 @@ def control_signature(prog: Program) -> wiring.Signature:
         # the window read (tap pipeline stage 2)
         "rd_base": Out(unsigned(aw)), "rd_adj_row": Out(unsigned(aw)), "rd_adj_col": Out(unsigned(aw)),
         "rd_my": Out(range(prog.R)), "rd_mx": Out(range(prog.C)), "rd_dense": Out(1), "rd_bank": Out(range(P)),
-        # the lanes (stage 4): one weight per lane, packed
+        # the lanes (stage 4; their weights a stage early, stage 3): one weight per lane, packed
         "lane_w": Out(unsigned(P * prog.weight_width)), "mac_valid": Out(1), "mac_first": Out(1), "mac_max": Out(1),
         # the drain (stage 6)
         "capture": Out(1), "layer": Out(range(max(len(prog.layers), 2))), "ty": Out(tile_range(prog)), "tx": Out(tile_range(prog)),
@@ -190,21 +190,25 @@ class Sequencer(wiring.Component):
         # loader: ``load_go`` steps it (a pixel taken, or a border word); ``loaded``: an image waits in
         # the input region; ``in_use``: layer 0 reads it (overlap: the loader waits for both)
         overlap = prog.overlap
-        load_go, loading, filling = Signal(), Signal(), Signal()
+        load_go, filling, fill_next = Signal(), Signal(), Signal()
+        loading = Signal(init=1)  # a register: the loader may step in this cycle
         loaded, in_use = Signal(), Signal()
         load_last = (load_x == wp_ - 1) & (load_y == hp - 1) & (load_c == ch - 1)
         if overlap:
             # the drain's writes end D + 3 cycles after its capture (D: the longest drain): the loader
-            # writes only in the quiet cycles after that, told by a counter since the last capture
-            # (registers only before ``i_ready``: no path from the drain or the stream through it)
+            # writes only in the quiet cycles after that, told by a counter since the last capture.
+            # ``loading`` is a register, decided a cycle early and on the safe side (not in the cycle
+            # after a capture, a fill, or the load's last step), so ``i_ready`` is one gate from
+            # registers: no path from the drain, the sequencer's states or the stream through it
             quiet_after = max(drain_turns(lp, P) for lp in layers) + 2
             since_cap = Signal(range(quiet_after + 1), init=quiet_after)
             with m.If(ctl.capture):
                 m.d.sync += since_cap.eq(0)
             with m.Elif(since_cap != quiet_after):
                 m.d.sync += since_cap.eq(since_cap + 1)
-            m.d.comb += [loading.eq(~loaded & ~in_use & ~filling & (since_cap == quiet_after)),
-                         self.i_ready.eq(loading & ~border), load_go.eq(loading & (border | self.i_valid))]
+            m.d.sync += loading.eq(~loaded & ~in_use & ~filling & ~fill_next & (since_cap == quiet_after)
+                                   & ~ctl.capture & ~(load_go & load_last))
+            m.d.comb += [self.i_ready.eq(loading & ~border), load_go.eq(loading & (border | self.i_valid))]
             with m.If(load_go & load_last):
                 m.d.sync += loaded.eq(1)
         with m.If(load_go):
@@ -251,6 +255,7 @@ class Sequencer(wiring.Component):
                     wait_cur_nz.eq(Mux(k["conv"], wait_arr[gm], k["dense_wait"]) != 0)]
                 m.next = "ISSUE"
                 with m.If(k["fill"]):
+                    m.d.comb += fill_next.eq(1)
                     m.next = "FILL"
             with m.State("FILL"):
                 m.d.comb += [self.busy.eq(1), filling.eq(1)]
@@ -394,10 +399,11 @@ class Sequencer(wiring.Component):
             m.d.comb += ctl.rd_my.eq(wdata[sh + offw:sh + offw + myw])
         if mxw:
             m.d.comb += ctl.rd_mx.eq(wdata[sh + offw + myw:sh + offw + myw + mxw])
-        # the lanes' weights, delayed to meet their pixels: one register of P weights per stage
-        s3_w, s4_w = Signal(P * ww, name="s3_w", reset_less=True), Signal(P * ww, name="s4_w", reset_less=True)
-        m.d.sync += [s3_w.eq(Mux(st[2].lane_w, wdata[:P * ww], wdata[:ww].replicate(P))), s4_w.eq(s3_w)]
-        m.d.comb += [ctl.lane_w.eq(s4_w), ctl.mac_valid.eq(st[4].valid), ctl.mac_first.eq(st[4].first),
+        # the lanes' weights, registered a stage before their pixels (the lanes delay them the last
+        # cycle themselves: MACLanes w_early, inside the DSP blocks where they pair images)
+        s3_w = Signal(P * ww, name="s3_w", reset_less=True)
+        m.d.sync += s3_w.eq(Mux(st[2].lane_w, wdata[:P * ww], wdata[:ww].replicate(P)))
+        m.d.comb += [ctl.lane_w.eq(s3_w), ctl.mac_valid.eq(st[4].valid), ctl.mac_first.eq(st[4].first),
                      ctl.mac_max.eq(st[4].max)]
         m.d.comb += [ctl.capture.eq(st[6].last), ctl.layer.eq(grp.layer), ctl.ty.eq(grp.ty), ctl.tx.eq(grp.tx),
                      ctl.map_off.eq(grp.map_off), ctl.n0.eq(grp.n0), ctl.bias_addr.eq(grp.bias_addr),

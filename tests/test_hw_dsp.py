@@ -116,11 +116,12 @@ def test_model_slice_and_sim_sources(tmp_path):
 
 # --------------------------------------------------------------------------- Verilog, impl="sb_mac16", cocotb
 
-def bench_verilog(ww: int, dw: int, latency: int = LATENCY) -> str:
+def bench_verilog(ww: int, dw: int, latency: int = LATENCY, w_lead: bool = False) -> str:
     """Module ``dsp_bench`` around ``product_pair``: every (w, x) pair of ww x dw bits once, in a
     scrambled order (w and x change every cycle); x1 = x0 ^ a constant, so the top half also sees
     every pair. Each cycle's products are compared with ``$signed`` products of the operands
-    driven ``latency`` cycles before; ``finished`` rises after the last comparison."""
+    driven ``latency`` cycles before; ``finished`` rises after the last comparison. ``w_lead``: each
+    pair's w is driven a cycle before its x (a weight input register alone)."""
     n_bits, pw = ww + dw, ww + dw
     mask = 0x5A & ((1 << dw) - 1)
     pub = "/*verilator public_flat_rw*/"
@@ -131,17 +132,18 @@ module dsp_bench(clk, finished, checked, errors, first);
   output reg [31:0] checked {pub}, errors {pub}, first {pub};
   initial clk = 1'b0;
   always #5 clk = ~clk;
-  localparam N = {1 << n_bits}, L = {latency};
-  reg signed [{ww - 1}:0] w;
+  localparam N = {1 << n_bits}, L = {latency}, LEAD = {int(w_lead)};
+  reg signed [{ww - 1}:0] w, wk;
   reg signed [{dw - 1}:0] x0, x1;
   wire signed [{pw - 1}:0] p0, p1;
   reg signed [{pw - 1}:0] e0 [0:L], e1 [0:L];
-  reg [{n_bits - 1}:0] n;
+  reg [{n_bits - 1}:0] n, nn;
   integer k;
   product_pair dut(.clk(clk), .rst(1'b0), .w(w), .x0(x0), .x1(x1), .p0(p0), .p1(p1));
   initial begin
     finished = 0; checked = 0; errors = 0; first = 32'hffffffff;
     w = 0; x0 = 0; x1 = 0;
+    if (LEAD) begin n = 12345; {{w, x0}} = n; x0 = 0; end  // pair 0's weight a cycle early
     for (k = 0; k < N + L; k = k + 1) begin
       @(negedge clk);
       if (k >= L) begin  // the products of the operands driven L cycles ago
@@ -153,10 +155,12 @@ module dsp_bench(clk, finished, checked, errors, first);
       end
       if (k < N) begin
         n = k * 40503 + 12345;  // odd multiplier: a permutation of the pairs
-        {{w, x0}} = n;
+        {{wk, x0}} = n;
         x1 = x0 ^ {dw}'d{mask};
-        e0[k % (L + 1)] = w * x0;
-        e1[k % (L + 1)] = w * x1;
+        nn = (k + 1) * 40503 + 12345;
+        w = LEAD ? nn[{n_bits - 1}:{dw}] : wk;  // with LEAD, the next pair's weight
+        e0[k % (L + 1)] = wk * x0;
+        e1[k % (L + 1)] = wk * x1;
       end
     end
     finished = 1;
@@ -175,7 +179,7 @@ async def dsp_bench(dut):
 
 
 def run_bench(simulator: str, ww: int, dw: int, impl: str, out: Path, latency: int = LATENCY,
-              input_registers: bool = True) -> dict:
+              input_registers: bool = True, weight_register: bool | None = None) -> dict:
     from sim.build import build, check_simulator, icarus_copy
     from model.util import UserError
 
@@ -183,11 +187,12 @@ def run_bench(simulator: str, ww: int, dw: int, impl: str, out: Path, latency: i
         check_simulator(simulator)
     except UserError as e:
         pytest.skip(str(e))
-    work = out / f"{impl}-{ww}x{dw}" / ("ireg" if input_registers else "noireg")
+    work = out / f"{impl}-{ww}x{dw}" / ("ireg" if input_registers else "noireg") / f"wreg{weight_register}"
     work.mkdir(parents=True, exist_ok=True)
     vpath, bpath = work / "product_pair.v", work / "dsp_bench.v"
-    vpath.write_text(verilog.convert(ProductPair(ww, dw, impl, input_registers), name="product_pair", emit_src=False))
-    bpath.write_text(bench_verilog(ww, dw, latency))
+    pair = ProductPair(ww, dw, impl, input_registers, weight_register)
+    vpath.write_text(verilog.convert(pair, name="product_pair", emit_src=False))
+    bpath.write_text(bench_verilog(ww, dw, latency, pair.weight_register and not input_registers))
     if simulator == "icarus":
         vpath = icarus_copy(vpath)
     tb = build(simulator, [bpath, vpath], "dsp_bench", work / simulator, public=True)
@@ -202,7 +207,21 @@ def _check(simulator, ww, dw, impl, tmp_path, ireg=True):
     got = run_bench(simulator, ww, dw, impl, tmp_path, 1 + ireg, ireg)
     assert got == {"checked": 1 << (ww + dw), "errors": 0, "first": 0xFFFFFFFF}, got
     if impl == "sb_mac16":  # the build got the model
-        assert (tmp_path / f"{impl}-{ww}x{dw}" / ("ireg" if ireg else "noireg") / simulator / "sb_mac16.v").is_file()
+        assert (tmp_path / f"{impl}-{ww}x{dw}" / ("ireg" if ireg else "noireg") / "wregNone" / simulator
+                / "sb_mac16.v").is_file()
+
+
+@pytest.mark.parametrize("impl", ["sb_mac16", "rtl"])
+def test_weight_register_alone_icarus(impl, tmp_path):
+    """The MAC lanes' ``w_early`` pairs: the weight through its input register (A_REG), the data
+    straight in, each pair's weight a cycle before its data; every 8 x 8 pair, latency 1 from the
+    data, 0 mismatches (and the bench fails when the weight is not early)."""
+    got = run_bench("icarus", 8, 8, impl, tmp_path, 1, False, True)
+    assert got == {"checked": 1 << 16, "errors": 0, "first": 0xFFFFFFFF}, got
+    late = run_bench("icarus", 4, 4, impl, tmp_path / "late", 1, False, False)  # no register: w not early
+    assert late["errors"] == 0
+    wrong = run_bench("icarus", 4, 4, impl, tmp_path / "wrong", 1, True, True)  # data registered too: late
+    assert wrong["errors"] > 0
 
 
 @pytest.mark.parametrize("ww,dw,impl,ireg", [(8, 8, "sb_mac16", True), (6, 3, "sb_mac16", True),
