@@ -123,11 +123,14 @@ sim: build/quant/$(ARCH)-q8/spec.json
 # PRESETS: which specs of ARCH (default q8 and anna; q8 alone for the boosted LeNet-4 and the 1989 lineage,
 # whose local layers and per-unit biases the anna preset's QAT does not handle yet) to run on every test digit of its network (default q8 and anna): MNIST's
 # 10,000 for the LeNets, the network's own split for the 1989 lineage (2,007 for zip1989, 160 for net1..net5)
+# SIM_CONFIG: the target whose shipped configuration (hw.synth.SHIPPED: lanes, batch, fused pools, overlapped
+# load, DSP pairs) the RTL is built in
+SIM_CONFIG ?= ice40-up5k
 sim-full: $(foreach p,$(PRESETS),build/quant/$(ARCH)-$(p)/spec.json)
 	@mkdir -p build/reports
 	@rm -f build/reports/sim-full-$(ARCH).jsonl
 	@for p in $(PRESETS); do $(PY) -m sim --spec build/quant/$(ARCH)-$$p --images all --simulator verilator \
-	  --lanes $(LANES) --jobs $(JOBS) --report build/reports/sim-full-$(ARCH).jsonl || exit 1; done
+	  --config $(SIM_CONFIG) --jobs $(JOBS) --report build/reports/sim-full-$(ARCH).jsonl || exit 1; done
 
 bench: build/quant/lenet5-q8/spec.json
 	$(PY) -m quantize.bench --spec build/quant/lenet5-q8

@@ -239,10 +239,11 @@ class Sequencer(wiring.Component):
                 else:
                     with m.If(self.i_valid):
                         m.next = "LOAD"
-            with m.State("LOAD"):
-                m.d.comb += [self.busy.eq(1), self.i_ready.eq(~border), load_go.eq(border | self.i_valid)]
-                with m.If(load_go & load_last):
-                    m.next = "INIT"
+            if not overlap:  # (overlapped, no LOAD state: nothing but the loader's registers drives i_ready)
+                with m.State("LOAD"):
+                    m.d.comb += [self.busy.eq(1), self.i_ready.eq(~border), load_go.eq(border | self.i_valid)]
+                    with m.If(load_go & load_last):
+                        m.next = "INIT"
             with m.State("INIT"):
                 m.d.comb += self.busy.eq(1)
                 with m.If(layer != 0):  # layer 0's last read is long done: the loader may refill its input

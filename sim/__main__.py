@@ -19,6 +19,26 @@ from .harness import MAX_BATCH
 from .runner import DSP_CHOICES, SIMULATORS, run
 
 
+
+def _apply_config(args) -> None:
+    """Fill in lanes, batch, pool fusion, load overlap and DSP pairs: from ``--config TARGET`` (its
+    shipped configuration for the spec's preset), else the defaults; explicit options win."""
+    ship = {"lanes": 8, "batch": 1, "fuse_pools": False, "overlap_load": False}
+    dsp = "auto"
+    if args.config is not None:
+        from hw.synth import TARGETS, shipped
+        from quantize import spec as qspec
+
+        if args.config not in TARGETS:
+            raise UserError(f"--config {args.config!r}: choose one of {', '.join(TARGETS)}")
+        ship = shipped(args.config, qspec.load(args.spec).provenance.get("preset"))
+        dsp = "sb_mac16" if TARGETS[args.config].family == "ice40" and ship["batch"] > 1 else "auto"
+    args.lanes = args.lanes if args.lanes is not None else ship["lanes"]
+    args.batch = args.batch if args.batch is not None else ship["batch"]
+    args.fuse_pools = args.fuse_pools or ship["fuse_pools"]
+    args.overlap_load = args.overlap_load or ship["overlap_load"]
+    args.dsp = args.dsp or dsp
+
 @cli
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m sim", description=__doc__.split("\n\n")[1])
@@ -31,16 +51,20 @@ def main(argv=None):
                         "the 160-digit set for net1..net5, MNIST's 10,000 otherwise), mnist, usps or digits480")
     p.add_argument("--simulator", default=os.environ.get("SIM") or "verilator",
                    help="verilator (default, or $SIM) or icarus")
-    p.add_argument("--lanes", type=int, default=8)
+    p.add_argument("--lanes", type=int, default=None, help="MAC lanes (default 8, or --config's)")
+    p.add_argument("--config", default=None, metavar="TARGET",
+                   help="simulate TARGET's shipped configuration for this spec (hw.synth.SHIPPED: lanes, batch, "
+                        "fused pools, overlapped load; on iCE40 the SB_MAC16 pairs of a batch); explicit "
+                        "--lanes/--batch/--fuse-pools/--overlap-load/--dsp add to it")
     p.add_argument("--fuse-pools", action="store_true",
                    help="compile with each fusable pool in its conv layer's drain (hw.program.compile_spec)")
     p.add_argument("--overlap-load", action="store_true",
                    help="compile with each image loaded while the one before runs (hw.program.compile_spec); "
                         "each process's first image then takes the model's latency, the others its cycles/image")
-    p.add_argument("--batch", type=int, default=1,
+    p.add_argument("--batch", type=int, default=None,
                    help="images per accelerator run, in lockstep (1..64; default 1): groups of B images, the last "
                         "padded with blank ones (not scored); cycles per batch = the model's for one image")
-    p.add_argument("--dsp", choices=DSP_CHOICES, default="auto",
+    p.add_argument("--dsp", choices=DSP_CHOICES, default=None,
                    help="the batch's product pairs: sb_mac16 (iCE40 SB_MAC16 Instances, simulated with Yosys' "
                         "model) or rtl; auto = rtl (the Verilog has no platform)")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
@@ -61,6 +85,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.simulator not in SIMULATORS:
         raise UserError(f"unknown --simulator {args.simulator!r} (icarus or verilator)")
+    if not os.path.isdir(args.spec):
+        raise UserError(f"--spec {args.spec}: no such directory (make quantize builds build/quant/lenet5-q8)")
+    _apply_config(args)
     if not 1 <= args.batch <= MAX_BATCH:
         raise UserError(f"--batch must be in 1..{MAX_BATCH} (images per accelerator run), got {args.batch}")
     if not os.path.isdir(args.spec):

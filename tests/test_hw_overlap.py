@@ -126,3 +126,32 @@ def test_lenet5_fused_overlapped_icarus(q8_spec_dir, q8_spec, mnist_dir, sim_out
     s = perf.schedule(q8_spec, 8, fuse_pools=True, overlap_load=True)
     assert r["mismatches"] == 0 and r["images"] == 2 and r["cycles_match_model"] is True
     assert (r["cycles_per_image"], r["latency_cycles"]) == (s["cycles_per_image"], [s["latency_cycles"]])
+
+
+def test_sim_config_is_the_shipped_one(q8_spec_dir, run_module):
+    """``python -m sim --config TARGET`` simulates TARGET's shipped configuration (what ``make
+    sim-full`` runs); explicit options add to it; an unknown target is one error line."""
+    import argparse
+
+    from hw.synth import shipped
+    from sim.__main__ import _apply_config
+
+    def args(**kw):
+        base = dict(spec=str(q8_spec_dir), config=None, lanes=None, batch=None, fuse_pools=False,
+                    overlap_load=False, dsp=None)
+        return argparse.Namespace(**{**base, **kw})
+
+    a = args(config="ice40-up5k")
+    _apply_config(a)
+    ship = shipped("ice40-up5k", "q8")
+    assert (a.lanes, a.batch, a.fuse_pools, a.overlap_load) == tuple(ship[k] for k in
+                                                                    ("lanes", "batch", "fuse_pools", "overlap_load"))
+    assert a.dsp == ("sb_mac16" if ship["batch"] > 1 else "auto")
+    b = args(config="ice40-up5k", batch=3, dsp="rtl")
+    _apply_config(b)
+    assert (b.batch, b.dsp) == (3, "rtl")
+    c = args()
+    _apply_config(c)
+    assert (c.lanes, c.batch, c.fuse_pools, c.overlap_load, c.dsp) == (8, 1, False, False, "auto")
+    p = run_module("sim", "--spec", q8_spec_dir, "--config", "nope")
+    assert p.returncode != 0 and len(p.stderr.strip().splitlines()) == 1 and "--config 'nope'" in p.stderr
