@@ -18,7 +18,9 @@ idle; with ``weights="rom"`` the weights are initialised memory contents instead
 padding is written by the loader). ``o``: ``program.output_beats`` beats, the class then one score
 per class, the last beat flagged. ``busy`` is high from the first cycle of loading to ``done`` (one
 cycle, after the last output beat), so a testbench counts cycles/image as the cycles with ``busy``
-high; that number equals :func:`hw.perf.cycles_per_image` when the streams never stall.
+high; that number equals :func:`hw.perf.cycles_per_image` when the streams never stall. An
+overlapped program (``Program.overlap``) takes the next image while one runs: its loading cycles
+count only while no image runs (the first of a stream: :func:`hw.perf.latency_cycles`).
 """
 from __future__ import annotations
 
@@ -37,7 +39,9 @@ class Accelerator(wiring.Component):
     """A LeNet-style accelerator generated from a :class:`QuantSpec` with ``lanes`` parallel MACs.
 
     Latency = throughput period = :func:`hw.perf.cycles_per_image` cycles per image (one image at a
-    time; a new image is accepted after ``done``).
+    time; a new image is accepted after ``done``); an overlapped program accepts the next image while
+    one runs, and its period is :func:`hw.perf.cycles_per_image`, its latency
+    :func:`hw.perf.latency_cycles`.
 
     ``batch`` = B > 1 runs B images in lockstep: one sequencer and one weight memory, one engine of
     B images (B x lanes MACs; images 2j and 2j + 1 share the DSPs where ``dsp`` pairs them, see

@@ -112,6 +112,11 @@ class _Shard:
             s.poll(*widths)
 
 
+def _one_or_all(cycles: list[int]):
+    """The cycle count every run took, or the sorted distinct counts when they differ."""
+    return int(cycles[0]) if cycles and len(set(cycles)) == 1 else sorted(set(cycles))
+
+
 def default_duts(simulator: str, images_per_process: int) -> int:
     """Accelerator copies per simulator process (see :mod:`sim.harness`). Icarus: 1. Verilator: each
     copy adds about 3 s to the C++ build and amortises cocotb's per-time-step cost: 4 copies run
@@ -252,7 +257,7 @@ def run(spec_dir, images: np.ndarray, simulator: str = "icarus", lanes: int = 8,
     result = {"spec": str(spec_dir), "simulator": simulator, "lanes": lanes, "fuse_pools": fuse_pools,
               "overlap_load": prog.overlap, "images": done,
               "mismatches": scored["mismatches"], "first_mismatch": first,
-              "cycles_per_image": int(steady[0]) if steady and len(set(steady)) == 1 else steady,
+              "cycles_per_image": _one_or_all(steady),
               "cycles_per_image_model": model, "cycles_match_model": bool(cycles) and scored["cycles_match_model"],
               "latency_cycles": sorted(set(scored["first_cycles"])), "latency_cycles_model": model_first,
               "sim_seconds": round(sim_s, 2), "build_seconds": round(build_s, 2),
@@ -261,7 +266,7 @@ def run(spec_dir, images: np.ndarray, simulator: str = "icarus", lanes: int = 8,
               "jobs": jobs, "duts": duts, "verilog": str(vpath)}
     if batch != 1 or dsp != "auto":
         result.update(batch=batch, dsp=dsp, runs=len(runs),
-                      cycles_per_batch=int(runs[0]) if runs and len(set(runs)) == 1 else sorted(set(runs)),
+                      cycles_per_batch=_one_or_all(scored["steady_run_cycles"] or runs),
                       cycles_per_batch_model=model)
     failed = [s for s in shards if s.error]
     if failed:

@@ -216,6 +216,7 @@ def combine(streams: list[ResultsStream], n: int) -> dict:
             "steady_cycles": [c for s in streams for c, r in zip(s.board.cycles, _first_runs(s)) if not r],
             "first_cycles": [c for s in streams for c, r in zip(s.board.cycles, _first_runs(s)) if r],
             "run_cycles": [c for s in streams for c in s.run_cycles],
+            "steady_run_cycles": [c for s in streams for c in s.run_cycles[1:]],  # after each copy's first run
             "mismatches": sum(s.board.mismatches for s in streams),
             "first_mismatch": min(firsts, key=lambda f: f["image"]) if firsts else None}
 
