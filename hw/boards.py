@@ -89,6 +89,10 @@ class BoardTop(wiring.Component):
         The (C, H, W) of an image and the number of scores, announced by ``?`` and sizing the
         ``I`` command; by default the accelerator's ``program.image_shape`` and
         ``program.classes`` (give them for an accelerator without a program, e.g. a stub).
+    input_register : bool
+        Pass the accelerator's pixel beats through a register (its valid and payload), so the
+        protocol's decisions and the accelerator's loader are not one path: on a large device they
+        sit far apart (the ECP5 boards use it; the UP5K has no logic cells to spare for it).
 
     Ports: ``rx`` (from the host), ``tx`` (to the host), ``led`` (high while an image is being
     received, computed or answered).
@@ -101,7 +105,8 @@ class BoardTop(wiring.Component):
     """
 
     def __init__(self, spec=None, lanes: int = 8, clk_hz: int = 12_000_000, baud: int = DEFAULT_BAUD,
-                 timeout_s: float = DEFAULT_TIMEOUT_S, accelerator=None, image_shape=None, classes=None):
+                 timeout_s: float = DEFAULT_TIMEOUT_S, accelerator=None, image_shape=None, classes=None,
+                 input_register: bool = False):
         if isinstance(lanes, bool) or not isinstance(lanes, int) or not 1 <= lanes <= 255:
             raise ValueError(f"lanes must be an integer from 1 to 255 (one byte in the '?' reply), got {lanes!r}")
         self.divisor = divisor_for(clk_hz, baud)
@@ -131,6 +136,7 @@ class BoardTop(wiring.Component):
             raise ValueError(f"image_shape (C, H, W) and classes must be integers from 1 to 255 (one byte each in "
                              f"the '?' reply), got {image_shape!r} and {classes!r}")
         self.acc = accelerator
+        self.input_register = bool(input_register)
         self.image_shape, self.classes = image_shape, classes
         self.batch = getattr(accelerator, "batch", 1)
         if not isinstance(self.batch, int) or not 1 <= self.batch <= 255:
@@ -156,6 +162,17 @@ class BoardTop(wiring.Component):
         acc, rx = self.acc, SimpleNamespace(valid=fifo.r_rdy, ready=fifo.r_en, payload=fifo.r_data)
 
         B = self.batch
+        beat = acc.i  # where the protocol puts a pixel beat: the accelerator, or the input register
+        if self.input_register:
+            beat = SimpleNamespace(valid=Signal(), ready=Signal(), payload=Signal.like(acc.i.payload))
+            full = Signal()
+            m.d.comb += [acc.i.valid.eq(full), beat.ready.eq(~full)]  # one beat at a time: no ready path
+            with m.If(acc.i.valid & acc.i.ready):
+                m.d.sync += full.eq(0)
+            with m.If(beat.valid & beat.ready):
+                m.d.sync += [full.eq(1), acc.i.payload.eq(beat.payload)]
+            with m.If(acc_reset):  # an abandoned command's beat is dropped with the accelerator's state
+                m.d.sync += full.eq(0)
         # reply buffer: the longest reply unit (the '?' answer, 'R' and B classes, B scores), sent LSB
         # first (``tx_busy`` = "txn != 0" as a register: the protocol's decisions read no compare)
         nbuf = max(VERSION_BYTES, 1 + B, SCORE_BYTES * B)
@@ -207,8 +224,8 @@ class BoardTop(wiring.Component):
                 # pixel k of images 0..B-1 arrive one after the other: B - 1 bytes are held, the
                 # last one completes the accelerator's beat
                 last_of_beat = sub == B - 1
-                m.d.comb += [acc.i.valid.eq(rx.valid & last_of_beat), acc.i.payload.eq(Cat(held, rx.payload) if B > 1 else rx.payload),
-                             rx.ready.eq(Mux(last_of_beat, acc.i.ready, 1))]
+                m.d.comb += [beat.valid.eq(rx.valid & last_of_beat), beat.payload.eq(Cat(held, rx.payload) if B > 1 else rx.payload),
+                             rx.ready.eq(Mux(last_of_beat, beat.ready, 1))]
                 with m.If(byte_in):
                     m.d.sync += sub.eq(Mux(last_of_beat, 0, sub + 1))
                     if B > 1:
@@ -420,7 +437,8 @@ def board_plan(board: str, spec, lanes: int = 8, baud: int = DEFAULT_BAUD, name:
         except (ValueError, TypeError) as e:
             raise UserError(f"board {board}: {e}") from None
     try:
-        top = BoardTop(spec, lanes, clk_hz, baud, accelerator=accelerator)
+        top = BoardTop(spec, lanes, clk_hz, baud, accelerator=accelerator,
+                       input_register=BOARDS[board]["constraints"] != ".pcf")
     except (ValueError, TypeError) as e:
         raise UserError(f"board {board}: {e}") from None
     name = name or top_name(spec, board)

@@ -149,10 +149,12 @@ def test_query_and_unknown_command():
     assert replies[8:] == b"EE" + replies[:8]
 
 
-def test_batch_board_interleaved_pixels_and_reply():
+@pytest.mark.parametrize("ireg", [False, True])
+def test_batch_board_interleaved_pixels_and_reply(ireg):
     """A batch-3 accelerator: '?' says batch 3, one 'I' carries the three images' pixels interleaved,
-    the reply holds the three classes and every image's scores (negative ones sign-extended)."""
-    top = make_top(batch=3, shape=(1, 2, 3), classes=3)
+    the reply holds the three classes and every image's scores (negative ones sign-extended); also
+    with the pixel beats through the input register (the ECP5 board tops)."""
+    top = make_top(batch=3, shape=(1, 2, 3), classes=3, input_register=ireg)
     imgs = [np.array([[[200, 255, 1], [0, 9, 77]]], np.uint8) + b for b in range(3)]
     replies, _ = rtl_board(top, [("send", encode_query()), ("expect", 8),
                                  ("send", encode_images(imgs, (1, 2, 3))), ("expect", result_bytes(3, 3))])
@@ -160,15 +162,16 @@ def test_batch_board_interleaved_pixels_and_reply():
     assert decode_results(replies[8:], 3, 3) == [stub_result(img, 3) for img in imgs]
 
 
-@pytest.mark.parametrize("shape, classes", [(SHAPE, CLASSES), ((1, 9, 6), 11)])
-def test_image_class_and_scores(shape, classes):
+@pytest.mark.parametrize("shape, classes, ireg", [(SHAPE, CLASSES, False), ((1, 9, 6), 11, False),
+                                                  ((1, 9, 6), 11, True)])
+def test_image_class_and_scores(shape, classes, ireg):
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(2)]
     n_out = result_bytes(classes)
     script = []
     for img in images:
         script += [("send", encode_image(img, shape)), ("expect", n_out)]
-    replies, _ = rtl_board(make_top(shape=shape, classes=classes), script)
+    replies, _ = rtl_board(make_top(shape=shape, classes=classes, input_register=ireg), script)
     assert len(replies) == 2 * n_out
     for n, img in enumerate(images):
         assert decode_result(replies[n_out * n:n_out * (n + 1)], classes) == stub_result(img, classes)
@@ -202,8 +205,9 @@ def test_weights_go_to_the_weight_port():
     assert extra == {"wl_count": len(payload), "wl_sum": sum(payload)}
 
 
-def test_half_sent_image_times_out_and_resets_the_accelerator():
-    top = make_top()
+@pytest.mark.parametrize("ireg", [False, True])
+def test_half_sent_image_times_out_and_resets_the_accelerator(ireg):
+    top = make_top(input_register=ireg)
     img = np.full(SHAPE, 3, np.uint8)
     replies, _ = rtl_board(top, [("send", encode_image(img, SHAPE)[:11]), ("expect", 1),
                                  ("send", encode_image(img, SHAPE)), ("expect", REPLY)])
