@@ -130,7 +130,7 @@ sim-full: $(foreach p,$(PRESETS),build/quant/$(ARCH)-$(p)/spec.json)
 	@mkdir -p build/reports
 	@rm -f build/reports/sim-full-$(ARCH).jsonl
 	@for p in $(PRESETS); do $(PY) -m sim --spec build/quant/$(ARCH)-$$p --images all --simulator verilator \
-	  --config $(SIM_CONFIG) --jobs $(JOBS) --report build/reports/sim-full-$(ARCH).jsonl || exit 1; done
+	  $(if $(SIM_CONFIG),--config $(SIM_CONFIG),--lanes $(LANES)) --jobs $(JOBS) --report build/reports/sim-full-$(ARCH).jsonl || exit 1; done
 
 bench: build/quant/lenet5-q8/spec.json
 	$(PY) -m quantize.bench --spec build/quant/lenet5-q8
