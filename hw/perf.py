@@ -37,7 +37,7 @@ from .program import Program, compile_spec, drain_turns, layer_gap
 def layer_cycles(lp, lanes: int, gap: int | None = None) -> dict:
     """One layer's cycles; ``gap`` = INIT + GAP (default :func:`layer_gap` of ``lanes``)."""
     gap = layer_gap(lanes) if gap is None else gap
-    group_taps = [t for t in lp.taps for _ in range(lp.groups)] if lp.mode == "conv" else lp.taps * lp.groups
+    group_taps = lp.group_taps
     issue = sum(group_taps)
     d = drain_turns(lp, lanes)
     wait = sum(max(0, d - t) for t in group_taps[1:])

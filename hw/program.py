@@ -106,6 +106,12 @@ class LayerProgram:
         return self.maps * self.groups
 
     @property
+    def group_taps(self) -> list[int]:
+        """The taps of each group in issue order: conv, every tile of a map replays its taps; dense,
+        every group reads all the inputs."""
+        return [t for t in self.taps for _ in range(self.groups)] if self.mode == "conv" else self.taps * self.groups
+
+    @property
     def has_activation(self) -> bool:
         return self.out_fn != "score"
 
@@ -358,8 +364,7 @@ def load_fits(prog: Program) -> bool:
     d = max(drain_turns(lp, P) for lp in prog.layers)
     free = 0
     for lp in prog.layers[1:]:
-        per_group = [t for t in lp.taps for _ in range(lp.groups)] if lp.mode == "conv" else lp.taps * lp.groups
-        free += sum(max(0, t + max(0, drain_turns(lp, P) - t) - (d + 4)) for t in per_group)
+        free += sum(max(0, t + max(0, drain_turns(lp, P) - t) - (d + 4)) for t in lp.group_taps)
     return free >= prog.load_cycles + 2
 
 

@@ -192,7 +192,7 @@ class Sequencer(wiring.Component):
         overlap = prog.overlap
         load_go, filling, fill_next = Signal(), Signal(), Signal()
         loading = Signal(init=1)  # a register: the loader may step in this cycle
-        loaded, in_use = Signal(), Signal()
+        loaded, in_use = Signal(), Signal(name="in_use")  # (named: a closure reads it)
         load_last = (load_x == wp_ - 1) & (load_y == hp - 1) & (load_c == ch - 1)
         if overlap:
             # the drain's writes end D + 3 cycles after its capture (D: the longest drain): the loader
@@ -226,6 +226,9 @@ class Sequencer(wiring.Component):
             def start_image():  # the first layer's registers (``layer`` is 0 already)
                 return [tap_ptr.eq(n_dense), dense_ptr.eq(0), gm.eq(0), gm_next.eq(1)]
 
+            def take_image():  # overlap: the loaded image goes to layer 0, which holds its region
+                return [loaded.eq(0), in_use.eq(1)]
+
             with m.State("IDLE"):
                 m.d.sync += start_image()
                 if self.weights == "load":  # weight bytes are taken only between images
@@ -234,7 +237,7 @@ class Sequencer(wiring.Component):
                 if overlap:  # the loader's steps count as busy cycles of the image they load
                     m.d.comb += self.busy.eq(load_go)
                     with m.If(loaded):
-                        m.d.sync += [loaded.eq(0), in_use.eq(1)]
+                        m.d.sync += take_image()
                         m.next = "INIT"
                 else:
                     with m.If(self.i_valid):
@@ -334,7 +337,7 @@ class Sequencer(wiring.Component):
                 m.next = "IDLE"
                 if overlap:  # the next image is in: start it now
                     with m.If(loaded):
-                        m.d.sync += start_image() + [loaded.eq(0), in_use.eq(1)]
+                        m.d.sync += start_image() + take_image()
                         m.next = "INIT"
         m.d.comb += self.o_last.eq(ctl.out_beat == prog.output_beats - 1)
         self._tap_pipeline(m, k, issue, last_tap, layer, o_cnt, ty, tx, p0, map_off, bias_ptr, t_cnt,
@@ -351,8 +354,10 @@ class Sequencer(wiring.Component):
         layers = prog.layers
         # fields as narrow as the program allows: a pipeline word of at most 64 bits is one machine
         # word in a simulator (Icarus allocates wider vectors on the heap at every copy)
-        max_tiles = max([max(lp.tiles) for lp in layers] + [1])
-        max_n0 = max(max(lp.n_out, lp.maps) for lp in layers) + P
+        # the pipeline's fields: one value narrower than the bundle's ranges where that saves a bit
+        # (a tile index below the tile count, n0 below the last group's end)
+        max_tiles = tile_range(prog).stop - 1
+        max_n0 = n0_range(prog).stop - 1
         info = data.StructLayout({"valid": 1, "first": 1, "last": 1, "conv": 1, "lane_w": 1, "max": 1,
                                   "layer": range(max(len(layers), 2)), "ty": range(max_tiles), "tx": range(max_tiles),
                                   "map_off": AW, "n0": range(max_n0), "bias_addr": ctl.bias_addr.shape(), "mask": P})
