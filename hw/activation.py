@@ -2,7 +2,7 @@
 ROM, ReLU, or none) and write the state into the next layer's layout in the banked feature memory."""
 from __future__ import annotations
 
-from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -249,8 +249,16 @@ class Activation(wiring.Component):
                         if lp.out_fn == "score":
                             m.d.comb += self._of(self.score, b).eq(wrapped)
                         elif lp.out_fn == "lut":
-                            idx, _ = requantize(wrapped, acc_fmt.frac, f["index"])
-                            m.d.comb += rps[b].addr.eq(lp.lut_base + (idx - f["index"].code_min).as_unsigned())
+                            fi = f["index"]
+                            idx, _ = requantize(wrapped, acc_fmt.frac, fi)
+                            if len(lp.spec.lut) == 1 << fi.width and lp.lut_base % len(lp.spec.lut) == 0:
+                                # a full table at an aligned base: idx - code_min is idx with its sign
+                                # bit flipped, and the base is ORed in (no adder before the ROM)
+                                n = fi.width
+                                off = Cat(idx[:n - 1], ~idx[n - 1]) if fi.signed else idx[:n]
+                                m.d.comb += rps[b].addr.eq(off | lp.lut_base)
+                            else:
+                                m.d.comb += rps[b].addr.eq(lp.lut_base + (idx - fi.code_min).as_unsigned())
                         else:
                             src = Mux(wrapped < 0, 0, wrapped) if lp.out_fn == "relu" else wrapped
                             v, _ = requantize(src, acc_fmt.frac, lp.spec.out_format)

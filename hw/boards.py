@@ -34,7 +34,7 @@ import re
 from pathlib import Path
 from types import SimpleNamespace
 
-from amaranth.hdl import Cat, Const, Elaboratable, Module, Mux, ResetInserter, Signal, signed
+from amaranth.hdl import Array, Cat, Const, Elaboratable, Module, Mux, ResetInserter, Signal, signed
 from amaranth.lib import io, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
@@ -91,8 +91,8 @@ class BoardTop(wiring.Component):
         ``program.classes`` (give them for an accelerator without a program, e.g. a stub).
     input_register : bool
         Pass the accelerator's pixel beats through a register (its valid and payload), so the
-        protocol's decisions and the accelerator's loader are not one path: on a large device they
-        sit far apart (the ECP5 boards use it; the UP5K has no logic cells to spare for it).
+        protocol's decisions and the accelerator's loader are not one path (every board top uses it:
+        on the ECP5 the two sit far apart, on the full UP5K that path set the clock).
 
     Ports: ``rx`` (from the host), ``tx`` (to the host), ``led`` (high while an image is being
     received, computed or answered).
@@ -173,26 +173,54 @@ class BoardTop(wiring.Component):
                 m.d.sync += [full.eq(1), acc.i.payload.eq(beat.payload)]
             with m.If(acc_reset):  # an abandoned command's beat is dropped with the accelerator's state
                 m.d.sync += full.eq(0)
-        # reply buffer: the longest reply unit (the '?' answer, 'R' and B classes, B scores), sent LSB
-        # first (``tx_busy`` = "txn != 0" as a register: the protocol's decisions read no compare)
-        nbuf = max(VERSION_BYTES, 1 + B, SCORE_BYTES * B)
-        txbuf = Signal(8 * nbuf)
-        txn = Signal(range(nbuf + 1))
-        tx_busy = Signal()
-        m.d.comb += [utx.i.valid.eq(tx_busy), utx.i.payload.eq(txbuf[:8])]
-        with m.If(utx.i.valid & utx.i.ready):
-            m.d.sync += [txbuf.eq(txbuf >> 8), txn.eq(txn - 1), tx_busy.eq(txn != 1)]
+        # the reply, one byte at a time: ``txi`` counts the bytes of the current unit down to 0, from
+        # a source that holds still while they go out (the '?' answer, a constant; a one-byte answer,
+        # a register; the accelerator's output beat, which is taken when its last byte has moved).
+        # ``tx_busy`` is "bytes left" as a register: the protocol's decisions read no compare
+        version = version_reply(self.lanes, self.image_shape, self.classes, B)
+        out = acc.o.payload.value
+        values = [Signal(signed(8 * SCORE_BYTES), name=f"value{b}") for b in range(B)]  # sign-extended scores
+        m.d.comb += [values[b].eq(out if B == 1 else out[b]) for b in range(B)]
+        units = {  # kind -> its bytes, last first (txi counts down)
+            "version": [Const(v, 8) for v in reversed(version)],
+            "header": [v[:8] for v in reversed(values)] + [Const(REPLY_RESULT, 8)],
+            "scores": [v.word_select(j, 8) for v in reversed(values) for j in reversed(range(SCORE_BYTES))],
+        }
+        nmax = max(len(u) for u in units.values())
+        txi = Signal(range(nmax))
+        tx_busy, tx_beat = Signal(), Signal()  # bytes left; the unit is an accelerator beat
+        single = Signal(8)  # a one-byte answer ('E', 'K')
+        kind = Signal(range(len(units) + 1))  # 0: ``single``, 1 + k: units' k-th
+        byte = Signal(8)
+        with m.Switch(kind):
+            with m.Case(0):
+                m.d.comb += byte.eq(single)
+            for k, unit in enumerate(units.values()):
+                with m.Case(k + 1):
+                    m.d.comb += byte.eq(Array(unit + [unit[-1]] * (2 ** len(txi) - len(unit)))[txi])
+        # each byte waits in a register for the transmitter (``txd``): the multiplexers above and the
+        # transmitter's shift register are not one path
+        txd, txd_full = Signal(8), Signal()
+        m.d.comb += [utx.i.valid.eq(txd_full), utx.i.payload.eq(txd)]
+        take = Signal()  # the next byte of the unit moves into ``txd``
+        m.d.comb += take.eq(tx_busy & (~txd_full | utx.i.ready))
+        sent = Signal()  # the unit's last byte moves now
+        m.d.comb += sent.eq(take & (txi == 0))
+        with m.If(take):
+            m.d.sync += [txd.eq(byte), txd_full.eq(1), txi.eq(txi - 1), tx_busy.eq(txi != 0)]
+        with m.Elif(utx.i.ready):
+            m.d.sync += txd_full.eq(0)
 
-        def send(value, n):
-            return [txbuf.eq(value), txn.eq(n), tx_busy.eq(1)]
+        def send(what, beat=False):
+            """Start a reply unit: an int (one byte) or the name of one of ``units``."""
+            if isinstance(what, int):
+                return [single.eq(what), kind.eq(0), txi.eq(0), tx_busy.eq(1), tx_beat.eq(0)]
+            k = list(units).index(what)
+            return [kind.eq(k + 1), txi.eq(len(units[what]) - 1), tx_busy.eq(1), tx_beat.eq(beat)]
 
         count = Signal(range(self.image_bytes))
         sub = Signal(range(max(B, 2)))  # byte of the current pixel beat (image 0..B-1)
         held = Signal(8 * max(B - 1, 1))
-        # each image's output value sign-extended to a 4-byte score
-        values = [Signal(signed(8 * SCORE_BYTES), name=f"value{b}") for b in range(B)]
-        out = acc.o.payload.value
-        m.d.comb += [values[b].eq(out if B == 1 else out[b]) for b in range(B)]
         length = Signal(32)
         first = Signal()
         idle = Signal(range(self.timeout_cycles + 1))  # cycles without a byte inside a command
@@ -214,10 +242,9 @@ class BoardTop(wiring.Component):
                                 m.d.sync += count.eq(0)
                                 m.next = "LENGTH"
                             with m.Case(CMD_QUERY):
-                                reply = version_reply(self.lanes, self.image_shape, self.classes, B)
-                                m.d.sync += send(int.from_bytes(reply, "little"), len(reply))
+                                m.d.sync += send("version")
                             with m.Default():
-                                m.d.sync += send(REPLY_ERROR, 1)
+                                m.d.sync += send(REPLY_ERROR)
             with m.State("IMAGE"):
                 with m.If(timed_out):
                     m.next = "ABORT"
@@ -236,15 +263,15 @@ class BoardTop(wiring.Component):
                         m.d.sync += first.eq(1)
                         m.next = "RESULT"
             with m.State("RESULT"):
-                with m.If(~tx_busy):
-                    m.d.comb += acc.o.ready.eq(1)
-                    with m.If(acc.o.valid):
-                        with m.If(first):
-                            m.d.sync += send(Cat(Const(REPLY_RESULT, 8), *(v[:8] for v in values)), 1 + B) + [first.eq(0)]
-                        with m.Else():
-                            m.d.sync += send(Cat(*values), SCORE_BYTES * B)
-                        with m.If(acc.o.payload.last):
-                            m.next = "CMD"
+                # a beat is sent straight from the accelerator's output, then taken
+                with m.If(~tx_busy & acc.o.valid):
+                    with m.If(first):
+                        m.d.sync += send("header", beat=True) + [first.eq(0)]
+                    with m.Else():
+                        m.d.sync += send("scores", beat=True)
+                m.d.comb += acc.o.ready.eq(sent & tx_beat)
+                with m.If(sent & tx_beat & acc.o.payload.last):
+                    m.next = "CMD"
             with m.State("LENGTH"):
                 with m.If(timed_out):
                     m.next = "ABORT"
@@ -254,8 +281,7 @@ class BoardTop(wiring.Component):
                     m.d.sync += [length.eq(new_length), count.eq(count + 1)]
                     with m.If(count == 3):
                         with m.If(new_length == 0):
-                            m.d.sync += send(ack, 1)
-                            m.next = "CMD"
+                            m.next = "ACK"
                         with m.Else():
                             m.next = "WEIGHTS"
             with m.State("WEIGHTS"):
@@ -268,12 +294,15 @@ class BoardTop(wiring.Component):
                 with m.If(byte_in):
                     m.d.sync += length.eq(length - 1)
                     with m.If(length == 1):
-                        m.d.sync += send(ack, 1)
-                        m.next = "CMD"
+                        m.next = "ACK"
+            with m.State("ACK"):
+                # the answer to 'W' in a state of its own: the byte-counting states start no reply
+                m.d.sync += send(ack)
+                m.next = "CMD"
             with m.State("ABORT"):
                 # the host went silent inside a command: reset the accelerator, answer 'E'
                 m.d.comb += acc_reset.eq(1)
-                m.d.sync += send(REPLY_ERROR, 1)
+                m.d.sync += send(REPLY_ERROR)
                 m.next = "CMD"
 
         # inter-byte timeout while a command's bytes are expected (not while the board computes,
@@ -438,7 +467,7 @@ def board_plan(board: str, spec, lanes: int = 8, baud: int = DEFAULT_BAUD, name:
             raise UserError(f"board {board}: {e}") from None
     try:
         top = BoardTop(spec, lanes, clk_hz, baud, accelerator=accelerator,
-                       input_register=BOARDS[board]["constraints"] != ".pcf")
+                       input_register=True)
     except (ValueError, TypeError) as e:
         raise UserError(f"board {board}: {e}") from None
     name = name or top_name(spec, board)

@@ -94,7 +94,8 @@ class Engine(wiring.Component):
 
     def _read(self, m, win):
         ctl, prog = self.ctl, self.program
-        m.d.comb += [win.base.eq(ctl.rd_base), win.adj_row.eq(ctl.rd_adj_row), win.adj_col.eq(ctl.rd_adj_col),
+        m.d.comb += [win.base.eq(ctl.rd_base), win.base_row.eq(ctl.rd_base_row), win.base_col.eq(ctl.rd_base_col),
+                     win.base_both.eq(ctl.rd_base_both),
                      win.dense.eq(ctl.rd_dense), win.bank.eq(ctl.rd_bank)]
         if prog.R > 1:
             m.d.comb += win.my.eq(ctl.rd_my)
@@ -121,5 +122,6 @@ class Engine(wiring.Component):
             m.d.sync += scores[act.score_idx].eq(act_score)
             with m.If((act.score_idx == 0) | (act_score > best)):
                 m.d.sync += [best.eq(act_score), cls.eq(act.score_idx)]
-        m.d.comb += value.eq(Mux(ctl.out_beat == 0, cls, scores[ctl.out_beat - 1]))
+        # beat 0 the class, beat 1 + j score j: one multiplexer indexed by the beat (no subtraction)
+        m.d.comb += value.eq(Array([cls, *scores])[ctl.out_beat])
         return data

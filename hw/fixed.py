@@ -33,6 +33,13 @@ def shift_round(value: Value, shift: int, rounding: str) -> Value:
     v = value.as_signed() if not value.shape().signed else value
     if shift <= 0:
         return v << -shift
+    floor, inc = _floor_inc(v, shift, rounding)
+    return floor + inc
+
+
+def _floor_inc(v: Value, shift: int, rounding: str) -> tuple[Value, Value]:
+    """``(floor(v / 2**shift), inc)`` with ``round(v / 2**shift) == floor + inc`` (``inc`` one bit,
+    by the rounding mode), for a signed ``v`` and ``shift >= 1``."""
     if len(v) <= shift:  # sign-extend so that rem below has all ``shift`` bits
         v = Cat(v, v[-1].replicate(shift + 1 - len(v))).as_signed()
     floor = v >> shift  # arithmetic shift: floor division
@@ -57,7 +64,7 @@ def shift_round(value: Value, shift: int, rounding: str) -> Value:
     }.get(rounding)
     if inc is None:
         raise ValueError(f"unknown rounding mode {rounding!r}")
-    return floor + inc
+    return floor, inc
 
 
 def overflow(value: Value, fmt: QFormat) -> tuple[Value, Value]:
@@ -81,7 +88,21 @@ def requantize(value: Value, src_frac: int, fmt: QFormat) -> tuple[Value, Value]
     Returns ``(code, clipped)`` where ``clipped`` is 1 when the rounded value was out of range.
     """
     check_format(fmt, "requantize target")
-    return overflow(shift_round(value, src_frac - fmt.frac, fmt.rounding), fmt)
+    shift = src_frac - fmt.frac
+    if shift <= 0 or fmt.overflow != "SAT":
+        return overflow(shift_round(value, shift, fmt.rounding), fmt)
+    # saturate from the floor and the increment, not from their sum: the range checks run beside
+    # the rounding logic, and the sum is only as wide as the result (one carry chain, not three)
+    v = value.as_signed() if not value.shape().signed else value
+    floor, inc = _floor_inc(v, shift, fmt.rounding)
+    lo, hi = fmt.code_min, fmt.code_max
+    above = Mux(inc, floor >= hi, floor > hi)  # floor + inc > hi
+    below = Mux(inc, floor < lo - 1, floor < lo)  # floor + inc < lo
+    n = fmt.width
+    bits = floor.as_unsigned() if len(floor) >= n else Cat(floor, floor[-1].replicate(n - len(floor)))
+    low = (bits[:n] + inc)[:n]  # floor + inc in range: its low n bits are the code
+    result = Mux(above, Const(hi & ((1 << n) - 1), n), Mux(below, Const(lo & ((1 << n) - 1), n), low))
+    return (result.as_signed() if fmt.signed else result.as_unsigned()), above | below
 
 
 class Requantize(wiring.Component):

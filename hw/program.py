@@ -323,7 +323,8 @@ def compile_spec(spec: QuantSpec, lanes: int = 8, fuse_pools: bool = False, pool
         for stage in [lp] + ([lp.pool] if lp.pool else []):
             if stage.spec.lut is not None:  # identical tables (the usual case: one squash) are stored once
                 key = tuple(stage.spec.lut.tolist())
-                if key not in lut_seen:
+                if key not in lut_seen:  # at a multiple of its power-of-two size: the drain ORs the base in
+                    lut_rom += [0] * (-len(lut_rom) % (1 << (len(key) - 1).bit_length()))
                     lut_seen[key] = len(lut_rom)
                     lut_rom += list(key)
                 stage.lut_base = lut_seen[key]

@@ -42,7 +42,8 @@ def control_signature(prog: Program) -> wiring.Signature:
     bw = max(1, log2(P))
     return wiring.Signature({
         # the window read (tap pipeline stage 2)
-        "rd_base": Out(unsigned(aw)), "rd_adj_row": Out(unsigned(aw)), "rd_adj_col": Out(unsigned(aw)),
+        "rd_base": Out(unsigned(aw)), "rd_base_row": Out(unsigned(aw)), "rd_base_col": Out(unsigned(aw)),
+        "rd_base_both": Out(unsigned(aw)),
         "rd_my": Out(range(prog.R)), "rd_mx": Out(range(prog.C)), "rd_dense": Out(1), "rd_bank": Out(range(P)),
         # the lanes (stage 4; their weights a stage early, stage 3): one weight per lane, packed
         "lane_w": Out(unsigned(P * prog.weight_width)), "mac_valid": Out(1), "mac_first": Out(1), "mac_max": Out(1),
@@ -68,9 +69,11 @@ def layer_constants(m: Module, prog: Program, layer) -> dict:
     for lp in prog.layers:
         lin = lp.in_layout
         lout = lp.out_layout
-        rows.append({"in_base": lin.base, "maps_m1": lp.maps - 1, "groups_m1": lp.groups - 1,
+        rs, cs = lin.s * lin.lw, lin.s  # the next tile row's and column's first words
+        rows.append({"in_base": lin.base, "in_base_row": lin.base + rs, "in_base_col": lin.base + cs,
+                     "in_base_both": lin.base + rs + cs, "maps_m1": lp.maps - 1, "groups_m1": lp.groups - 1,
                      "tiles_x_m1": lp.tiles[1] - 1, "out_h": lp.out_h, "out_w": lp.out_w,
-                     "row_step": lin.s * lin.lw, "col_step": lin.s,
+                     "row_step": rs, "col_step": cs,
                      "out_lhw": lout.lhw if lout else 0, "in_h_m1": lin.h - 1, "in_w_m1": lin.w - 1, "in_lhw": lin.lhw,
                      "in_llw": log2(lin.lw), "bias_base": lp.bias_base, "n_out": lp.n_out,
                      "dense_tm1": lp.taps[0] - 1 if lp.mode == "dense" else 0,
@@ -156,7 +159,10 @@ class Sequencer(wiring.Component):
         gm_next = Signal(range(len(conv_maps) + 2), init=1)  # gm + 1, counted alongside gm
         m.d.sync += [nxt_tm1.eq(tm1_arr[gm_next]), nxt_wait.eq(wait_arr[gm_next]),
                      nxt_wait_nz.eq(wait_arr[gm_next] != 0)]
-        last_tap = t_cnt == tm1
+        # "this tap is the group's last", a register kept equal to t_cnt == tm1 (set where either
+        # moves): the compare stays out of the issue logic's paths
+        last_tap = Signal()
+        tm2 = Signal.like(tm1, name="tm2")  # tm1 - 1 (wrapping), loaded with tm1: last_tap's compare is register to register
         last_group = g_cnt == k["groups_m1"]
         last_map = o_cnt == k["maps_m1"]
         issue = Signal()
@@ -255,6 +261,8 @@ class Sequencer(wiring.Component):
                     o_cnt.eq(0), t_cnt.eq(0), map_off.eq(0), tap_map_base.eq(tap_ptr), bias_ptr.eq(k["bias_base"]),
                     fill_ptr.eq(k["fill_base"]), counter.eq(k["fill_m1"]),
                     tm1.eq(Mux(k["conv"], tm1_arr[gm], k["dense_tm1"])),
+                    tm2.eq(Mux(k["conv"], tm1_arr[gm], k["dense_tm1"]) - 1),
+                    last_tap.eq(Mux(k["conv"], tm1_arr[gm], k["dense_tm1"]) == 0),
                     wait_cur.eq(Mux(k["conv"], wait_arr[gm], k["dense_wait"])),
                     wait_cur_nz.eq(Mux(k["conv"], wait_arr[gm], k["dense_wait"]) != 0)]
                 m.next = "ISSUE"
@@ -275,15 +283,17 @@ class Sequencer(wiring.Component):
                         m.d.sync += [dx_.eq(0), dy_.eq(dy_ + 1)]
                         with m.If(dy_ == k["in_h_m1"]):
                             m.d.sync += [dy_.eq(0), dc_off.eq(dc_off + k["in_lhw"])]
+                m.d.sync += last_tap.eq(t_cnt == tm2)
                 with m.If(last_tap):
-                    m.d.sync += t_cnt.eq(0)
+                    m.d.sync += [t_cnt.eq(0), last_tap.eq(Mux(k["conv"] & last_group, nxt_tm1, tm1) == 0)]
                     with m.If(k["bias_per_lane"]):
                         m.d.sync += bias_ptr.eq(bias_ptr + P)
                     with m.Elif(last_group):
                         m.d.sync += bias_ptr.eq(bias_ptr + 1)
                     with m.If(k["conv"]):
                         with m.If(last_group):
-                            m.d.sync += [tm1.eq(nxt_tm1), wait_cur.eq(nxt_wait), wait_cur_nz.eq(nxt_wait_nz)]
+                            m.d.sync += [tm1.eq(nxt_tm1), tm2.eq(nxt_tm1 - 1), wait_cur.eq(nxt_wait),
+                                         wait_cur_nz.eq(nxt_wait_nz)]
                             m.d.sync += restart_map() + [o_cnt.eq(o_cnt + 1), gm.eq(gm + 1), gm_next.eq(gm_next + 1),
                                                          map_off.eq(map_off + k["out_lhw"]), tap_map_base.eq(tap_ptr + 1)]
                         with m.Else():
@@ -385,21 +395,26 @@ class Sequencer(wiring.Component):
             m.d.sync += [st[j + 1].eq(st[j]) for j in range(1, 6)]
             grp = st[6]
         # the datapath registers below carry no reset: they are qualified by the valid bits of ``st``
-        s1_tile, s1_dense, s2_tile, s2_dense = (Signal(AW, reset_less=True) for _ in range(4))
+        corners = ("", "_row", "_col", "_both")  # the tile's first word, and its next row's, column's, both's
+        s1_tile = {c: Signal(AW, name=f"s1_tile{c}", reset_less=True) for c in corners}
+        s1_dense = Signal(AW, reset_less=True)
         s1_bank, s2_bank = (Signal(max(1, log2(P)), reset_less=True) for _ in range(2))
-        s1_row, s1_col, s2_row, s2_col = (Signal(AW, reset_less=True) for _ in range(4))
         # dense: input (c, y, x) of a stride-1 layout (the row length from the layer's table)
         dbank, dword = address(Layout(1, 1, 1, 1, R, C), dy_, dx_, 1 << len(dy_), llw=k["in_llw"])
         dword = dc_off + dword
-        m.d.sync += [s1_tile.eq(k["in_base"] + tile_off), s1_dense.eq(k["in_base"] + dword), s1_bank.eq(dbank),
-                     s1_row.eq(k["row_step"]), s1_col.eq(k["col_step"]),
-                     s2_tile.eq(s1_tile), s2_dense.eq(s1_dense), s2_bank.eq(s1_bank), s2_row.eq(s1_row), s2_col.eq(s1_col)]
-        # c1: the weight word leaves the memory and is registered as it is
+        m.d.sync += [s1_tile[c].eq(k["in_base" + c] + tile_off) for c in corners]
+        m.d.sync += [s1_dense.eq(k["in_base"] + dword), s1_bank.eq(dbank), s2_bank.eq(s1_bank)]
+        # c1: the weight word leaves the memory and is registered as it is; the tap's word offset
+        # is added to the tile's four first words on the way (registers: a bank's read address is
+        # then a multiplexer over them, no adder after the tap word)
         wdata = Signal(prog.weight_word_width, reset_less=True)
-        m.d.sync += wdata.eq(wmem.rdata)
+        rd = {c: Signal(AW, name=f"rd_base{c}", reset_less=True) for c in corners}
+        off = wmem.rdata[sh:sh + offw]
+        m.d.sync += [wdata.eq(wmem.rdata), rd[""].eq(Mux(st[1].conv, s1_tile[""] + off, s1_dense))]
+        m.d.sync += [rd[c].eq(s1_tile[c] + off) for c in corners[1:]]
         myw, mxw = lr, lc
-        m.d.comb += [ctl.rd_base.eq(Mux(st[2].conv, s2_tile + wdata[sh:sh + offw], s2_dense)),
-                     ctl.rd_adj_row.eq(s2_row), ctl.rd_adj_col.eq(s2_col), ctl.rd_dense.eq(~st[2].conv),
+        m.d.comb += [getattr(ctl, "rd_base" + c).eq(rd[c]) for c in corners]
+        m.d.comb += [ctl.rd_dense.eq(~st[2].conv),
                      ctl.rd_bank.eq(s2_bank)]
         if myw:
             m.d.comb += ctl.rd_my.eq(wdata[sh + offw:sh + offw + myw])

@@ -4,14 +4,15 @@ pixels under the current tap onto the R x C lanes.
 ANNA fed its convolver from shift registers holding a window of the feature map. Here the window
 slides in address space instead: the feature memory is ``lanes`` banks (one copy of the data,
 laid out by :class:`hw.program.Layout`), and for a tap (c, ky, kx) of a tile the R x C pixels the
-lanes need sit in R x C different banks, at one of two word addresses per bank row/column
-(``base``, ``base + adj_row``, ``base + adj_col``, ...). A two-stage rotation (rows by ``my``,
+lanes need sit in R x C different banks, at one of four word addresses (``base``, the next tile
+row's ``base_row``, column's ``base_col``, or both, ``base_both``; the sequencer adds them up in
+registers, so a bank's address is a multiplexer, not adders). A two-stage rotation (rows by ``my``,
 columns by ``mx``; logarithmic rotators, :func:`rotate`) then hands each lane its pixel. In dense
 mode the rotation brings the one bank's word to lane 0, and every lane takes lane 0's.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -36,7 +37,8 @@ def rotate(values: list, amount, bits: int) -> list:
 class TileWindow(wiring.Component):
     """Banked feature memory (``R * C`` banks of ``words`` words) with a tile read crossbar.
 
-    Read (every cycle): bank (r, c) reads word ``base + (adj_row if r < my) + (adj_col if c < mx)``;
+    Read (every cycle): bank (r, c) reads word ``base``, or ``base_row`` if only r < my,
+    ``base_col`` if only c < mx, ``base_both`` if both;
     lane (dy, dx) receives bank ((dy + my) % R, (dx + mx) % C). With ``dense`` high every bank reads
     ``base`` and every lane receives bank ``bank``.
     Write: ``waddr = bank * 2**addr_width + word``; one word per cycle.
@@ -69,8 +71,9 @@ class TileWindow(wiring.Component):
         aw, bw = self.addr_width, max(1, _log2(self.P))
         super().__init__({
             "base": In(unsigned(aw)),
-            "adj_row": In(unsigned(aw)),
-            "adj_col": In(unsigned(aw)),
+            "base_row": In(unsigned(aw)),
+            "base_col": In(unsigned(aw)),
+            "base_both": In(unsigned(aw)),
             "my": In(range(R)),
             "mx": In(range(C)),
             "dense": In(1),
@@ -92,12 +95,10 @@ class TileWindow(wiring.Component):
             mem = Memory(shape=signed(self.width), depth=self.words, init=[])
             m.submodules[f"bank{b}"] = mem
             rp, wp = mem.read_port(), mem.write_port()
-            adj = self.base
-            if R > 1:
-                adj = adj + Mux(~self.dense & (r < self.my), self.adj_row, 0)
-            if C > 1:
-                adj = adj + Mux(~self.dense & (c < self.mx), self.adj_col, 0)
-            m.d.comb += [rp.addr.eq(adj), wp.en.eq(self.we & (wbank == b)), wp.addr.eq(self.waddr[:aw]),
+            in_row = ~self.dense & (r < self.my) if R > 1 else Const(0, 1)
+            in_col = ~self.dense & (c < self.mx) if C > 1 else Const(0, 1)
+            addr = Mux(in_col, Mux(in_row, self.base_both, self.base_col), Mux(in_row, self.base_row, self.base))
+            m.d.comb += [rp.addr.eq(addr), wp.en.eq(self.we & (wbank == b)), wp.addr.eq(self.waddr[:aw]),
                          wp.data.eq(self.wdata)]
             data.append(rp.data)
         # the rotation amounts of the word now leaving the banks; in dense mode the rotation that

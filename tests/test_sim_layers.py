@@ -152,7 +152,7 @@ def _replay_window(arrs, R, C, aw, port="x", extra_latency=0):
     mem = {}
     lanes = {}
     for t in range(len(arrs["in.we"])):
-        g = {k: int(arrs[f"in.{k}"][t, 0]) for k in ("base", "adj_row", "adj_col", "my", "mx", "dense", "bank")}
+        g = {k: int(arrs[f"in.{k}"][t, 0]) for k in ("base", "base_row", "base_col", "base_both", "my", "mx", "dense", "bank")}
         if g["dense"]:
             row = [mem.get((g["bank"], g["base"]))] * (R * C)
         else:
@@ -160,7 +160,8 @@ def _replay_window(arrs, R, C, aw, port="x", extra_latency=0):
             for dy in range(R):
                 for dx in range(C):
                     r, c = (dy + g["my"]) % R, (dx + g["mx"]) % C
-                    addr = g["base"] + (g["adj_row"] if r < g["my"] else 0) + (g["adj_col"] if c < g["mx"] else 0)
+                    addr = g[{(0, 0): "base", (1, 0): "base_row", (0, 1): "base_col", (1, 1): "base_both"}[
+                        (int(r < g["my"]), int(c < g["mx"]))]]
                     row.append(mem.get((r * C + c, addr)))
         lanes[t + 2 + extra_latency] = row
         if arrs["in.we"][t, 0]:

@@ -27,7 +27,7 @@ from .core import LayerTop, Schedule, extremes_and_random, register
 
 WINDOW_LATENCY = 2  # read inputs in cycle t -> x in cycle t + 2 (hw/window.py)
 WINDOW_MAC_LATENCY = WINDOW_LATENCY + MAC_LATENCY  # read in cycle t -> acc in cycle t + 4
-WINDOW_READ = ("base", "adj_row", "adj_col", "my", "mx", "dense", "bank")
+WINDOW_READ = ("base", "base_row", "base_col", "base_both", "my", "mx", "dense", "bank")
 WINDOW_PORTS = WINDOW_READ + ("we", "waddr", "wdata")
 
 
@@ -43,12 +43,14 @@ def conv_tap(layout, w: int, c: int, ky: int, kx: int) -> tuple[int, int, int, i
 
 def tile_read(layout, ty: int, tx: int, tap: tuple[int, int, int, int]) -> dict:
     """The window's read inputs for ``tap`` (a tap word) over tile (ty, tx), as the accelerator
-    presents them: ``base = layout.base + ty * s * lw + tx * s + off``, ``adj_row = s * lw``,
-    ``adj_col = s``, ``dense = 0``."""
+    presents them: ``base = layout.base + ty * s * lw + tx * s + off``, ``base_row = base + s * lw``,
+    ``base_col = base + s``, ``base_both = base_row + s``, ``dense = 0``."""
     _, off, my, mx = tap
     S = layout.s
-    return {"base": layout.base + ty * S * layout.lw + tx * S + off, "adj_row": S * layout.lw, "adj_col": S,
-            "my": my, "mx": mx, "dense": 0}
+    base = layout.base + ty * S * layout.lw + tx * S + off
+    mask = (1 << max(1, (layout.base + layout.words - 1).bit_length())) - 1  # the window's address width
+    return {"base": base & mask, "base_row": (base + S * layout.lw) & mask, "base_col": (base + S) & mask,
+            "base_both": (base + S * layout.lw + S) & mask, "my": my, "mx": mx, "dense": 0}
 
 
 def _layout(p):
@@ -67,7 +69,8 @@ def _window_words(p) -> int:
 
 def _garbage_read(rng, win) -> dict:
     """Read inputs of a cycle whose output nobody compares (writes, idle cycles)."""
-    return {"base": rng.integers(0, win.words), "adj_row": rng.integers(0, win.words), "adj_col": rng.integers(0, win.words),
+    return {"base": rng.integers(0, win.words), "base_row": rng.integers(0, win.words),
+            "base_col": rng.integers(0, win.words), "base_both": rng.integers(0, win.words),
             "my": rng.integers(0, win.R), "mx": rng.integers(0, win.C), "dense": rng.integers(0, 2),
             "bank": rng.integers(0, win.P)}
 
