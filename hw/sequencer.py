@@ -255,14 +255,13 @@ class Sequencer(wiring.Component):
                         m.next = "INIT"
             with m.State("INIT"):
                 m.d.comb += self.busy.eq(1)
+                first_tm1 = Mux(k["conv"], tm1_arr[gm], k["dense_tm1"])  # the layer's first group's taps - 1
                 with m.If(layer != 0):  # layer 0's last read is long done: the loader may refill its input
                     m.d.sync += in_use.eq(0)
                 m.d.sync += restart_map() + restart_dense_input() + [
                     o_cnt.eq(0), t_cnt.eq(0), map_off.eq(0), tap_map_base.eq(tap_ptr), bias_ptr.eq(k["bias_base"]),
                     fill_ptr.eq(k["fill_base"]), counter.eq(k["fill_m1"]),
-                    tm1.eq(Mux(k["conv"], tm1_arr[gm], k["dense_tm1"])),
-                    tm2.eq(Mux(k["conv"], tm1_arr[gm], k["dense_tm1"]) - 1),
-                    last_tap.eq(Mux(k["conv"], tm1_arr[gm], k["dense_tm1"]) == 0),
+                    tm1.eq(first_tm1), tm2.eq(first_tm1 - 1), last_tap.eq(first_tm1 == 0),
                     wait_cur.eq(Mux(k["conv"], wait_arr[gm], k["dense_wait"])),
                     wait_cur_nz.eq(Mux(k["conv"], wait_arr[gm], k["dense_wait"]) != 0)]
                 m.next = "ISSUE"

@@ -186,6 +186,13 @@ def design_files(target: Target, spec, lanes: int, component: str | None, freq_m
                          "weights": "loaded into SPRAM over the UART" if top.has_weight_port else "block RAM, initialised"}
 
 
+def build_clock_mhz(info: dict, freq_mhz: float | None) -> float:
+    """The clock a build is checked at (nextpnr) and counted at (images/s): a board top's PLL
+    output (``info["clk_mhz"]`` from :func:`design_files`; the dividers' nearest to ``--freq``),
+    else ``--freq``, else 12 MHz."""
+    return round(info.get("clk_mhz") or freq_mhz or 12.0, 4)
+
+
 def make_component(name: str):
     """A small stand-alone component for the CI-sized synthesis."""
     if name == "mac":
@@ -314,9 +321,7 @@ def synthesize(spec_dir: str | None, target_key: str, lanes: int = 8, component:
     check_fit(target, cells, name)
 
     # 2. place and route at the clock the build asks for
-    # a board top runs at the PLL's output, which can differ from --freq by a little (its dividers):
-    # nextpnr checks that clock, and images/s count it
-    clk = round(info.get("clk_mhz") or freq_mhz or 12.0, 4)
+    clk = build_clock_mhz(info, freq_mhz)
     progress(f"[{target_key}] nextpnr-{target.family} at {clk:g} MHz ...")
     report = work / "report.json"
     if report.exists():

@@ -149,3 +149,17 @@ def test_overused_resource_from_the_nextpnr_log():
            "Info: \t        ICESTORM_RAM:      28/     30    93%\nERROR: Failed to expand region (0, 0) |_> (25, 31)\n")
     assert _overused(log) == ("ICESTORM_LC", 5998, 5280)
     assert _overused(log.replace("5998", "5000")) is None
+
+
+@pytest.mark.parametrize("target,freq,pll", [("ice40-up5k", 29.0, 28.875), ("ice40-up5k", 29.25, 29.25),
+                                             ("ecp5-85k", 59.0, 59.375)])
+def test_board_build_is_checked_at_the_pll_clock(q8_spec, target, freq, pll):
+    """A board top runs at its PLL's output, not the asked --freq: that clock goes to nextpnr and
+    into images/s; a design without a PLL (core, component) keeps --freq."""
+    from hw.program import compile_spec
+
+    prog = compile_spec(q8_spec, 8)
+    _, _, info = synth.design_files(synth.TARGETS[target], q8_spec, 8, None, freq, program=prog)
+    assert info["clk_mhz"] == pytest.approx(pll)
+    assert synth.build_clock_mhz(info, freq) == pytest.approx(pll)
+    assert synth.build_clock_mhz({}, freq) == freq and synth.build_clock_mhz({}, None) == 12.0
