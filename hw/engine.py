@@ -5,7 +5,7 @@ all driven by the sequencer's control bundle (``hw/sequencer.py``). A batch of B
 engine of B images under one sequencer."""
 from __future__ import annotations
 
-from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -113,15 +113,19 @@ class Engine(wiring.Component):
         data = Signal(signed(dw), name="wdata" + sfx)
         m.d.comb += data.eq(Mux(ctl.fm_we, Mux(ctl.fm_pad, ctl.fm_pad_code, in_rp.data), act_wdata))
 
-        # scores and the running argmax (first maximum wins, as in the emulator)
-        scores = Array(Signal(signed(prog.score_width), name=f"score{sfx}_{j}" if sfx else f"score{j}")
-                       for j in range(prog.classes))
+        # scores and the running argmax (first maximum wins, as in the emulator). The scores sit in
+        # a memory (a block RAM or LUT RAM, not classes x score_width flip-flops and their output
+        # multiplexer): score j at address 1 + j, read ahead at the next cycle's beat, so its data
+        # arrive with the beat
+        scores = Memory(shape=signed(prog.score_width), depth=prog.classes + 1, init=[])
+        m.submodules["scores" + sfx] = scores
+        s_wp, s_rp = scores.write_port(), scores.read_port()
         best = Signal(signed(prog.score_width), name="best" + sfx)
         cls = Signal(range(max(prog.classes, 2)), name="cls" + sfx)
-        with m.If(act.score_we):
-            m.d.sync += scores[act.score_idx].eq(act_score)
-            with m.If((act.score_idx == 0) | (act_score > best)):
-                m.d.sync += [best.eq(act_score), cls.eq(act.score_idx)]
-        # beat 0 the class, beat 1 + j score j: one multiplexer indexed by the beat (no subtraction)
-        m.d.comb += value.eq(Array([cls, *scores])[ctl.out_beat])
+        m.d.comb += [s_wp.en.eq(act.score_we), s_wp.addr.eq(act.score_idx + 1), s_wp.data.eq(act_score),
+                     s_rp.addr.eq(ctl.out_beat_next)]
+        with m.If(act.score_we & ((act.score_idx == 0) | (act_score > best))):
+            m.d.sync += [best.eq(act_score), cls.eq(act.score_idx)]
+        # beat 0 the class, beat 1 + j score j
+        m.d.comb += value.eq(Mux(ctl.out_beat == 0, cls, s_rp.data))
         return data

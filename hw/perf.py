@@ -8,7 +8,8 @@ One image, streams never stalling::
     per layer:
       INIT             1  layer registers
       FILL      border    the padding of the layer's input (none for the first layer: LOAD writes it)
-      ISSUE          sum of taps over the layer's groups (one tap per cycle, all lanes at once)
+      ISSUE          sum of taps over the layer's groups (one tap per cycle, all lanes at once; a
+                           conv map's taps of weight 0 are not issued: they add nothing)
       WAIT           sum over groups after the first of max(0, D - taps): a group of fewer taps
                            than its drain's D turns waits for the drain (one turn per cycle) to keep
                            up; D = lanes, or with a fused pool lanes + 3 + (R/k)(C/k)
@@ -45,6 +46,7 @@ def layer_cycles(lp, lanes: int, gap: int | None = None) -> dict:
     return {"layer": lp.name + (f"+{lp.pool.name}" if lp.pool else ""), "mode": lp.mode, "groups": len(group_taps),
             "issue": issue, "wait": wait, "drain": d,
             "fill": lp.fill_count, "overhead": gap, "macs": macs,  # INIT (1) + GAP
+            "macs_skipped": lp.zero_taps * lp.n_out,  # zero weights: taps not issued
             "cycles": lp.fill_count + issue + wait + gap}
 
 
@@ -56,7 +58,8 @@ def program_schedule(prog: Program, macs: int) -> dict:
     total = latency - prog.load_cycles if prog.overlap else latency
     ideal = max(macs, 1) / lanes
     return {"lanes": lanes, "cycles_per_image": total, "latency_cycles": latency, "overlap": prog.overlap,
-            "macs_per_image": macs, "fm_words": prog.fm_words,
+            "macs_per_image": macs, "macs_skipped": sum(l["macs_skipped"] for l in per_layer),
+            "fm_words": prog.fm_words,
             "fused": [f"{lp.name}+{lp.pool.name}" for lp in prog.fused],
             "ideal_cycles": round(ideal, 1), "utilisation_ratio": round(total / ideal, 4),
             "mac_cycles": sum(l["issue"] for l in per_layer), "layers": per_layer}
@@ -118,7 +121,8 @@ def main(argv=None):
         for s in rows:
             print(f"lanes {s['lanes']:3}" + (f" x batch {args.batch}" if args.batch > 1 else "")
                   + f": {s['cycles_per_image']:8,} cycles/" + ("batch" if args.batch > 1 else "image")
-                  + f", {s['macs_per_image']:,} MACs, "
+                  + f", {s['macs_per_image']:,} MACs"
+                  + (f" ({s['macs_skipped']:,} of weight 0 skipped)" if s["macs_skipped"] else "") + ", "
                   f"{s['cycles_per_image'] / s['ideal_cycles']:.3f} x MACs/lanes, {s['fm_words']:,} feature words/bank"
                   + (f", fused {' '.join(s['fused'])}" if s["fused"] else "")
                   + (f", load overlapped (first image {s['latency_cycles']:,})" if s["overlap"] else "")

@@ -96,6 +96,7 @@ class LayerProgram:
     pool: LayerProgram | None = None
     coef_base: int = 0  # a fused pool: its first per-map coefficient in Program.coef_words
     pool_mul_cycles: int = 1  # a fused pool: drain turns per window (its coefficient multiply)
+    zero_taps: int = 0  # conv: taps of zero weight not issued, over all maps (each skips n_out MACs)
 
     @property
     def stride(self) -> int:
@@ -383,7 +384,7 @@ def _conv_layer(l: LayerSpec, lin: Layout, R: int, C: int, tap_words: list, bias
     def lane_positions(ty, tx):
         return [(ty * R + q // C, tx * C + q % C) for q in range(P)]
 
-    taps = []
+    taps, zero_taps = [], 0
     window = [(u, v) for u in range(K) for v in range(K)]
     for o in range(l.out_maps):
         if l.kind == "local":
@@ -400,6 +401,10 @@ def _conv_layer(l: LayerSpec, lin: Layout, R: int, C: int, tap_words: list, bias
             continue
         if l.kind == "conv":
             words = [tap(int(l.weight[o, c, u, v]), c, u, v) for c in l.connections()[o] for u, v in window]
+            # a zero weight adds nothing to the sum: its tap is not issued (the map keeps one tap)
+            nonzero = [t for t in words if t[0] != 0] or words[:1]
+            zero_taps += len(words) - len(nonzero)
+            words = nonzero
         else:  # pools read one input map; max-pool taps have weight 1
             coef = 1 if l.kind == "maxpool" else int(l.weight[o])
             words = [tap(coef, l.sources()[o], u, v) for u, v in window]
@@ -415,7 +420,7 @@ def _conv_layer(l: LayerSpec, lin: Layout, R: int, C: int, tap_words: list, bias
         bias_words += [int(v) for v in l.bias_acc()]
     return LayerProgram(mode="conv", maps=l.out_maps, groups=ty_n * tx_n, tiles=(ty_n, tx_n), taps=taps,
                         n_out=oh * ow, op="max" if l.kind == "maxpool" else "sum", shared=l.kind != "local",
-                        bias_per_lane=l.untied, **kw)
+                        bias_per_lane=l.untied, zero_taps=zero_taps, **kw)
 
 
 def _dense_layer(l: LayerSpec, lin: Layout, P: int, dense_words: list, bias_words: list, kw: dict) -> LayerProgram:

@@ -54,8 +54,9 @@ def control_signature(prog: Program) -> wiring.Signature:
         # feature-memory writes of the loader and the fill: the input table's word, or a pad code
         "in_lut_addr_hi": Out(range(max(prog.image_shape[0], 2))),  # channel: the table to read
         "fm_we": Out(1), "fm_waddr": Out(unsigned(aw + bw)), "fm_pad": Out(1), "fm_pad_code": Out(signed(prog.fm_width)),
-        # output beat: 0 the class, 1 + j score j
-        "out_beat": Out(range(prog.output_beats + 1)),
+        # output beat: 0 the class, 1 + j score j; and the beat of the next cycle (a score memory's
+        # read address: its data then arrive with the beat)
+        "out_beat": Out(range(prog.output_beats + 1)), "out_beat_next": Out(range(prog.output_beats + 1)),
     })
 
 
@@ -227,6 +228,7 @@ class Sequencer(wiring.Component):
                     m.d.sync += [load_c.eq(0), load_coff.eq(0)]
         # the loader's border words take the first layer's pad code, the fill's the current layer's
         m.d.comb += ctl.fm_pad_code.eq(Mux(fill_we, k["pad_code"], prog.input_pad_code))
+        m.d.comb += ctl.out_beat_next.eq(ctl.out_beat)  # FINISH and OUTPUT's advance below say otherwise
 
         with m.FSM(name="seq"):
             def start_image():  # the first layer's registers (``layer`` is 0 already)
@@ -331,13 +333,14 @@ class Sequencer(wiring.Component):
                     with m.Else():
                         m.next = "INIT"
             with m.State("FINISH"):
-                m.d.comb += self.busy.eq(1)
+                m.d.comb += [self.busy.eq(1), ctl.out_beat_next.eq(0)]
                 # layer 0's constants are registered by INIT, even straight after DONE
                 m.d.sync += [ctl.out_beat.eq(0), layer.eq(0), in_use.eq(0)]
                 m.next = "OUTPUT"
             with m.State("OUTPUT"):
                 m.d.comb += [self.busy.eq(1), self.o_valid.eq(1)]
                 with m.If(self.o_ready):
+                    m.d.comb += ctl.out_beat_next.eq(ctl.out_beat + 1)
                     m.d.sync += ctl.out_beat.eq(ctl.out_beat + 1)
                     with m.If(ctl.out_beat == prog.output_beats - 1):
                         m.next = "DONE"

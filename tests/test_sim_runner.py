@@ -210,19 +210,22 @@ def test_corrupted_c1_weight_is_caught_and_traced_to_c1(sim_spec, q8_spec_dir, s
     ww = prog.weight_width
     c1 = sim_spec.layers[0]
     assert c1.name == "C1" and c1.kind == "conv"
-    w0, off0, my0, mx0 = prog.tap_words[C1_TAP]
-    assert (my0, mx0) == (0, 0)
+    w0 = prog.tap_words[C1_TAP][0]
+    # map 0's first tap: its first weight that is not 0 (a tap of weight 0 is not issued)
+    K = c1.kernel
+    first = next((0, c, u, v) for c in c1.connections()[0] for u in range(K) for v in range(K)
+                 if c1.weight[0, c, u, v] != 0)
     waddr = len(prog.dense_words) + C1_TAP  # the weight memory: dense words, then the conv taps
     text = sim_verilog.read_text()
     m, word = _read_init(text, "seq.wmem", "rom", waddr)
-    assert word == (w0 & ((1 << ww) - 1)) | (off0 << ww) == prog.weight_words()[waddr], \
-        "the first conv tap word does not hold C1's first (weight, offset)"
-    assert (w0, off0) == (int(c1.weight[0, 0, 0, 0]), 0)
+    assert word == prog.weight_words()[waddr] and word & ((1 << ww) - 1) == w0 & ((1 << ww) - 1), \
+        "the first conv tap word does not hold C1's first weight"
+    assert w0 == int(c1.weight[first])
     bit = ww - 2  # a weight bit well inside the format: a large, in-range change
     bad_code = (word & ((1 << ww) - 1)) ^ (1 << bit)
     bad_w = bad_code - (1 << ww) if bad_code >> (ww - 1) else bad_code
     corrupted = copy.deepcopy(sim_spec)
-    corrupted.layers[0].weight[0, 0, 0, 0] = bad_w
+    corrupted.layers[0].weight[first] = bad_w
 
     image = test_images[:1]
     trace, changed = _expected_trace(sim_spec, corrupted, image)
