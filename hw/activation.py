@@ -134,7 +134,7 @@ class Activation(wiring.Component):
 
         # d0: lane k's value is at the head of the shift register accs[0]
         # the accumulators as expressions, not inside the If below: their inputs change every cycle,
-        # and an event-driven simulator re-runs an If's process at each change (see hw.window.rotate)
+        # and an event-driven simulator re-runs an If's process at each change (see hw.window.select)
         for b in range(B):
             for q in range(P):
                 shifted = accs[b][q + 1] if q < P - 1 else accs[b][q]

@@ -6,9 +6,10 @@ slides in address space instead: the feature memory is ``lanes`` banks (one copy
 laid out by :class:`hw.program.Layout`), and for a tap (c, ky, kx) of a tile the R x C pixels the
 lanes need sit in R x C different banks, at one of four word addresses (``base``, the next tile
 row's ``base_row``, column's ``base_col``, or both, ``base_both``; the sequencer adds them up in
-registers, so a bank's address is a multiplexer, not adders). A two-stage rotation (rows by ``my``,
-columns by ``mx``; logarithmic rotators, :func:`rotate`) then hands each lane its pixel. In dense
-mode the rotation brings the one bank's word to lane 0, and every lane takes lane 0's.
+registers, so a bank's address is a multiplexer, not adders). Two levels of multiplexers then hand
+each lane its pixel: row r of every column takes bank row (r + my) % R, and lane (r, c) takes column
+(c + mx) % C of its row, each output with a select of its own, registered with the read
+(:func:`select`). In dense mode every select names the one bank, so every lane takes its word.
 """
 from __future__ import annotations
 
@@ -22,16 +23,13 @@ from .layout import log2 as _log2
 
 
 
-def rotate(values: list, amount, bits: int) -> list:
-    """``[values[(i + amount) % n] for i in range(n)]``, n = 2**bits: a logarithmic rotator, one stage
-    of 2:1 multiplexers per bit of ``amount`` (n * bits multiplexers, against n * (n - 1) for a
-    multiplexer tree per output). Written as expressions: in an event-driven simulator (Icarus) they
-    are nets, which cost far less than the process an ``Array`` read becomes."""
-    n = len(values)
+def select(values: list, index, bits: int):
+    """``values[index]`` (2**bits values): a tree of 2:1 multiplexers, one level per bit of ``index``.
+    Written as expressions: in an event-driven simulator (Icarus) they are nets, which cost far less
+    than the process an ``Array`` read becomes."""
     for bit in range(bits):
-        step = 1 << bit
-        values = [Mux(amount[bit], values[(i + step) % n], values[i]) for i in range(n)]
-    return values
+        values = [Mux(index[bit], values[i + 1], values[i]) for i in range(0, len(values), 2)]
+    return values[0]
 
 
 class TileWindow(wiring.Component):
@@ -101,16 +99,21 @@ class TileWindow(wiring.Component):
             m.d.comb += [rp.addr.eq(addr), wp.en.eq(self.we & (wbank == b)), wp.addr.eq(self.waddr[:aw]),
                          wp.data.eq(self.wdata)]
             data.append(rp.data)
-        # the rotation amounts of the word now leaving the banks; in dense mode the rotation that
-        # brings bank ``bank`` to lane 0, whose pixel every lane then takes
-        my, mx, dense = Signal.like(self.my), Signal.like(self.mx), Signal()
-        m.d.sync += [my.eq(Mux(self.dense, self.bank >> lc, self.my) if R > 1 else 0),
-                     mx.eq(Mux(self.dense, self.bank[:lc], self.mx) if C > 1 else 0), dense.eq(self.dense)]
-        cols = [rotate(data[c::C], my, lr) for c in range(C)]  # each column's rows, rotated by my
-        rows = [rotate([cols[c][r] for c in range(C)], mx, lc) for r in range(R)]  # each row, by mx
-        lanes_out = [v for row in rows for v in row]
+        # each output picks its input with a select of its own, registered with the read: row r of
+        # a column takes bank row (r + my) % R, then lane (r, c) takes column (c + mx) % C of that
+        # row; in dense mode every select names the bank ``bank``, so every lane takes its word.
+        # Two levels of multiplexers after the block RAM, and no broadcast multiplexer after them
+        # (against the rotators' levels and a broadcast level: the ECP5-85F's critical path)
+        row_sel = [Signal(range(R), name=f"row_sel{r}") for r in range(R)]
+        col_sel = [Signal(range(C), name=f"col_sel{c}") for c in range(C)]
+        bank_r, bank_c = (self.bank >> lc) if R > 1 else 0, self.bank[:lc] if C > 1 else 0
+        m.d.sync += [row_sel[r].eq(Mux(self.dense, bank_r, self.my + r)) for r in range(R) if R > 1]
+        m.d.sync += [col_sel[c].eq(Mux(self.dense, bank_c, self.mx + c)) for c in range(C) if C > 1]
+        # rows[r][c]: bank row row_sel[r] of column c; lane (r, c): column col_sel[c] of row r
+        rows = [[select(data[c::C], row_sel[r], lr) if R > 1 else data[c] for c in range(C)] for r in range(R)]
         for q in range(P):
+            r, c = divmod(q, C)
             x = Signal(signed(self.width), name=f"x{q}", reset_less=True)  # data: no reset
-            m.d.sync += x.eq(Mux(dense, lanes_out[0], lanes_out[q]) if q else lanes_out[0])
+            m.d.sync += x.eq(select(rows[r], col_sel[c], lc) if C > 1 else rows[r][0])
             m.d.comb += self.x[q].eq(x)
         return m

@@ -135,7 +135,7 @@ def test_shipped_configurations():
 
     for t in TARGETS:
         cfg = shipped(t, "no-such-preset")
-        assert set(cfg) == {"lanes", "batch", "freq", "fuse_pools", "overlap_load"} and cfg == SHIPPED[(t, None)]
+        assert set(cfg) == {"lanes", "batch", "freq", "fuse_pools", "overlap_load", "seed"} and cfg == SHIPPED[(t, None)]
     for (t, preset), cfg in SHIPPED.items():
         assert t in TARGETS and shipped(t, preset) == cfg
         assert cfg["lanes"] & (cfg["lanes"] - 1) == 0 and cfg["batch"] >= 1 and cfg["freq"] > 0
