@@ -40,7 +40,7 @@ from amaranth.lib.wiring import In, Out
 
 from model.util import UserError, atomic_write_text, cli
 
-from .platforms import BOARDS, PlatformTop, ecp5_pll, ice40_pll, platform_for  # noqa: F401 (hw.boards API)
+from .platforms import BOARDS, PlatformTop, ecp5_pll, ice40_pll, platform_for
 from .uart import UARTReceiver, UARTTransmitter, divisor_for
 
 PROTOCOL_VERSION = 3

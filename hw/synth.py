@@ -163,7 +163,7 @@ def design_files(target: Target, spec, lanes: int, component: str | None, freq_m
             raise UserError(str(e)) from None
         name = f"core_{acc_name(spec)}_b{batch}"
         # the board's platform: the primitives it picks (SPRAM weights, SB_MAC16 product pairs)
-        from .boards import platform_for
+        from .platforms import platform_for
 
         il = rtlil.convert(CoreShim(acc), name=name, platform=platform_for(target.board))
         return name, {f"{name}.il": il}, {
