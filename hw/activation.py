@@ -11,7 +11,7 @@ from .fixed import requantize
 from .layout import address, log2
 from .pool import PoolStage
 from .program import POOL_LATENCY, Program, addr_width, drain_turns
-from .sequencer import n0_range, tile_range
+from .tap_pipeline import n0_range, tile_range
 
 
 class Activation(wiring.Component):
@@ -156,13 +156,10 @@ class Activation(wiring.Component):
                                                         init=prog.lut_rom or [0])
             rps.append(rom.read_port())
 
-        # lane k's output coordinates and write address in the next layer's layout
+        # lane k's output coordinates (then, a stage later, its write address) in the next layer's layout
         kk = k[:max(1, log2(P))] if P > 1 else Const(0, 1)
         dy, dx = (kk >> lc) if R > 1 else Const(0, 1), (kk[:lc] if C > 1 else Const(0, 1))
-        y, x = Signal(8), Signal(8)
-        m.d.comb += [y.eq((ty << lr) | dy), x.eq((tx << lc) | dx)]
-        bank = Signal(max(1, log2(P)))
-        word = Signal(aw)
+        cy, cx = Signal(10), Signal(max(10, len(n0) + 1))  # padded coordinates (dense: the neuron)
         # a fused layer: lane turns feed the pool stage (window pw, first lane pf); window turns
         # (jw) read it; the stage of a turn names the layer or pool whose constants it uses
         win_turn, lane_turn = Signal(), Signal()
@@ -182,29 +179,27 @@ class Activation(wiring.Component):
         with m.Switch(stage):
             for i, lp in enumerate(stages):
                 with m.Case(i):
-                    yy, xx = y, x
                     if i >= n:  # a fused pool's window jw: pool output (ty * R/k + wy, tx * C/k + wx)
                         kp = lp.spec.kernel
-                        ry, cx = log2(R // kp), log2(C // kp)
-                        wy, wx = (jw >> cx) if ry else Const(0, 1), (jw[:cx] if cx else Const(0, 1))
-                        py, px = Signal(8, name=f"py{i}"), Signal(8, name=f"px{i}")
-                        m.d.comb += [py.eq((ty << ry) | wy), px.eq((tx << cx) | wx),
-                                     wmask.eq((py < lp.out_h) & (px < lp.out_w))]
-                        yy, xx = py, px
+                        ry, cx_ = log2(R // kp), log2(C // kp)
+                        wy, wx = (jw >> cx_) if ry else Const(0, 1), (jw[:cx_] if cx_ else Const(0, 1))
+                        yy, xx = _coordinates(m, prog.fused[i - n].wrap, kp, ty, tx, wy, wx, ry, cx_, f"p{i}")
+                        m.d.comb += wmask.eq((yy < lp.out_h) & (xx < lp.out_w))
+                    else:
+                        yy, xx = _coordinates(m, lp.wrap, 1, ty, tx, dy, dx, lr, lc, f"l{i}")
                     if lp.pool is not None:  # the lane's window of the tile; its first lane starts it
                         kp = lp.pool.spec.kernel
-                        lk, cx = log2(kp), log2(C // kp)
-                        m.d.comb += [pw.eq(((dy >> lk) << cx) | (dx >> lk)),
+                        lk, cxp = log2(kp), log2(C // kp)
+                        m.d.comb += [pw.eq(((dy >> lk) << cxp) | (dx >> lk)),
                                      pf.eq((dy[:lk] == 0) & (dx[:lk] == 0) if lk else 1)]
                         continue  # its states are not written
                     lay = lp.out_layout
                     if lay is None:
                         continue
                     if lp.mode == "dense":  # neuron n0 + k is map n0 + k of 1 x 1: bank 0
-                        m.d.comb += [bank.eq(0), word.eq(lay.base + n0 + k)]
+                        m.d.comb += cx.eq(n0 + k)
                         continue
-                    b, w = address(lay, yy + lay.pad, xx + lay.pad, 256 + 2 * lay.pad)
-                    m.d.comb += [bank.eq(b), word.eq(lay.base + map_off + w)]
+                    m.d.comb += [cy.eq(yy + lay.pad), cx.eq(xx + lay.pad)]
         # lane turns read bias bias_addr (+ k where the layer has one per lane), counted in a register
         with m.Switch(self.layer):
             for i, lp in enumerate(prog.layers):
@@ -219,10 +214,24 @@ class Activation(wiring.Component):
         # d1: the bias arrives; the sum is registered (a block RAM's output is slow: no more logic after it)
         acc1 = [Signal(signed(prog.acc_width), name="acc1" + sfx[b], reset_less=True) for b in range(B)]
         v1 = Signal()
-        waddr1 = Signal.like(self.waddr, reset_less=True)
+        cy1, cx1, moff1 = (Signal.like(v, reset_less=True) for v in (cy, cx, map_off))
         idx1 = Signal.like(self.score_idx, reset_less=True)
         layer1 = Signal.like(stage, reset_less=True)
-        m.d.sync += [layer1.eq(stage), waddr1.eq(word if P == 1 else (bank << aw) | word), idx1.eq(n0 + k)]
+        m.d.sync += [layer1.eq(stage), cy1.eq(cy), cx1.eq(cx), moff1.eq(map_off), idx1.eq(n0 + k)]
+        # d1: the write address from the registered coordinates (a wrapped layout's multiply by its
+        # pitch and the adders sit in a stage of their own)
+        bank, word = Signal(max(1, log2(P))), Signal(aw)
+        with m.Switch(layer1):
+            for i, lp in enumerate(stages):
+                lay = lp.out_layout
+                if lay is None or lp.pool is not None:
+                    continue
+                with m.Case(i):
+                    if lp.mode == "dense":
+                        m.d.comb += [bank.eq(0), word.eq(lay.base + cx1)]
+                    else:
+                        b, w = address(lay, cy1, cx1, 1 << len(cx1))
+                        m.d.comb += [bank.eq(b), word.eq(lay.base + moff1 + w)]
         p1, p2, p3 = Signal(), Signal(), Signal()  # a fused lane's state: to the pool stage, not memory
         pw1, pw2, pw3, pf1, pf2, pf3 = (Signal.like(s, reset_less=True) for s in (pw, pw, pw, pf, pf, pf))
         if F:
@@ -235,7 +244,7 @@ class Activation(wiring.Component):
         v2 = Signal()
         waddr2, idx2, layer2 = (Signal.like(s, reset_less=True) for s in (self.waddr, self.score_idx, layer1))
         m.d.sync += [total[b].eq(acc1[b] + brp.data) for b in range(B)]
-        m.d.sync += [v2.eq(v1), waddr2.eq(waddr1), idx2.eq(idx1), layer2.eq(layer1)]
+        m.d.sync += [v2.eq(v1), waddr2.eq(word if P == 1 else (bank << aw) | word), idx2.eq(idx1), layer2.eq(layer1)]
         # d2: wrap, then the ROM address, the computed state, or the score (every image alike)
         is_score2, from_rom2 = Signal(), Signal()
         state2 = [Signal(signed(prog.fm_width), name="state2" + sfx[b]) for b in range(B)]
@@ -278,3 +287,18 @@ class Activation(wiring.Component):
                 m.d.comb += [pools[b].we.eq(p3), pools[b].win.eq(pw3), pools[b].first.eq(pf3), pools[b].max.eq(pmax),
                              pools[b].state.eq(data3)]
         return m
+
+
+def _coordinates(m, wrap: int, kp: int, ty, tx, dy, dx, ry: int, cx: int, name: str):
+    """Output (y, x) of lane or pool window (dy, dx) of the group at strip/tile row ``ty``, column
+    ``tx`` (tiles: a tile index; wrapped: the group's first column). Tiled: (ty * 2**ry + dy,
+    tx * 2**cx + dx). Wrapped at width ``wrap`` (a pool of kernel ``kp``: its windows, the strip
+    ``wrap / kp`` wide): the lane's column tx / kp + dx runs on into the next strip past its end."""
+    y, x = Signal(10, name=f"{name}_y"), Signal(10, name=f"{name}_x")
+    if not wrap:
+        m.d.comb += [y.eq((ty << ry) | dy), x.eq((tx << cx) | dx)]
+        return y, x
+    col = (tx >> log2(kp)) + dx
+    past = col >= wrap // kp
+    m.d.comb += [y.eq(((ty + past) << ry) | dy), x.eq(col - Mux(past, wrap // kp, 0))]
+    return y, x

@@ -5,7 +5,7 @@ all driven by the sequencer's control bundle (``hw/sequencer.py``). A batch of B
 engine of B images under one sequencer."""
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -75,7 +75,7 @@ class Engine(wiring.Component):
         pack = images_per_window(prog.fm_words, dw, platform, B)
         for w0 in range(0, B, pack):
             imgs = list(range(w0, min(w0 + pack, B)))
-            win = TileWindow(prog.R, prog.C, prog.fm_words, dw * len(imgs))
+            win = TileWindow(prog.R, prog.C, prog.fm_words, dw * len(imgs), prog.wrapped)
             m.submodules["window" if B <= pack else f"window{w0 // pack}"] = win
             self._read(m, win)
             wdata = []
@@ -94,13 +94,15 @@ class Engine(wiring.Component):
 
     def _read(self, m, win):
         ctl, prog = self.ctl, self.program
-        m.d.comb += [win.base.eq(ctl.rd_base), win.base_row.eq(ctl.rd_base_row), win.base_col.eq(ctl.rd_base_col),
-                     win.base_both.eq(ctl.rd_base_both),
-                     win.dense.eq(ctl.rd_dense), win.bank.eq(ctl.rd_bank)]
+        m.d.comb += [win.base[i].eq(ctl.rd_base[i]) for i in range(win.bases)]
+        m.d.comb += [win.row_carry.eq(ctl.rd_row_carry), win.dense.eq(ctl.rd_dense), win.bank.eq(ctl.rd_bank)]
+        m.d.comb += [win.col_carry[rc].eq(ctl.rd_col_carry[rc]) for rc in range(2)]
+        if prog.wrapped:
+            m.d.comb += [win.wrap[rc].eq(ctl.rd_wrap[rc]) for rc in range(2)] + [win.mx1.eq(ctl.rd_mx1)]
         if prog.R > 1:
             m.d.comb += win.my.eq(ctl.rd_my)
         if prog.C > 1:
-            m.d.comb += win.mx.eq(ctl.rd_mx)
+            m.d.comb += win.mx0.eq(ctl.rd_mx0)
 
     def _image(self, m, sfx, act, act_wdata, act_score, pixel, value):
         """One image's input table and scores; returns the word it writes into its window."""

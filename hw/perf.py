@@ -21,7 +21,7 @@ One image, streams never stalling::
     DONE               1
 
 A group is an R x C tile of output positions of one map (conv mode; ceil(h/R) * ceil(w/C) tiles
-per map) or ``lanes`` neurons (dense mode); its taps are the map's weights (conv: table inputs x
+per map, or wrapped, ceil(ceil(h/R) * w / C) groups: :mod:`hw.wrap`) or ``lanes`` neurons (dense mode); its taps are the map's weights (conv: table inputs x
 K x K; pools: k x k) or the layer's inputs. A pool fused into its conv's drain
 (``compile_spec(..., fuse_pools=True)``) is no layer here: it costs its conv's longer drain only.
 """

@@ -42,9 +42,12 @@ MAX_STRIDE = 3
 
 
 def tile_shape(lanes: int) -> tuple[int, int]:
-    """(R, C): the lanes as an R x C tile of output positions, R = 2**floor(log2(lanes)/2)."""
+    """(R, C): the lanes as an R x C tile of output positions: 1 x lanes up to 2 lanes, else
+    R = 2**max(1, floor((log2(lanes) - 1) / 2)), so C = 2R or 4R (wide tiles: wrapped groups,
+    :mod:`hw.wrap`, take the column padding away, not the row padding; R >= 2 fuses 2 x 2 pools)."""
     lg = lanes.bit_length() - 1
-    return 1 << (lg // 2), 1 << (lg - lg // 2)
+    r = 0 if lg < 2 else max(1, (lg - 1) // 2)
+    return 1 << r, 1 << (lg - r)
 
 
 #: idle drain turns of a fused group between its last lane and its first pool window: the last
@@ -97,6 +100,8 @@ class LayerProgram:
     coef_base: int = 0  # a fused pool: its first per-map coefficient in Program.coef_words
     pool_mul_cycles: int = 1  # a fused pool: drain turns per window (its coefficient multiply)
     zero_taps: int = 0  # conv: taps of zero weight not issued, over all maps (each skips n_out MACs)
+    wrap: int = 0  # wrapped groups (hw/wrap.py): the output width W the groups run on at; 0: tiles
+    wrap_skip: int = 0  # wrapped: words a lane past a strip's end reads further on, (W' - W) / C
 
     @property
     def stride(self) -> int:
@@ -129,7 +134,7 @@ class Program:
     acc_width: int
     offset_width: int
     tap_shift: int  # bit of a tap word where the tap fields (offset, my, mx) start
-    tap_words: list[tuple]  # conv mode: (weight code or lanes codes, word offset, my, mx)
+    tap_words: list[tuple]  # conv mode: (weight code or lanes codes, off0, my, mx0, off1, mx1) (hw.wrap.tap_fields)
     dense_words: list[list[int]]  # dense: lanes weight codes per word
     bias_words: list[int]  # accumulator-lsb biases
     lut_rom: list[int]  # activation ROM (act codes): every distinct layer table once
@@ -172,8 +177,13 @@ class Program:
 
     @property
     def tap_bits(self) -> int:
-        """Bits of a conv tap word: weight(s), word offset, my, mx."""
-        return self.tap_shift + self.offset_width + log2(self.R) + log2(self.C)
+        """Bits of a conv tap word: weight(s), off0, off1, my, mx0, mx1 (:meth:`weight_words`)."""
+        return self.tap_shift + 2 * self.offset_width + log2(self.R) + 2 * log2(self.C)
+
+    @property
+    def wrapped(self) -> bool:
+        """True if a layer runs in wrapped groups (:mod:`hw.wrap`)."""
+        return any(lp.wrap for lp in self.layers)
 
     @property
     def weight_word_width(self) -> int:
@@ -181,16 +191,18 @@ class Program:
         return max(self.lanes * self.weight_width, self.tap_bits)
 
     def weight_words(self) -> list[int]:
-        """The weight memory's image: the dense words (address 0 on), then the conv taps."""
-        ww, offw, myw, sh = self.weight_width, self.offset_width, log2(self.R), self.tap_shift
+        """The weight memory's image: the dense words (address 0 on), then the conv taps: from bit
+        ``tap_shift`` on, off0, off1, my, mx0, mx1."""
+        ww, offw, myw, mxw, sh = self.weight_width, self.offset_width, log2(self.R), log2(self.C), self.tap_shift
         m = (1 << ww) - 1
 
         def pack(ws):
             return sum((int(v) & m) << (q * ww) for q, v in enumerate(ws))
 
         dense = [pack(word) for word in self.dense_words]
-        taps = [pack(w if isinstance(w, list) else [w]) | (off << sh) | (my << (sh + offw)) | (mx << (sh + offw + myw))
-                for w, off, my, mx in self.tap_words]
+        taps = [pack(w if isinstance(w, list) else [w]) | ((off0 | off1 << offw | my << 2 * offw
+                                                             | mx0 << (2 * offw + myw) | mx1 << (2 * offw + myw + mxw)) << sh)
+                for w, off0, my, mx0, off1, mx1 in self.tap_words]
         return dense + taps
 
     def weight_bytes(self) -> bytes:
@@ -250,20 +262,25 @@ def _acc_format(l: LayerSpec, weight_width: int) -> QFormat:
     return l.formats["acc"]
 
 
-def _layouts(spec: QuantSpec, R: int, C: int, keep: list[int] | None = None, overlap: bool = False) -> list[Layout]:
-    """Each kept layer's input layout (stride and padding of its reader); ping-pong buffers A (even
-    kept layers) from word 0 and B (odd) after A. ``keep``: the spec's layers that run on the MACs
-    (default all); a fused pool's input (its conv's output) is never stored. ``overlap``: the
-    image (layer 0's input) has a region of its own from word 0, A and B follow it."""
+def _layouts(spec: QuantSpec, R: int, C: int, keep: list[int] | None = None, overlap: bool = False,
+             wrapped: set[int] = frozenset()) -> list[Layout]:
+    """Each kept layer's input layout (stride and padding of its reader; a reader in ``wrapped``
+    groups gets a strip pitch, :func:`hw.wrap.pitch`); ping-pong buffers A (even kept layers) from
+    word 0 and B (odd) after A. ``keep``: the spec's layers that run on the MACs (default all); a
+    fused pool's input (its conv's output) is never stored. ``overlap``: the image (layer 0's
+    input) has a region of its own from word 0, A and B follow it."""
+    from .wrap import pitch
+
     L = spec.layers
     keep = list(range(len(L))) if keep is None else keep
     shapes = [spec.input_shape if i == 0 else L[i - 1].out_shape for i in keep]
-    raw = [Layout(m, h + 2 * l.pad, w + 2 * l.pad, 1 if is_dense_mode(l) else l.stride, R, C, 0, l.pad)
-           for (m, h, w), l in zip(shapes, [L[i] for i in keep])]
+    raw = [Layout(m, h + 2 * l.pad, w + 2 * l.pad, 1 if is_dense_mode(l) else l.stride, R, C, 0, l.pad,
+                  pitch(l.out_w, w + 2 * l.pad, C) if i in wrapped else 0)
+           for (m, h, w), i, l in zip(shapes, keep, [L[i] for i in keep])]
     first = raw[0].words if overlap else 0
     size_a = max([lay.words for lay in raw[2 if overlap else 0::2]] + [0])
     bases = [0] + [first + (0 if i % 2 == 0 else size_a) for i in range(1, len(raw))]
-    return [Layout(lay.maps, lay.h, lay.w, lay.s, R, C, base, lay.pad) for lay, base in zip(raw, bases)]
+    return [Layout(lay.maps, lay.h, lay.w, lay.s, R, C, base, lay.pad, lay.pitch) for lay, base in zip(raw, bases)]
 
 
 def compile_spec(spec: QuantSpec, lanes: int = 8, fuse_pools: bool = False, pool_multiplier: str = "auto",
@@ -279,6 +296,7 @@ def compile_spec(spec: QuantSpec, lanes: int = 8, fuse_pools: bool = False, pool
     surely finishes in the cycles those layers leave the write port free (:func:`load_fits`);
     otherwise the program loads between images as without it."""
     from .fuse import MULTIPLIERS, fusable, fuse_pool, mul_cycles
+    from .wrap import wraps
 
     if pool_multiplier not in MULTIPLIERS:
         raise ValueError(f"pool_multiplier must be one of {', '.join(MULTIPLIERS)}, got {pool_multiplier!r}")
@@ -288,8 +306,9 @@ def compile_spec(spec: QuantSpec, lanes: int = 8, fuse_pools: bool = False, pool
     L = spec.layers
     fuse = {i + 1 for i in range(len(L) - 2) if fuse_pools and fusable(L[i], L[i + 1], P)}
     keep = [i for i in range(len(L)) if i not in fuse]
+    wrapped = {i for i in keep if wraps(L[i], R, C, L[i + 1].kernel if i + 1 in fuse else None)}
     overlap = overlap_load and len(keep) > 1
-    layouts = _layouts(spec, R, C, keep, overlap)
+    layouts = _layouts(spec, R, C, keep, overlap, wrapped)
     fm_words = max(1, max(lay.base + lay.words for lay in layouts))
     fm_in = layouts[0].words if overlap else 0  # the image's own region (overlap), then A, then B
     size_a = layouts[1].base - fm_in if len(layouts) > 1 else fm_words  # buffer A: the even layers' inputs
@@ -341,7 +360,7 @@ def compile_spec(spec: QuantSpec, lanes: int = 8, fuse_pools: bool = False, pool
     bias_words = [((b + half) % (2 * half)) - half for b in bias_words]
     # the feature memory is signed: an unsigned state (ReLU) takes one more bit
     fm_width = max(f.width + (not f.signed) for f in [spec.input_format] + [l.out_format for l in L[:-1]])
-    max_off = max((t[1] for t in tap_words), default=0)
+    max_off = max((max(t[1], t[4]) for t in tap_words), default=0)
     l0 = L[0]
     prog = Program(lanes=P, R=R, C=C, layers=layers, fm_words=fm_words, fm_width=fm_width,
                    weight_width=weight_width, acc_width=acc_width, offset_width=max(1, max_off.bit_length()),
@@ -371,15 +390,14 @@ def load_fits(prog: Program) -> bool:
 
 
 def _conv_layer(l: LayerSpec, lin: Layout, R: int, C: int, tap_words: list, bias_words: list, kw: dict) -> LayerProgram:
-    S, K, P = lin.s, l.kernel, R * C
+    from .wrap import tap_fields, wrapped_groups
+
+    K, P = l.kernel, R * C
     oh, ow = l.out_h, l.out_w
     ty_n, tx_n = cdiv(oh, R), cdiv(ow, C)
 
     def tap(w, c, ky, kx):
-        k1y, k0y, k1x, k0x = ky // S, ky % S, kx // S, kx % S
-        qy, my, qx, mx = k1y // R, k1y % R, k1x // C, k1x % C
-        off = c * lin.lhw + (qy * S + k0y) * lin.lw + qx * S + k0x
-        return (w, off, my, mx)
+        return (w, *tap_fields(lin, c, ky, kx))
 
     def lane_positions(ty, tx):
         return [(ty * R + q // C, tx * C + q % C) for q in range(P)]
@@ -418,6 +436,9 @@ def _conv_layer(l: LayerSpec, lin: Layout, R: int, C: int, tap_words: list, bias
                     bias_words += [int(b[o, y, x]) if y < oh and x < ow else 0 for y, x in lane_positions(ty, tx)]
     else:
         bias_words += [int(v) for v in l.bias_acc()]
+    if lin.pitch:  # wrapped groups: strips of R rows, W columns each (tiles: strips, W)
+        return LayerProgram(mode="conv", maps=l.out_maps, groups=wrapped_groups(oh, ow, R, C), tiles=(ty_n, ow),
+                            taps=taps, n_out=oh * ow, zero_taps=zero_taps, wrap=ow, wrap_skip=(lin.pitch - ow) // C, **kw)
     return LayerProgram(mode="conv", maps=l.out_maps, groups=ty_n * tx_n, tiles=(ty_n, tx_n), taps=taps,
                         n_out=oh * ow, op="max" if l.kind == "maxpool" else "sum", shared=l.kind != "local",
                         bias_per_lane=l.untied, zero_taps=zero_taps, **kw)

@@ -17,23 +17,14 @@ engines see the tap's address, weights and drain coordinates at the right cycle.
 from __future__ import annotations
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, wiring
+from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .layout import Layout, address, log2
+from .layout import address, log2
 from .program import Program, addr_width, drain_turns
+from .tap_pipeline import n0_range, tap_pipeline, tile_range
 from .weights import WeightMemory
-
-
-def tile_range(prog: Program) -> range:
-    """The values of a tile coordinate (``ty``, ``tx``) of any layer, one past the last tile."""
-    return range(max([max(lp.tiles) for lp in prog.layers] + [1]) + 1)
-
-
-def n0_range(prog: Program) -> range:
-    """The values of ``n0``: a conv layer's output map, or a dense group's first neuron."""
-    return range(max(max(lp.n_out, lp.maps) for lp in prog.layers) + prog.lanes + 1)
 
 
 def control_signature(prog: Program) -> wiring.Signature:
@@ -41,10 +32,11 @@ def control_signature(prog: Program) -> wiring.Signature:
     aw, P = addr_width(prog), prog.lanes
     bw = max(1, log2(P))
     return wiring.Signature({
-        # the window read (tap pipeline stage 2)
-        "rd_base": Out(unsigned(aw)), "rd_base_row": Out(unsigned(aw)), "rd_base_col": Out(unsigned(aw)),
-        "rd_base_both": Out(unsigned(aw)),
-        "rd_my": Out(range(prog.R)), "rd_mx": Out(range(prog.C)), "rd_dense": Out(1), "rd_bank": Out(range(P)),
+        # the window read (tap pipeline stage 2; hw.window.TileWindow's read inputs)
+        "rd_base": Out(unsigned(aw)).array(8 if prog.wrapped else 4),
+        "rd_row_carry": Out(prog.R), "rd_col_carry": Out(prog.C).array(2),
+        "rd_my": Out(range(prog.R)), "rd_mx0": Out(range(prog.C)), "rd_dense": Out(1), "rd_bank": Out(range(P)),
+        **({"rd_wrap": Out(prog.C).array(2), "rd_mx1": Out(range(prog.C))} if prog.wrapped else {}),
         # the lanes (stage 4; their weights a stage early, stage 3): one weight per lane, packed
         "lane_w": Out(unsigned(P * prog.weight_width)), "mac_valid": Out(1), "mac_first": Out(1), "mac_max": Out(1),
         # the drain (stage 6)
@@ -70,9 +62,13 @@ def layer_constants(m: Module, prog: Program, layer) -> dict:
     for lp in prog.layers:
         lin = lp.in_layout
         lout = lp.out_layout
-        rs, cs = lin.s * lin.lw, lin.s  # the next tile row's and column's first words
-        rows.append({"in_base": lin.base, "in_base_row": lin.base + rs, "in_base_col": lin.base + cs,
-                     "in_base_both": lin.base + rs + cs, "maps_m1": lp.maps - 1, "groups_m1": lp.groups - 1,
+        rs, cs = lin.s * lin.lw, lin.s  # tiles: the next tile row's and column's first words
+        # a bank's first words: its column's carry adds cs (wrapped: 1), a lane past the strip's end
+        # (wrapped only) the strip's skipped words; a row's carry is in the tap word (off1)
+        cc, ww = (1, lp.wrap_skip) if lp.wrap else (cs, 0)
+        rows.append({"in_base": lin.base, "in_base_col": lin.base + cc, "in_base_wrap": lin.base + ww,
+                     "in_base_col_wrap": lin.base + cc + ww, "wrap": lp.wrap != 0, "wrap_w": lp.wrap or prog.C,
+                     "wrap_step": 1 + lp.wrap_skip, "maps_m1": lp.maps - 1, "groups_m1": lp.groups - 1,
                      "tiles_x_m1": lp.tiles[1] - 1, "out_h": lp.out_h, "out_w": lp.out_w,
                      "row_step": rs, "col_step": cs,
                      "out_lhw": lout.lhw if lout else 0, "in_h_m1": lin.h - 1, "in_w_m1": lin.w - 1, "in_lhw": lin.lhw,
@@ -112,11 +108,9 @@ class Sequencer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         prog, P, ctl = self.program, self.program.lanes, self.ctl
-        R, C = prog.R, prog.C
-        lr, lc = log2(R), log2(C)
+        C = prog.C
         AW = addr_width(prog)
         layers = prog.layers
-        ww = prog.weight_width
         n_dense, n_taps = len(prog.dense_words), len(prog.tap_words)
         m.submodules.wmem = wmem = WeightMemory(prog.weight_word_width, max(1, n_dense + n_taps),
                                                 prog.weight_words() if self.weights == "rom" else None)
@@ -142,7 +136,10 @@ class Sequencer(wiring.Component):
         t_cnt = Signal(taps)  # tap in the group
         gm = Signal(range(max(len(conv_maps), 2)))  # global conv map index
         p0 = Signal(n0_range(prog))  # first neuron of the group (dense)
-        ty, tx = Signal(tile_range(prog)), Signal(tile_range(prog))  # tile (conv)
+        ty, tx = Signal(tile_range(prog)), Signal(tile_range(prog))  # tile (conv); wrapped: strip, first column
+        # wrapped groups: lanes dx >= thr (the strip's width less the group's first column) run on
+        # into the next strip; tiles: thr = C (none does)
+        thr = Signal(range(max([lp.wrap for lp in layers] + [C]) + 1), init=C)
         tile_off, row_off = Signal(AW), Signal(AW)  # word offset of the tile, of its tile row
         map_off = Signal(AW)  # first word of output map o_cnt in the next layer's layout
         dc_off, dy_, dx_ = Signal(AW), Signal(8), Signal(8)  # dense: input (c, y, x) of the current tap
@@ -170,7 +167,7 @@ class Sequencer(wiring.Component):
         m.d.comb += wmem.raddr.eq(Mux(k["conv"], tap_ptr, dense_ptr))
 
         def restart_map():
-            return [g_cnt.eq(0), p0.eq(0), ty.eq(0), tx.eq(0), tile_off.eq(0), row_off.eq(0)]
+            return [g_cnt.eq(0), p0.eq(0), ty.eq(0), tx.eq(0), tile_off.eq(0), row_off.eq(0), thr.eq(k["wrap_w"])]
 
         def restart_dense_input():
             return [dc_off.eq(0), dy_.eq(0), dx_.eq(0)]
@@ -301,11 +298,7 @@ class Sequencer(wiring.Component):
                             m.d.sync += g_cnt.eq(g_cnt + 1)
                             with m.If(k["shared"]):  # shared weights: the next tile replays the map's taps
                                 m.d.sync += tap_ptr.eq(tap_map_base)
-                            with m.If(tx == k["tiles_x_m1"]):
-                                m.d.sync += [tx.eq(0), ty.eq(ty + 1), row_off.eq(row_off + k["row_step"]),
-                                             tile_off.eq(row_off + k["row_step"])]
-                            with m.Else():
-                                m.d.sync += [tx.eq(tx + 1), tile_off.eq(tile_off + k["col_step"])]
+                            self._next_group(m, k, thr, ty, tx, tile_off, row_off)
                     with m.Else():
                         m.d.sync += [g_cnt.eq(g_cnt + 1), p0.eq(p0 + P)] + restart_dense_input()
                     layer_done = last_group & (last_map | ~k["conv"])
@@ -352,82 +345,30 @@ class Sequencer(wiring.Component):
                         m.d.sync += start_image() + take_image()
                         m.next = "INIT"
         m.d.comb += self.o_last.eq(ctl.out_beat == prog.output_beats - 1)
-        self._tap_pipeline(m, k, issue, last_tap, layer, o_cnt, ty, tx, p0, map_off, bias_ptr, t_cnt,
-                           tile_off, dc_off, dy_, dx_, wmem)
+        tap_pipeline(m, prog, ctl, k, issue, last_tap, layer, o_cnt, ty, tx, thr, p0, map_off, bias_ptr, t_cnt,
+                     tile_off, dc_off, dy_, dx_, wmem)
         return m
 
-    def _tap_pipeline(self, m, k, issue, last_tap, layer, o_cnt, ty, tx, p0, map_off, bias_ptr, t_cnt,
-                      tile_off, dc_off, dy_, dx_, wmem):
-        """c1 (weight word), c2 (window address), c4 (lanes' pixels and weights), c6 (drain capture)."""
-        prog, ctl, P = self.program, self.ctl, self.program.lanes
-        R, C = prog.R, prog.C
-        lr, lc = log2(R), log2(C)
-        AW, ww, offw, sh = addr_width(prog), prog.weight_width, prog.offset_width, prog.tap_shift
-        layers = prog.layers
-        # fields as narrow as the program allows: a pipeline word of at most 64 bits is one machine
-        # word in a simulator (Icarus allocates wider vectors on the heap at every copy)
-        # the pipeline's fields: one value narrower than the bundle's ranges where that saves a bit
-        # (a tile index below the tile count, n0 below the last group's end)
-        max_tiles = tile_range(prog).stop - 1
-        max_n0 = n0_range(prog).stop - 1
-        info = data.StructLayout({"valid": 1, "first": 1, "last": 1, "conv": 1, "lane_w": 1, "max": 1,
-                                  "layer": range(max(len(layers), 2)), "ty": range(max_tiles), "tx": range(max_tiles),
-                                  "map_off": AW, "n0": range(max_n0), "bias_addr": ctl.bias_addr.shape(), "mask": P})
-        # st[j]: the tap issued j cycles ago, registered field by field (no struct assembled from
-        # parts: in Icarus a net driven by several parts re-sends its value at each part's change)
-        st = [None] + [Signal(info, name=f"s{j}") for j in range(1, 7)]
-        mask_now = Cat(*(Mux(k["conv"], ((ty << lr) + q // C < k["out_h"]) & ((tx << lc) + q % C < k["out_w"]),
-                             p0 + q < k["n_out"]) for q in range(P)))
-        m.d.sync += [st[1].valid.eq(issue), st[1].first.eq(t_cnt == 0), st[1].last.eq(issue & last_tap),
-                     st[1].conv.eq(k["conv"]), st[1].lane_w.eq(k["lane_w"]), st[1].max.eq(k["max"]),
-                     st[1].layer.eq(layer), st[1].ty.eq(ty), st[1].tx.eq(tx),
-                     st[1].map_off.eq(map_off), st[1].n0.eq(Mux(k["conv"], o_cnt, p0)), st[1].bias_addr.eq(bias_ptr), st[1].mask.eq(mask_now)]
-        # the drain's fields of a group (layer, tile, map, bias, mask) are read at its capture, five
-        # cycles after st[1] holds its last tap. When every group lasts at least 6 cycles, one
-        # register latched from st[1] holds them until then (fewer flip-flops than 5 stages of them)
-        hold = min(max(min(lp.taps), drain_turns(lp, P)) for lp in layers) >= 6
-        if hold:
-            grp = Signal(info, name="group")
-            with m.If(st[1].last):
-                m.d.sync += grp.eq(st[1])
-            for j in range(1, 6):
-                m.d.sync += [getattr(st[j + 1], f).eq(getattr(st[j], f))
-                             for f in ("valid", "first", "last", "conv", "lane_w", "max")]
-        else:
-            m.d.sync += [st[j + 1].eq(st[j]) for j in range(1, 6)]
-            grp = st[6]
-        # the datapath registers below carry no reset: they are qualified by the valid bits of ``st``
-        corners = ("", "_row", "_col", "_both")  # the tile's first word, and its next row's, column's, both's
-        s1_tile = {c: Signal(AW, name=f"s1_tile{c}", reset_less=True) for c in corners}
-        s1_dense = Signal(AW, reset_less=True)
-        s1_bank, s2_bank = (Signal(max(1, log2(P)), reset_less=True) for _ in range(2))
-        # dense: input (c, y, x) of a stride-1 layout (the row length from the layer's table)
-        dbank, dword = address(Layout(1, 1, 1, 1, R, C), dy_, dx_, 1 << len(dy_), llw=k["in_llw"])
-        dword = dc_off + dword
-        m.d.sync += [s1_tile[c].eq(k["in_base" + c] + tile_off) for c in corners]
-        m.d.sync += [s1_dense.eq(k["in_base"] + dword), s1_bank.eq(dbank), s2_bank.eq(s1_bank)]
-        # c1: the weight word leaves the memory and is registered as it is; the tap's word offset
-        # is added to the tile's four first words on the way (registers: a bank's read address is
-        # then a multiplexer over them, no adder after the tap word)
-        wdata = Signal(prog.weight_word_width, reset_less=True)
-        rd = {c: Signal(AW, name=f"rd_base{c}", reset_less=True) for c in corners}
-        off = wmem.rdata[sh:sh + offw]
-        m.d.sync += [wdata.eq(wmem.rdata), rd[""].eq(Mux(st[1].conv, s1_tile[""] + off, s1_dense))]
-        m.d.sync += [rd[c].eq(s1_tile[c] + off) for c in corners[1:]]
-        myw, mxw = lr, lc
-        m.d.comb += [getattr(ctl, "rd_base" + c).eq(rd[c]) for c in corners]
-        m.d.comb += [ctl.rd_dense.eq(~st[2].conv),
-                     ctl.rd_bank.eq(s2_bank)]
-        if myw:
-            m.d.comb += ctl.rd_my.eq(wdata[sh + offw:sh + offw + myw])
-        if mxw:
-            m.d.comb += ctl.rd_mx.eq(wdata[sh + offw + myw:sh + offw + myw + mxw])
-        # the lanes' weights, registered a stage before their pixels (the lanes delay them the last
-        # cycle themselves: MACLanes w_early, inside the DSP blocks where they pair images)
-        s3_w = Signal(P * ww, name="s3_w", reset_less=True)
-        m.d.sync += s3_w.eq(Mux(st[2].lane_w, wdata[:P * ww], wdata[:ww].replicate(P)))
-        m.d.comb += [ctl.lane_w.eq(s3_w), ctl.mac_valid.eq(st[4].valid), ctl.mac_first.eq(st[4].first),
-                     ctl.mac_max.eq(st[4].max)]
-        m.d.comb += [ctl.capture.eq(st[6].last), ctl.layer.eq(grp.layer), ctl.ty.eq(grp.ty), ctl.tx.eq(grp.tx),
-                     ctl.map_off.eq(grp.map_off), ctl.n0.eq(grp.n0), ctl.bias_addr.eq(grp.bias_addr),
-                     ctl.mask.eq(grp.mask)]
+    def _next_group(self, m, k, thr, ty, tx, tile_off, row_off):
+        """A conv map's next group: the next tile (across, then down), or wrapped, the next C
+        columns of the strips laid end to end (``thr <= C``: the next group starts in the next strip)."""
+        C = self.program.C
+
+        def next_tile():
+            with m.If(tx == k["tiles_x_m1"]):
+                m.d.sync += [tx.eq(0), ty.eq(ty + 1), row_off.eq(row_off + k["row_step"]),
+                             tile_off.eq(row_off + k["row_step"])]
+            with m.Else():
+                m.d.sync += [tx.eq(tx + 1), tile_off.eq(tile_off + k["col_step"])]
+
+        if not self.program.wrapped:
+            next_tile()
+            return
+        with m.If(k["wrap"]):
+            with m.If(thr <= C):
+                m.d.sync += [thr.eq(thr + k["wrap_w"] - C), tx.eq(tx + C - k["wrap_w"]), ty.eq(ty + 1),
+                             tile_off.eq(tile_off + k["wrap_step"])]
+            with m.Else():
+                m.d.sync += [thr.eq(thr - C), tx.eq(tx + C), tile_off.eq(tile_off + 1)]
+        with m.Else():
+            next_tile()

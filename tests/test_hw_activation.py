@@ -18,7 +18,7 @@ from quantize import ops
 class Capture:
     layer: int
     unit: int  # conv: output map; dense: first neuron of the group (n0)
-    tile: tuple[int, int]  # conv: (ty, tx)
+    tile: tuple[int, int]  # conv: (ty, tx); wrapped groups (hw/wrap.py): (strip, first column)
     mask: int
     acc: list[int]  # accumulators without the bias (the drain adds it)
     back_to_back: bool = False  # capture in the previous group's last lane turn (else idle cycles first)
@@ -100,8 +100,7 @@ def emu_activation(prog, captures: list[Capture]):
             if cap.mask >> k & 1:
                 if l.has_activation:
                     if lp.mode == "conv":
-                        dy, dx = divmod(k, prog.C)
-                        pos = (cap.unit, cap.tile[0] * prog.R + dy, cap.tile[1] * prog.C + dx)
+                        pos = (cap.unit, *lane_position(prog, lp, cap.tile, k))
                     else:
                         pos = (cap.unit + k, 0, 0)
                     p = lp.out_layout.pad
@@ -112,12 +111,22 @@ def emu_activation(prog, captures: list[Capture]):
     return writes, scores
 
 
+def lane_position(prog, lp, tile, k) -> tuple[int, int]:
+    """Output (y, x) of lane k of a conv-mode group: tile (ty, tx) -> (ty*R + dy, tx*C + dx); wrapped
+    (strip s0, first column x0): column x0 + dx of the strips laid end to end, W = ``lp.wrap`` wide."""
+    dy, dx = divmod(k, prog.C)
+    if not lp.wrap:
+        return tile[0] * prog.R + dy, tile[1] * prog.C + dx
+    s, x = divmod(tile[1] + dx, lp.wrap)
+    return (tile[0] + s) * prog.R + dy, x
+
+
 def valid_mask(prog, lp, unit, tile) -> int:
     """Lanes whose output exists (inside the map / below the neuron count), as the sequencer masks."""
     P = prog.lanes
     if lp.mode == "conv":
-        return sum(1 << k for k in range(P)
-                   if tile[0] * prog.R + k // prog.C < lp.out_h and tile[1] * prog.C + k % prog.C < lp.out_w)
+        return sum(1 << k for k in range(P) if all(v < n for v, n in zip(lane_position(prog, lp, tile, k),
+                                                                          (lp.out_h, lp.out_w))))
     return sum(1 << k for k in range(P) if unit + k < lp.spec.out_maps)
 
 
@@ -155,7 +164,10 @@ def make_captures(rng, prog, values_per_layer: int, back_to_back_every: int = 2)
         for g in range(len(accs) // P):
             if lp.mode == "conv":
                 unit = int(rng.integers(0, lp.maps))
-                tile = (int(rng.integers(0, lp.tiles[0])), int(rng.integers(0, lp.tiles[1])))
+                if lp.wrap:  # a random group: its strip and first column
+                    tile = divmod(int(rng.integers(0, lp.groups)) * prog.C, lp.wrap)
+                else:
+                    tile = (int(rng.integers(0, lp.tiles[0])), int(rng.integers(0, lp.tiles[1])))
             else:
                 unit, tile = int(rng.integers(0, lp.groups)) * P, (0, 0)
             mask = valid_mask(prog, lp, unit, tile) & ([(1 << P) - 1, 0, int(rng.integers(0, 1 << P))][g % 3] if g else -1)

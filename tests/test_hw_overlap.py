@@ -34,8 +34,9 @@ def _words(prog, lay):
 
 
 def test_lenet5_load_hidden(q8_spec):
-    """LeNet-5 at 8 lanes, pools fused: the 1,024 load cycles leave the period (1.093 x MACs/lanes,
-    the issue's <= 1.11), the first image keeps them, and the feature memory still fits 512 words."""
+    """LeNet-5 at 8 lanes, pools fused: the 1,024 load cycles leave the period (1.016 x MACs/lanes
+    with C3 wrapped, the issue's <= 1.11), the first image keeps them, and the feature memory still
+    fits 512 words."""
     plain = perf.schedule(q8_spec, 8, fuse_pools=True)
     s = perf.schedule(q8_spec, 8, fuse_pools=True, overlap_load=True)
     load = compile_spec(q8_spec, 8).load_cycles
@@ -45,7 +46,7 @@ def test_lenet5_load_hidden(q8_spec):
     # (the ratio without the overlap counts every tap: the taps of weight 0 that the program skips
     # depend on the spec's training)
     every_tap = plain["cycles_per_image"] + skipped(compile_spec(q8_spec, 8, fuse_pools=True))
-    assert s["utilisation_ratio"] <= 1.11 < every_tap / plain["ideal_cycles"]
+    assert s["utilisation_ratio"] <= 1.02 < every_tap / plain["ideal_cycles"] <= 1.05
     assert plain["fm_words"] < s["fm_words"] <= 512
     assert perf.latency_cycles(q8_spec, 8, fuse_pools=True, overlap_load=True) == s["latency_cycles"]
 

@@ -22,26 +22,65 @@ def spec(request):
     return request.getfixturevalue(request.param)
 
 
-def _conv_taps(l, R, C, ty_n, tx_n):
-    """(lane weights, c, ky, kx) of every tap of every tile of every output map of a conv-mode
-    layer, in issue order: map by map, tile by tile (shared-weight layers replay their map's taps)."""
-    K, P = l.kernel, R * C
-    window = [(u, v) for u in range(K) for v in range(K)]
-    for o in range(l.out_maps):
+def _groups(lp, R, C):
+    """(group, lane positions) of a conv-mode layer's map, in issue order: tiles across then down,
+    or wrapped (``lp.wrap`` = W), group g on strip-linear columns g*C .. g*C + C - 1 of the strips
+    of R rows laid end to end."""
+    l, P = lp.spec, R * C
+    if not lp.wrap:
+        ty_n, tx_n = math.ceil(l.out_h / R), math.ceil(l.out_w / C)
         for ty in range(ty_n):
             for tx in range(tx_n):
-                pos = [(ty * R + q // C, tx * C + q % C) for q in range(P)]
-                inside = [y < l.out_h and x < l.out_w for y, x in pos]
-                if l.kind == "local":
-                    taps = [([int(l.weight[o, y, x, c, u, v]) if ok else 0 for (y, x), ok in zip(pos, inside)], c, u, v)
-                            for c in range(l.in_maps) for u, v in window]
-                elif l.kind == "conv":  # |table[o]| x K x K taps, one per weight, but none of weight 0
-                    taps = [([int(l.weight[o, c, u, v])] * P, c, u, v) for c in l.connections()[o] for u, v in window]
-                    taps = [t for t in taps if t[0][0] != 0] or taps[:1]
-                else:  # a pool: its coefficient (max-pool: 1) over the k x k window of its source map
-                    coef = 1 if l.kind == "maxpool" else int(l.weight[o])
-                    taps = [([coef] * P, l.sources()[o], u, v) for u, v in window]
-                yield o, ty, tx, pos, inside, taps
+                yield (ty, tx), [(ty * R + q // C, tx * C + q % C) for q in range(P)]
+        return
+    W = lp.wrap
+    for g in range(lp.groups):
+        u = [g * C + q % C for q in range(P)]
+        yield g, [((u[q] // W) * R + q // C, u[q] % W) for q in range(P)]
+
+
+def _conv_taps(lp, R, C):
+    """(lane weights, c, ky, kx) of every tap of every group of every output map of a conv-mode
+    layer, in issue order: map by map, group by group (shared-weight layers replay their map's taps)."""
+    l, P = lp.spec, R * C
+    K = l.kernel
+    window = [(u, v) for u in range(K) for v in range(K)]
+    for o in range(l.out_maps):
+        for group, pos in _groups(lp, R, C):
+            inside = [y < l.out_h and x < l.out_w for y, x in pos]
+            if l.kind == "local":
+                taps = [([int(l.weight[o, y, x, c, u, v]) if ok else 0 for (y, x), ok in zip(pos, inside)], c, u, v)
+                        for c in range(l.in_maps) for u, v in window]
+            elif l.kind == "conv":  # |table[o]| x K x K taps, one per weight, but none of weight 0
+                taps = [([int(l.weight[o, c, u, v])] * P, c, u, v) for c in l.connections()[o] for u, v in window]
+                taps = [t for t in taps if t[0][0] != 0] or taps[:1]
+            else:  # a pool: its coefficient (max-pool: 1) over the k x k window of its source map
+                coef = 1 if l.kind == "maxpool" else int(l.weight[o])
+                taps = [([coef] * P, l.sources()[o], u, v) for u, v in window]
+            yield o, group, pos, inside, taps
+
+
+def _bank_words(lp, group, R, C, off0, my, mx0, off1, mx1) -> dict:
+    """hw/window.py's bank addresses for a tap word over a group, as the sequencer presents them:
+    bank (r, c) reads its group's first word plus off1 if its row carries (r < my), else off0;
+    plus one column step if its column carries (c < mx, mx = mx1 or mx0 by the row), plus
+    (wrapped) the strip's skipped words if the lane reading it runs past the strip's end."""
+    lin, S = lp.in_layout, lp.in_layout.s
+    if lp.wrap:
+        W, m = lp.wrap, lp.wrap_skip
+        s0, x0 = divmod(group * C, W)
+        first, col = lin.base + group + s0 * m, 1
+    else:
+        (ty, tx), W, m = group, None, 0
+        first, col = lin.base + ty * S * lin.lw + tx * S, S
+    words = {}
+    for r in range(R):
+        for c in range(C):
+            rc = r < my
+            mx = mx1 if rc else mx0
+            wraps = W is not None and (c - mx) % C >= W - x0
+            words[r * C + c] = first + (off1 if rc else off0) + (col if c < mx else 0) + (m if wraps else 0)
+    return words
 
 
 @pytest.fixture(params=["q8_spec", "anna_spec"] + [f"random{s}" for s in RANDOM_SEEDS])
@@ -53,12 +92,14 @@ def any_spec(request):
     return request.getfixturevalue(request.param)
 
 
-@pytest.mark.parametrize("lanes", [1, 2, 4, 8, 32])
+@pytest.mark.parametrize("lanes", [1, 2, 4, 8, 16, 32])
 def test_tile_reads_are_conflict_free_and_exact(any_spec, lanes):
-    """The address arithmetic of hw/window.py, replayed in Python over every tile and tap of every
-    conv-mode layer (strides, padding, local layers, pools): each lane of a tile gets exactly the
-    padded input pixel its output needs, with its own weight, from a bank no other lane reads in
-    that cycle."""
+    """The address arithmetic of hw/window.py, replayed in Python over every group and tap of every
+    conv-mode layer (strides, padding, local layers, pools, wrapped groups): each lane of a group
+    gets exactly the padded input pixel its output needs, with its own weight, from a bank no
+    other lane reads in that cycle."""
+    from hw.wrap import wrapped_groups
+
     spec = any_spec
     prog = compile_spec(spec, lanes)
     R, C = prog.R, prog.C
@@ -69,31 +110,43 @@ def test_tile_reads_are_conflict_free_and_exact(any_spec, lanes):
         l, lin = lp.spec, lp.in_layout
         S = lin.s
         assert S == l.stride and lin.pad == l.pad
-        ty_n, tx_n = lp.tiles
-        assert (ty_n, tx_n) == (math.ceil(l.out_h / R), math.ceil(l.out_w / C)) and lp.groups == ty_n * tx_n
+        if lp.wrap:
+            assert (lp.wrap, S, l.kind) == (l.out_w, 1, "conv") and lin.pitch % C == l.out_w % C
+            assert lp.groups == wrapped_groups(l.out_h, l.out_w, R, C) < math.ceil(l.out_h / R) * math.ceil(l.out_w / C)
+        else:
+            assert lp.groups == math.ceil(l.out_h / R) * math.ceil(l.out_w / C) and lin.pitch == 0
         tap = lp.tap_base
-        for o, ty, tx, pos, inside, taps in _conv_taps(l, R, C, ty_n, tx_n):
-            if (ty, tx) == (0, 0) or not lp.shared:
+        for o, group, pos, inside, taps in _conv_taps(lp, R, C):
+            if group in (0, (0, 0)) or not lp.shared:
                 start = tap
             else:
-                tap = start  # the next tile replays the map's taps
+                tap = start  # the next group replays the map's taps
             words = prog.tap_words[tap:tap + len(taps)]
             assert lp.taps[o] == len(taps)
             tap += len(taps)
-            base = lin.base + ty * S * lin.lw + tx * S
-            for (w, off, my, mx), (ws, c, u, v) in zip(words, taps):
+            for (w, off0, my, mx0, off1, mx1), (ws, c, u, v) in zip(words, taps):
                 lane_w = w if isinstance(w, list) else [w] * lanes
-                addr = {r * C + cc: base + off + (S * lin.lw if r < my else 0) + (S if cc < mx else 0)
-                        for r in range(R) for cc in range(C)}
+                addr = _bank_words(lp, group, R, C, off0, my, mx0, off1, mx1)
                 used = set()
                 for q, ((y, x), ok) in enumerate(zip(pos, inside)):
                     dy, dx = divmod(q, C)
+                    mx = mx1 if dy + my >= R else mx0
                     b = ((dy + my) % R) * C + (dx + mx) % C
                     assert b not in used
                     used.add(b)
                     if ok:
                         assert lin.locate(c, S * y + u, S * x + v) == (b, addr[b])
                         assert lane_w[q] == ws[q]
+
+
+def test_wrapped_groups_in_lenet5(q8_spec):
+    """C3's 10 x 10 maps run wrapped at 8 lanes (2 x 4: 13 groups for 15 tiles) and 16 (2 x 8: 7 for
+    10), C1's 28 x 28 at 16 only (28 = 0 mod 4); the pools and the dense layers never."""
+    for lanes, want in ((8, {"C3": 13}), (16, {"C1": 49, "C3": 7})):
+        for fuse in (False, True):
+            prog = compile_spec(q8_spec, lanes, fuse_pools=fuse)
+            assert {lp.name: lp.groups for lp in prog.layers if lp.wrap} == want
+            assert prog.wrapped
 
 
 @pytest.mark.parametrize("lanes", [1, 8, 32])
@@ -156,8 +209,8 @@ def test_program_memories(spec, lanes):
         assert len(slots) == maps * lay.h * lay.w  # one-to-one
         lo, hi = lay.base, lay.base + (size_a if i % 2 == 0 else size_b)
         assert all(0 <= b < lanes and lo <= a < hi for b, a in slots)
-    if spec.network == "lenet5" and lanes == 8:  # 8 banks of 840 words (1 copy + padding: 6,720 vs 5,880)
-        assert prog.fm_words == 840
+    if spec.network == "lenet5" and lanes == 8:  # 8 banks of 822 words (1 copy + padding: 6,576 vs 5,880)
+        assert prog.fm_words == 822
     # a layer's output words never meet its input words
     for lp in prog.layers[:-1]:
         assert lp.in_layout.base != lp.out_layout.base
@@ -262,7 +315,7 @@ def test_weight_image(spec, lanes):
     for i in (0, nd - 1):
         assert [((words[i] >> (q * ww)) & ((1 << ww) - 1)) for q in range(lanes)] == \
             [v & ((1 << ww) - 1) for v in prog.dense_words[i]]
-    w0, off, my, mx = prog.tap_words[-1]
+    w0, off, my, mx, _, _ = prog.tap_words[-1]
     sh = prog.tap_shift
     assert words[-1] & ((1 << ww) - 1) == w0 & ((1 << ww) - 1) and (words[-1] >> sh) & ((1 << prog.offset_width) - 1) == off
     data = prog.weight_bytes()

@@ -153,17 +153,17 @@ def _replay_window(arrs, R, C, aw, port="x", extra_latency=0):
     mem = {}
     lanes = {}
     for t in range(len(arrs["in.we"])):
-        g = {k: int(arrs[f"in.{k}"][t, 0]) for k in ("base", "base_row", "base_col", "base_both", "my", "mx", "dense", "bank")}
-        if g["dense"]:
-            row = [mem.get((g["bank"], g["base"]))] * (R * C)
+        g = {k: int(arrs[f"in.{k}"][t, 0]) for k in ("row_carry", "my", "mx0", "dense", "bank")}
+        base, cols = [int(v) for v in arrs["in.base"][t]], [int(v) for v in arrs["in.col_carry"][t]]
+        if g["dense"]:  # (the accelerator's selects are then 0: every bank reads base[0])
+            row = [mem.get((g["bank"], base[0]))] * (R * C)
         else:
             row = []
             for dy in range(R):
                 for dx in range(C):
-                    r, c = (dy + g["my"]) % R, (dx + g["mx"]) % C
-                    addr = g[{(0, 0): "base", (1, 0): "base_row", (0, 1): "base_col", (1, 1): "base_both"}[
-                        (int(r < g["my"]), int(c < g["mx"]))]]
-                    row.append(mem.get((r * C + c, addr)))
+                    r, c = (dy + g["my"]) % R, (dx + g["mx0"]) % C
+                    rc = g["row_carry"] >> r & 1
+                    row.append(mem.get((r * C + c, base[rc + 2 * (cols[rc] >> c & 1)])))
         lanes[t + 2 + extra_latency] = row
         if arrs["in.we"][t, 0]:
             mem[divmod(int(arrs["in.waddr"][t, 0]), 1 << aw)] = int(arrs["in.wdata"][t, 0])

@@ -174,7 +174,8 @@ def _dense_vectors(dut, p, rng, n):
             _idle(s, dut, rng, wf)
             for i in range(I):
                 bank, word = lay.locate(*(int(k) for k in np.unravel_index(i, x.shape)))
-                c0 = s.cycle(_garbage_read(rng, dut) | {"base": word, "dense": 1, "bank": bank, "valid": 1,
+                c0 = s.cycle(_garbage_read(rng, dut) | {"base": [word] * 4, "row_carry": 0, "col_carry": [0, 0],
+                                                        "dense": 1, "bank": bank, "valid": 1,
                                                         "first": int(i == 0), "w": w[g * P:(g + 1) * P, i]})
             care = [int(g * P + q < O) for q in range(P)]
             gold = [wrapped[g * P + q] if k else 0 for q, k in enumerate(care)]

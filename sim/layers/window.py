@@ -27,30 +27,40 @@ from .core import LayerTop, Schedule, extremes_and_random, register
 
 WINDOW_LATENCY = 2  # read inputs in cycle t -> x in cycle t + 2 (hw/window.py)
 WINDOW_MAC_LATENCY = WINDOW_LATENCY + MAC_LATENCY  # read in cycle t -> acc in cycle t + 4
-WINDOW_READ = ("base", "base_row", "base_col", "base_both", "my", "mx", "dense", "bank")
+WINDOW_READ = ("base", "row_carry", "col_carry", "my", "mx0", "dense", "bank")
 WINDOW_PORTS = WINDOW_READ + ("we", "waddr", "wdata")
 
 
-def conv_tap(layout, w: int, c: int, ky: int, kx: int) -> tuple[int, int, int, int]:
-    """The tap word (weight, word offset, my, mx) of tap (c, ky, kx) of a conv-mode layer reading
-    its input from ``layout`` (a :class:`hw.layout.Layout`): ``compile_spec``'s arithmetic,
-    written out again so that a stimulus needs no QuantSpec (a test holds the two equal)."""
+def conv_tap(layout, w: int, c: int, ky: int, kx: int) -> tuple[int, int, int, int, int, int]:
+    """The tap word (weight, off0, my, mx0, off1, mx1) of tap (c, ky, kx) of a conv-mode layer
+    reading its input from ``layout`` (a :class:`hw.layout.Layout`): ``compile_spec``'s arithmetic
+    (``hw.wrap.tap_fields``), written out again so that a stimulus needs no QuantSpec (a test
+    holds the two equal). Tiles: a row that carries reads the next tile row, s * lw words on.
+    Wrapped (``layout.pitch`` W'): t = a * W' + kx, a = ky // R or one more where the row carries."""
     S, R, C = layout.s, layout.R, layout.C
+    if layout.pitch:
+        t0 = (ky // R) * layout.pitch + kx
+        t1 = t0 + layout.pitch
+        return int(w), c * layout.lhw + t0 // C, ky % R, t0 % C, c * layout.lhw + t1 // C, t1 % C
     k1y, k0y, k1x, k0x = ky // S, ky % S, kx // S, kx % S
     qy, my, qx, mx = k1y // R, k1y % R, k1x // C, k1x % C
-    return int(w), c * layout.lhw + (qy * S + k0y) * layout.lw + qx * S + k0x, my, mx
+    off = c * layout.lhw + (qy * S + k0y) * layout.lw + qx * S + k0x
+    return int(w), off, my, mx, off + S * layout.lw, mx
 
 
-def tile_read(layout, ty: int, tx: int, tap: tuple[int, int, int, int]) -> dict:
-    """The window's read inputs for ``tap`` (a tap word) over tile (ty, tx), as the accelerator
-    presents them: ``base = layout.base + ty * s * lw + tx * s + off``, ``base_row = base + s * lw``,
-    ``base_col = base + s``, ``base_both = base_row + s``, ``dense = 0``."""
-    _, off, my, mx = tap
-    S = layout.s
-    base = layout.base + ty * S * layout.lw + tx * S + off
+def tile_read(layout, ty: int, tx: int, tap: tuple) -> dict:
+    """The window's read inputs for ``tap`` (a tap word) over tile (ty, tx) of a tiled layout, as
+    the accelerator presents them: ``base[rc + 2 cc] = first + (off1 if rc else off0) + cc * s``
+    with ``first = layout.base + ty * s * lw + tx * s``; bank row r carries if r < my, bank column
+    c if c < mx0 (mx1 = mx0: tiles); ``dense = 0``."""
+    _, off0, my, mx0, off1, _ = tap
+    S, R, C = layout.s, layout.R, layout.C
+    first = layout.base + ty * S * layout.lw + tx * S
     mask = (1 << max(1, (layout.base + layout.words - 1).bit_length())) - 1  # the window's address width
-    return {"base": base & mask, "base_row": (base + S * layout.lw) & mask, "base_col": (base + S) & mask,
-            "base_both": (base + S * layout.lw + S) & mask, "my": my, "mx": mx, "dense": 0}
+    base = [(first + (off1 if rc else off0) + cc * S) & mask for cc in range(2) for rc in range(2)]
+    cols = sum(1 << c for c in range(C) if c < mx0)
+    return {"base": base, "row_carry": sum(1 << r for r in range(R) if r < my), "col_carry": [cols, cols],
+            "my": my, "mx0": mx0, "dense": 0}
 
 
 def _layout(p):
@@ -69,9 +79,9 @@ def _window_words(p) -> int:
 
 def _garbage_read(rng, win) -> dict:
     """Read inputs of a cycle whose output nobody compares (writes, idle cycles)."""
-    return {"base": rng.integers(0, win.words), "base_row": rng.integers(0, win.words),
-            "base_col": rng.integers(0, win.words), "base_both": rng.integers(0, win.words),
-            "my": rng.integers(0, win.R), "mx": rng.integers(0, win.C), "dense": rng.integers(0, 2),
+    return {"base": rng.integers(0, win.words, 4),
+            "row_carry": rng.integers(0, 1 << win.R), "col_carry": rng.integers(0, 1 << win.C, 2),
+            "my": rng.integers(0, win.R), "mx0": rng.integers(0, win.C), "dense": rng.integers(0, 2),
             "bank": rng.integers(0, win.P)}
 
 
@@ -149,7 +159,8 @@ def _window_vectors(dut, p, rng, n):
                 s.notes["partial_tiles"] += not all(care)
             else:
                 bank, word = lay.locate(*(int(i) for i in np.unravel_index(r[1], x.shape)))
-                inputs = _garbage_read(rng, dut) | {"base": word, "dense": 1, "bank": bank}
+                inputs = _garbage_read(rng, dut) | {"base": [word] * 4, "row_carry": 0, "col_carry": [0, 0],
+                                                    "dense": 1, "bank": bank}
                 gold, care = [flat[r[1]]] * dut.P, None
                 s.notes["dense_reads"] += 1
             c0 = s.cycle(inputs)
@@ -187,7 +198,7 @@ class WindowMAC(wiring.Component):
         self.window = TileWindow(R, C, words, data_width)
         self.mac = MACLanes(R * C, weight_width, data_width, acc_width)
         self.R, self.C, self.P, self.words, self.addr_width = R, C, R * C, words, self.window.addr_width
-        members = {name: In(self.window.signature.members[name].shape) for name in WINDOW_PORTS}
+        members = {name: self.window.signature.members[name] for name in WINDOW_PORTS}  # arrays too
         members |= {"valid": In(1), "first": In(1), "w": In(ArrayLayout(signed(weight_width), R * C)),
                     "acc": Out(ArrayLayout(signed(acc_width), R * C))}
         super().__init__(members)
@@ -196,7 +207,9 @@ class WindowMAC(wiring.Component):
         m = Module()
         m.submodules.window = win = self.window
         m.submodules.mac = mac = self.mac
-        m.d.comb += [getattr(win, name).eq(getattr(self, name)) for name in WINDOW_PORTS]
+        for name in WINDOW_PORTS:  # an array port is a list of signals
+            dst, src = getattr(win, name), getattr(self, name)
+            m.d.comb += [d.eq(v) for d, v in zip(dst, src)] if isinstance(dst, list) else dst.eq(src)
         w, valid, first = self.w, self.valid, self.first
         for k in range(WINDOW_LATENCY):
             w_k = Signal(ArrayLayout(signed(self.mac.weight_width), self.P), name=f"w_d{k + 1}")
