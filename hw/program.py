@@ -9,7 +9,9 @@ time-multiplexing). Each layer runs in one of two modes:
   (conv, pools) replays its map's taps for every tile; a locally connected layer has a tap list
   per tile whose words carry one weight per lane. Pools are k x k / stride k convolutions: the
   sum pools multiply by the map's coefficient (``c * (a + b) == c*a + c*b`` exactly), max-pool
-  taps have weight 1 and the lanes keep the maximum instead of the sum.
+  taps have weight 1 and the lanes keep the maximum instead of the sum. A stride-1 conv whose
+  output width C does not divide runs in *wrapped* groups instead (:mod:`hw.wrap`): the strips of
+  R output rows laid end to end, C columns of them a group.
 - **dense mode** (dense, rbf, and a conv/local layer whose output is 1x1, like LeNet-5's C5): the
   lanes compute ``lanes`` consecutive output neurons; every cycle all lanes read the same input
   and a word of ``lanes`` weights.

@@ -15,6 +15,10 @@ LAYOUTS = [Layout(m, h, w, s, R, C, base, pad)
            for (m, h, w, pad), s, (R, C), base in itertools.product(
                [(1, 5, 5, 0), (2, 9, 7, 1), (3, 12, 16, 2), (1, 32, 32, 2), (2, 13, 10, 3)], [1, 2, 3],
                [(1, 1), (1, 2), (2, 2), (2, 4), (4, 8)], [0, 37])]
+# wrapped layouts (hw/wrap.py): stride 1, a strip pitch W' >= w with W' = W (mod C), W the reader's
+# output width (LeNet-5's C3 input at 2 x 4 and 2 x 8, C1's at 2 x 8, odd sizes)
+WRAPPED = [Layout(6, 14, 14, 1, 2, 4, 150, 0, 14), Layout(6, 14, 14, 1, 2, 8, 0, 0, 18),
+           Layout(1, 32, 32, 1, 2, 8, 0, 2, 36), Layout(3, 11, 9, 1, 4, 8, 5, 1, 13), Layout(2, 7, 7, 1, 2, 2, 0, 0, 7)]
 
 
 def _rtl_addresses(lay: Layout) -> dict:
@@ -39,7 +43,7 @@ def _rtl_addresses(lay: Layout) -> dict:
     return got
 
 
-@pytest.mark.parametrize("lay", LAYOUTS[::7] + [LAYOUTS[-1]], ids=str)
+@pytest.mark.parametrize("lay", LAYOUTS[::7] + [LAYOUTS[-1]] + WRAPPED, ids=str)
 def test_address_equals_locate(lay):
     """Every padded pixel: the hardware's (bank, word) equals Layout.locate's (map 0, base added)."""
     got = _rtl_addresses(lay)
@@ -47,12 +51,19 @@ def test_address_equals_locate(lay):
         assert lay.locate(0, y, x) == (b, lay.base + w), (y, x)
 
 
-@pytest.mark.parametrize("lay", LAYOUTS, ids=str)
+@pytest.mark.parametrize("lay", LAYOUTS + WRAPPED, ids=str)
 def test_layout_is_one_to_one(lay):
     """No two pixels of the padded tensor share a bank word; banks in range; the words per bank hold it."""
     slots = [lay.locate(c, y, x) for c in range(lay.maps) for y in range(lay.h) for x in range(lay.w)]
     assert len(set(slots)) == len(slots)
     assert all(0 <= b < lay.R * lay.C and lay.base <= a < lay.base + lay.words for b, a in slots)
+
+
+def test_wrapped_layout_needs_stride_1_and_a_wide_pitch():
+    with pytest.raises(ValueError, match="stride 1 and a pitch >= its width 14"):
+        Layout(6, 14, 14, 1, 2, 4, 0, 0, 13)
+    with pytest.raises(ValueError, match="stride 2"):
+        Layout(6, 14, 14, 2, 2, 4, 0, 0, 14)
 
 
 def test_border_is_the_padding():
