@@ -120,10 +120,10 @@ lint: verilog
 sim: build/quant/$(ARCH)-q8/spec.json
 	$(PY) -m sim --spec build/quant/$(ARCH)-q8 --images $(IMAGES) --simulator $(SIM) --lanes $(LANES) --jobs $(JOBS)
 
-# PRESETS: which specs of ARCH (default q8 and anna; q8 alone for the boosted LeNet-4 and the 1989 lineage,
-# whose local layers and per-unit biases the anna preset's QAT does not handle yet) to run on every test digit of its network (default q8 and anna): MNIST's
-# 10,000 for the LeNets, the network's own split for the 1989 lineage (2,007 for zip1989, 160 for net1..net5)
-# SIM_CONFIG: the target whose shipped configuration (hw.synth.SHIPPED: lanes, batch, fused pools, overlapped
+# sim-full: every test digit of ARCH's network (MNIST's 10,000 for the LeNets; the network's own split for the
+# 1989 lineage: 2,007 for zip1989, 160 for net1..net5), for each of PRESETS (default q8 and anna; q8 alone for
+# the boosted LeNet-4 and the 1989 lineage, whose local layers and per-unit biases anna's QAT does not handle yet)
+# SIM_CONFIG: the target whose shipped configuration (hw.targets.SHIPPED: lanes, batch, fused pools, overlapped
 # load, DSP pairs) the RTL is built in
 SIM_CONFIG ?= ice40-up5k
 sim-full: $(foreach p,$(PRESETS),build/quant/$(ARCH)-$(p)/spec.json)
@@ -142,7 +142,7 @@ bench-sim: build/quant/lenet5-q8/spec.json
 	@$(PY) -m sim --spec build/quant/lenet5-q8 --images 1000 --simulator verilator --jobs $(JOBS) --quiet
 
 # the shipped builds (README table): the clock each asks for is met, no --timing-allow-fail
-# each target in its shipped configuration (hw.synth.SHIPPED: lanes, batch, clock, fused pools, overlapped
+# each target in its shipped configuration (hw.targets.SHIPPED: lanes, batch, clock, fused pools, overlapped
 # load, placement seed)
 SYNTH_BUILDS := \
   "--spec build/quant/lenet5-q8 --target ice40-up5k" \

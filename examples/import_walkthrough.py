@@ -15,9 +15,14 @@ Steps (docs/import.md explains each one):
    --out OUT/small_cnn-q8``: import, calibrate, write the QuantSpec;
 4. ``python -m quantize.evaluate --model OUT/small_cnn.onnx ...`` (float, onnxruntime) and
    ``python -m quantize.evaluate --spec OUT/small_cnn-q8`` (q8, the bit-exact emulator): test errors;
-5. ``python -m hw.generate --spec OUT/small_cnn-q8 --lanes 8 --out OUT/verilog``: the Verilog;
-6. ``python -m sim --spec OUT/small_cnn-q8 --images N --simulator verilator``: RTL == emulator;
-7. (``--synth``) ``python -m hw.synth --spec OUT/small_cnn-q8 --target ice40-up5k --lanes 8 --freq 27``.
+5. ``python -m hw.generate --spec OUT/small_cnn-q8 --lanes 8 --fuse-pools --overlap-load --out OUT/verilog``:
+   the Verilog (each pool runs in its conv's drain, the next image loads while this one runs);
+6. ``python -m sim --spec OUT/small_cnn-q8 --images N --simulator verilator --lanes 8 --fuse-pools
+   --overlap-load``: RTL == emulator;
+7. (``--synth``) ``python -m hw.synth --spec OUT/small_cnn-q8 --target ice40-up5k --lanes 8 --batch 1
+   --fuse-pools --overlap-load``: the design of steps 5 and 6, one image at a time (ReLU states are
+   unsigned 8-bit codes, 9-bit operands, so two images cannot share a DSP block), at the UP5K's
+   shipped clock.
 
 Each step prints the command it runs and its result; a step that fails stops the walk-through
 with its error (exit 1). The figures go to ``OUT/results.json`` (rewritten after every step, so a
@@ -41,6 +46,8 @@ sys.path.insert(0, str(REPO))  # model/, quantize/... even without the editable 
 
 import small_cnn  # noqa: E402  (examples/ is on sys.path: this file's directory)
 
+#: the design steps 5-7 generate, simulate and build: pools fused, the next image loaded while one runs
+DESIGN = ("--fuse-pools", "--overlap-load")
 #: what --quick changes (the test's budget: a couple of minutes on a busy 2-core machine)
 QUICK = {"train_images": 5000, "epochs": 1, "sim_images": 20, "eval_images": 2000}
 
@@ -204,10 +211,10 @@ class Walkthrough:
 
     def generate(self) -> None:
         a = self.args
-        self.header(5, f"generate the accelerator's Verilog ({a.lanes} lanes)")
+        self.header(5, f"generate the accelerator's Verilog ({a.lanes} lanes, pools fused, load overlapped)")
         vdir = self.out / "verilog"
         _, out, _ = self.run("generate", "hw.generate", "--spec", self.rel(self.spec), "--lanes", str(a.lanes),
-                          "--out", self.rel(vdir))
+                          *DESIGN, "--out", self.rel(vdir))
         manifests = sorted(vdir.glob("*.json"), key=lambda p: p.stat().st_mtime)
         if not manifests:
             raise StepFailed(f"generate: no manifest in {vdir}")
@@ -221,11 +228,12 @@ class Walkthrough:
         a = self.args
         self.header(6, f"RTL vs emulator: {a.sim_images:,} MNIST test images in {a.simulator}")
         code, out, _ = self.run("simulate", "sim", "--spec", self.rel(self.spec), "--images", str(a.sim_images),
-                             "--simulator", a.simulator, "--lanes", str(a.lanes), "--out", self.rel(self.out / "sim"),
-                             *self.data_args(), "--json", json_out=True, ok_codes=(0, 1))
+                             "--simulator", a.simulator, "--lanes", str(a.lanes), *DESIGN,
+                             "--out", self.rel(self.out / "sim"), *self.data_args(), "--json", json_out=True,
+                             ok_codes=(0, 1))
         r = self.last_json(out)
-        # the runner generates the Verilog again from the spec (a pure function of spec and lanes)
-        sim_v = self.out / "sim" / f"{self.spec.name}-L{a.lanes}" / self.verilog.name
+        # the runner generates the Verilog again from the spec (a pure function of spec and design)
+        sim_v = REPO / r["verilog"]
         same = sim_v.read_bytes() == self.verilog.read_bytes() if sim_v.is_file() else None
         self.results["sim"] = {"simulator": r["simulator"], "images": r["images"],
                                "bit_exact": r["images"] - r["mismatches"], "mismatches": r["mismatches"],
@@ -245,12 +253,14 @@ class Walkthrough:
 
     def synth(self) -> None:
         a = self.args
-        self.header(7, f"iCE40 UP5K build (iCEBreaker board top, {a.lanes} lanes, 27 MHz): yosys + nextpnr")
+        self.header(7, f"iCE40 UP5K build (iCEBreaker board top, {a.lanes} lanes, batch 1, the shipped clock): "
+                       "yosys + nextpnr")
         code, out, why = self.run("synth", "hw.synth", "--spec", self.rel(self.spec), "--target", "ice40-up5k",
-                             "--lanes", str(a.lanes), "--freq", "27", "--out", self.rel(self.out / "synth"), "--json",
+                             "--lanes", str(a.lanes), "--batch", "1", *DESIGN, "--out", self.rel(self.out / "synth"),
+                             "--json",
                              json_out=True, ok_codes=(0, 2))
         if code == 2:
-            # one `error:` line; a design that does not fit the UP5K or misses 27 MHz is a result
+            # one `error:` line; a design that does not fit the UP5K or misses its clock is a result
             # (recorded), anything else (a missing tool, ...) a failure
             if "does not fit" not in why and "timing not met" not in why:
                 raise StepFailed(f"synth: {why}")
@@ -258,12 +268,12 @@ class Walkthrough:
             print(f"  not built: {why.removeprefix('error: ')}", flush=True)
             return
         r = self.last_json(out)
-        keep = ("luts", "ffs", "dsps", "brams", "sprams", "logic_cells", "clock_mhz", "fmax_mhz",
+        keep = ("batch", "luts", "ffs", "dsps", "brams", "sprams", "logic_cells", "clock_mhz", "fmax_mhz",
                 "cycles_per_image", "images_per_s", "images_per_s_at_fmax", "total_seconds", "bitstream")
         self.results["up5k"] = {k: r.get(k) for k in keep}
         print(f"  {r['luts']:,} LUT4 ({r['logic_cells']:,} of 5,280 logic cells), {r['ffs']:,} FF, {r['dsps']} DSP, "
-              f"{r['brams']} BRAM, {r['sprams']} SPRAM; Fmax {r['fmax_mhz']} MHz (27 MHz met); "
-              f"{r['images_per_s']:,} images/s at 27 MHz", flush=True)
+              f"{r['brams']} BRAM, {r['sprams']} SPRAM; Fmax {r['fmax_mhz']} MHz ({r['clock_mhz']:g} MHz met); "
+              f"{r['images_per_s']:,} images/s at {r['clock_mhz']:g} MHz (batch {r['batch']})", flush=True)
 
     def main(self) -> int:
         steps = [self.train, self.export, self.quantize, self.evaluate, self.generate, self.simulate]

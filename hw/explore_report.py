@@ -109,7 +109,7 @@ def check_freqs(values, flag="freq") -> list[float | None]:
 
 
 def check_targets(values, flag="target") -> list[str]:
-    from .synth import TARGETS
+    from .targets import TARGETS
 
     for t in values:
         if t not in TARGETS:
@@ -225,7 +225,7 @@ def _short(r: dict) -> str:
 
 
 def plot(rows: list[dict], target: str, axis: str, front: list[dict], path: Path) -> None:
-    from .synth import TARGETS
+    from .targets import TARGETS
 
     t = TARGETS[target]
     fig, ax = plt.subplots(figsize=(7, 4.4))
@@ -301,7 +301,7 @@ def print_tasks(tasks: list[dict], est: dict, wall: float, where: str, stream=No
 
 
 def markdown(rows: list[dict], tasks: list[dict], fronts: dict, meta: dict, plots: dict) -> str:
-    from .synth import TARGETS
+    from .targets import TARGETS
 
     est = meta["estimate_16_workers"]
     tools = ", ".join(f"{k} {v}" for k, v in meta["tools"].items() if v)

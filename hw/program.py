@@ -23,21 +23,19 @@ starts. Biases are added in the drain, one per map or, for a dense layer or unti
 per lane (two's-complement addition is associative, so ``bias + sum`` wrapped equals the
 emulator's ``sum + bias`` wrapped).
 
-Everything here is plain Python over the spec, shared by the generator (``hw/accelerator.py``),
+Everything here (and in :mod:`hw.layer_words`, each layer's taps, weights and biases) is plain
+Python over the spec, shared by the generator (``hw/accelerator.py``),
 the cycle model (``hw/perf.py``) and the testbenches.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-
-import numpy as np
 
 from quantize.qformat import QFormat
 from quantize.spec import LayerSpec, QuantSpec
 
 from .fixed import MAX_HW_WIDTH
-from .layout import Layout, cdiv, log2
+from .layout import Layout, log2
 
 MAX_LANES = 256
 MAX_STRIDE = 3
@@ -298,6 +296,7 @@ def compile_spec(spec: QuantSpec, lanes: int = 8, fuse_pools: bool = False, pool
     surely finishes in the cycles those layers leave the write port free (:func:`load_fits`);
     otherwise the program loads between images as without it."""
     from .fuse import MULTIPLIERS, fusable, fuse_pool, mul_cycles
+    from .layer_words import conv_layer, dense_layer
     from .wrap import wraps
 
     if pool_multiplier not in MULTIPLIERS:
@@ -337,9 +336,9 @@ def compile_spec(spec: QuantSpec, lanes: int = 8, fuse_pools: bool = False, pool
                 b, a = lin.locate(c, y, x)
                 fill_words.append((b << aw) | a)
         if dense:
-            lp = _dense_layer(l, lin, P, dense_words, bias_words, kw)
+            lp = dense_layer(l, lin, P, dense_words, bias_words, kw)
         else:
-            lp = _conv_layer(l, lin, R, C, tap_words, bias_words, kw)
+            lp = conv_layer(l, lin, R, C, tap_words, bias_words, kw)
         if i + 1 in fuse:
             fuse_pool(lp, L[i + 1], _acc_format(L[i + 1], weight_width), bias_words, coef_words)
         for stage in [lp] + ([lp.pool] if lp.pool else []):
@@ -389,77 +388,6 @@ def load_fits(prog: Program) -> bool:
     for lp in prog.layers[1:]:
         free += sum(max(0, t + max(0, drain_turns(lp, P) - t) - (d + 4)) for t in lp.group_taps)
     return free >= prog.load_cycles + 2
-
-
-def _conv_layer(l: LayerSpec, lin: Layout, R: int, C: int, tap_words: list, bias_words: list, kw: dict) -> LayerProgram:
-    from .wrap import tap_fields, wrapped_groups
-
-    K, P = l.kernel, R * C
-    oh, ow = l.out_h, l.out_w
-    ty_n, tx_n = cdiv(oh, R), cdiv(ow, C)
-
-    def tap(w, c, ky, kx):
-        return (w, *tap_fields(lin, c, ky, kx))
-
-    def lane_positions(ty, tx):
-        return [(ty * R + q // C, tx * C + q % C) for q in range(P)]
-
-    taps, zero_taps = [], 0
-    window = [(u, v) for u in range(K) for v in range(K)]
-    for o in range(l.out_maps):
-        if l.kind == "local":
-            n = 0
-            for ty in range(ty_n):
-                for tx in range(tx_n):
-                    pos = lane_positions(ty, tx)
-                    for c in range(l.in_maps):
-                        for u, v in window:
-                            ws = [int(l.weight[o, y, x, c, u, v]) if y < oh and x < ow else 0 for y, x in pos]
-                            tap_words.append(tap(ws, c, u, v))
-                            n += 1
-            taps.append(n // (ty_n * tx_n))
-            continue
-        if l.kind == "conv":
-            words = [tap(int(l.weight[o, c, u, v]), c, u, v) for c in l.connections()[o] for u, v in window]
-            # a zero weight adds nothing to the sum: its tap is not issued (the map keeps one tap)
-            nonzero = [t for t in words if t[0] != 0] or words[:1]
-            zero_taps += len(words) - len(nonzero)
-            words = nonzero
-        else:  # pools read one input map; max-pool taps have weight 1
-            coef = 1 if l.kind == "maxpool" else int(l.weight[o])
-            words = [tap(coef, l.sources()[o], u, v) for u, v in window]
-        tap_words += words
-        taps.append(len(words))
-    if l.untied:  # one bias per lane of every tile, in issue order (0 for lanes outside the map)
-        b = l.bias_acc()
-        for o in range(l.out_maps):
-            for ty in range(ty_n):
-                for tx in range(tx_n):
-                    bias_words += [int(b[o, y, x]) if y < oh and x < ow else 0 for y, x in lane_positions(ty, tx)]
-    else:
-        bias_words += [int(v) for v in l.bias_acc()]
-    if lin.pitch:  # wrapped groups: strips of R rows, W columns each (tiles: strips, W)
-        return LayerProgram(mode="conv", maps=l.out_maps, groups=wrapped_groups(oh, ow, R, C), tiles=(ty_n, ow),
-                            taps=taps, n_out=oh * ow, zero_taps=zero_taps, wrap=ow, wrap_skip=(lin.pitch - ow) // C, **kw)
-    return LayerProgram(mode="conv", maps=l.out_maps, groups=ty_n * tx_n, tiles=(ty_n, tx_n), taps=taps,
-                        n_out=oh * ow, op="max" if l.kind == "maxpool" else "sum", shared=l.kind != "local",
-                        bias_per_lane=l.untied, zero_taps=zero_taps, **kw)
-
-
-def _dense_layer(l: LayerSpec, lin: Layout, P: int, dense_words: list, bias_words: list, kw: dict) -> LayerProgram:
-    w = l.weight.reshape(l.out_maps, -1)  # conv/local with a 1x1 output: (c, u, v) is the input's order
-    n_in = w.shape[1]
-    if n_in != lin.maps * lin.h * lin.w:
-        raise ValueError(f"layer {l.name}: {n_in} inputs but its input holds {lin.maps * lin.h * lin.w}")
-    groups = math.ceil(l.out_maps / P)
-    wp = np.zeros((groups * P, n_in), np.int64)
-    wp[: l.out_maps] = w
-    for g in range(groups):
-        dense_words += wp[g * P:(g + 1) * P].T.tolist()
-    b = l.bias_acc().reshape(-1)
-    bias_words += [int(v) for v in b] + [0] * (groups * P - len(b))
-    return LayerProgram(mode="dense", maps=1, groups=groups, tiles=(0, 0), taps=[n_in], n_out=l.out_maps,
-                        bias_per_lane=True, **kw)
 
 
 def output_addresses(lp: LayerProgram, program: Program) -> list[int] | None:

@@ -26,7 +26,7 @@ def _apply_config(args) -> None:
     ship = {"lanes": 8, "batch": 1, "fuse_pools": False, "overlap_load": False}
     dsp = "auto"
     if args.config is not None:
-        from hw.synth import TARGETS, shipped
+        from hw.targets import TARGETS, shipped
         from quantize import spec as qspec
 
         if args.config not in TARGETS:
@@ -38,6 +38,7 @@ def _apply_config(args) -> None:
     args.fuse_pools = args.fuse_pools or ship["fuse_pools"]
     args.overlap_load = args.overlap_load or ship["overlap_load"]
     args.dsp = args.dsp or dsp
+
 
 @cli
 def main(argv=None):
@@ -53,7 +54,7 @@ def main(argv=None):
                    help="verilator (default, or $SIM) or icarus")
     p.add_argument("--lanes", type=int, default=None, help="MAC lanes (default 8, or --config's)")
     p.add_argument("--config", default=None, metavar="TARGET",
-                   help="simulate TARGET's shipped configuration for this spec (hw.synth.SHIPPED: lanes, batch, "
+                   help="simulate TARGET's shipped configuration for this spec (hw.targets.SHIPPED: lanes, batch, "
                         "fused pools, overlapped load; on iCE40 the SB_MAC16 pairs of a batch); explicit "
                         "--lanes/--batch/--fuse-pools/--overlap-load/--dsp add to it")
     p.add_argument("--fuse-pools", action="store_true",

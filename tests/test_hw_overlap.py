@@ -138,7 +138,7 @@ def test_sim_config_is_the_shipped_one(q8_spec_dir, run_module):
     sim-full`` runs); explicit options add to it; an unknown target is one error line."""
     import argparse
 
-    from hw.synth import shipped
+    from hw.targets import shipped
     from sim.__main__ import _apply_config
 
     def args(**kw):

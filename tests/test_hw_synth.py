@@ -7,6 +7,7 @@ import json
 import pytest
 
 from hw import synth
+from hw.targets import TARGETS, check_fit
 from model.util import UserError
 
 
@@ -51,17 +52,17 @@ def test_unknown_target(run_module, tmp_path):
 
 
 def test_does_not_fit_names_resource_and_excess():
-    t = synth.TARGETS["ice40-up5k"]
+    t = TARGETS["ice40-up5k"]
     with pytest.raises(UserError, match=r"needs 249 block RAMs \(EBR\), the device has 30 \(219 over\)"):
-        synth.check_fit(t, {"SB_RAM40_4K": 249, "SB_LUT4": 100, "IO": 4}, "big")
+        check_fit(t, {"SB_RAM40_4K": 249, "SB_LUT4": 100, "IO": 4}, "big")
     with pytest.raises(UserError, match=r"needs 9 DSP blocks"):
-        synth.check_fit(t, {"SB_MAC16": 9, "IO": 4}, "big")
+        check_fit(t, {"SB_MAC16": 9, "IO": 4}, "big")
     with pytest.raises(UserError, match=r"needs 40 I/O pins, the device has 39 \(1 over\)"):
-        synth.check_fit(t, {"IO": 40}, "wide")
-    synth.check_fit(t, {"SB_RAM40_4K": 30, "SB_MAC16": 8, "SB_SPRAM256KA": 4, "SB_LUT4": 5000, "IO": 4}, "ok")
-    e = synth.TARGETS["ecp5-25k"]
+        check_fit(t, {"IO": 40}, "wide")
+    check_fit(t, {"SB_RAM40_4K": 30, "SB_MAC16": 8, "SB_SPRAM256KA": 4, "SB_LUT4": 5000, "IO": 4}, "ok")
+    e = TARGETS["ecp5-25k"]
     with pytest.raises(UserError, match=r"needs 29 multipliers \(MULT18X18D\), the device has 28"):
-        synth.check_fit(e, {"MULT18X18D": 29, "IO": 4}, "big")
+        check_fit(e, {"MULT18X18D": 29, "IO": 4}, "big")
 
 
 def test_missing_tool_says_how_to_install(monkeypatch):
@@ -131,7 +132,7 @@ def test_synth_report_table(tmp_path, run_module):
 def test_shipped_configurations():
     """Every target has a shipped configuration (lanes, batch, clock) for any spec; a preset's own
     row wins over the target's default."""
-    from hw.synth import SHIPPED, TARGETS, shipped
+    from hw.targets import SHIPPED, shipped
 
     for t in TARGETS:
         cfg = shipped(t, "no-such-preset")
@@ -143,12 +144,12 @@ def test_shipped_configurations():
 
 def test_overused_resource_from_the_nextpnr_log():
     """A design nextpnr packs into more logic cells than the device has is named with the overrun."""
-    from hw.synth import _overused
+    from hw.targets import overused
 
     log = ("Info: Device utilisation:\nInfo: \t         ICESTORM_LC:    5998/   5280   113%\n"
            "Info: \t        ICESTORM_RAM:      28/     30    93%\nERROR: Failed to expand region (0, 0) |_> (25, 31)\n")
-    assert _overused(log) == ("ICESTORM_LC", 5998, 5280)
-    assert _overused(log.replace("5998", "5000")) is None
+    assert overused(log) == ("ICESTORM_LC", 5998, 5280)
+    assert overused(log.replace("5998", "5000")) is None
 
 
 @pytest.mark.parametrize("target,freq,pll", [("ice40-up5k", 29.0, 28.875), ("ice40-up5k", 29.25, 29.25),
@@ -159,7 +160,7 @@ def test_board_build_is_checked_at_the_pll_clock(q8_spec, target, freq, pll):
     from hw.program import compile_spec
 
     prog = compile_spec(q8_spec, 8)
-    _, _, info = synth.design_files(synth.TARGETS[target], q8_spec, 8, None, freq, program=prog)
+    _, _, info = synth.design_files(TARGETS[target], q8_spec, 8, None, freq, program=prog)
     assert info["clk_mhz"] == pytest.approx(pll)
     assert synth.build_clock_mhz(info, freq) == pytest.approx(pll)
     assert synth.build_clock_mhz({}, freq) == freq and synth.build_clock_mhz({}, None) == 12.0

@@ -24,7 +24,7 @@ from model.util import UserError
 from quantize.qformat import QFormat
 from sim import layers as L
 
-REGISTERED = ["requantize", "mac", "activation_lut", "window", "conv_tile", "subsample", "dense"]
+REGISTERED = ["requantize", "mac", "activation_lut", "window", "window_wrapped", "conv_tile", "subsample", "dense"]
 DATAPATH = ["conv_tile", "subsample", "dense"]  # TileWindow -> MACLanes
 RESULT_KEYS = {"layer", "simulator", "vectors", "mismatches", "first_mismatch", "compared", "cycles"}
 
@@ -53,7 +53,7 @@ def test_registry_has_the_tops():
     for name in REGISTERED:
         assert L.get_layer(name).name == name
     with pytest.raises(UserError, match=r"unknown layer top 'pool' \(one of requantize, mac, activation_lut, window, "
-                                        r"conv_tile, subsample, dense"):
+                                        r"window_wrapped, conv_tile, subsample, dense"):
         L.get_layer("pool")
 
 
@@ -152,42 +152,75 @@ def _replay_window(arrs, R, C, aw, port="x", extra_latency=0):
     Writes land at the end of their cycle."""
     mem = {}
     lanes = {}
+    wrapped = "in.wrap" in arrs  # a wrapped window: eight bases, wrap selects, a row that carries rotates by mx1
     for t in range(len(arrs["in.we"])):
         g = {k: int(arrs[f"in.{k}"][t, 0]) for k in ("row_carry", "my", "mx0", "dense", "bank")}
+        g["mx1"] = int(arrs["in.mx1"][t, 0]) if wrapped else g["mx0"]
         base, cols = [int(v) for v in arrs["in.base"][t]], [int(v) for v in arrs["in.col_carry"][t]]
+        wraps = [int(v) for v in arrs["in.wrap"][t]] if wrapped else [0, 0]
         if g["dense"]:  # (the accelerator's selects are then 0: every bank reads base[0])
             row = [mem.get((g["bank"], base[0]))] * (R * C)
         else:
             row = []
             for dy in range(R):
                 for dx in range(C):
-                    r, c = (dy + g["my"]) % R, (dx + g["mx0"]) % C
+                    r = (dy + g["my"]) % R
+                    c = (dx + (g["mx1"] if dy + g["my"] >= R else g["mx0"])) % C
                     rc = g["row_carry"] >> r & 1
-                    row.append(mem.get((r * C + c, base[rc + 2 * (cols[rc] >> c & 1)])))
+                    row.append(mem.get((r * C + c, base[rc + 2 * (cols[rc] >> c & 1) + 4 * (wraps[rc] >> c & 1)])))
         lanes[t + 2 + extra_latency] = row
         if arrs["in.we"][t, 0]:
             mem[divmod(int(arrs["in.waddr"][t, 0]), 1 << aw)] = int(arrs["in.wdata"][t, 0])
     return lanes
 
 
-@pytest.mark.parametrize("shape", [(2, 8, 8), (2, 11, 11)])
-def test_window_golden_is_the_window_contract(shape):
+def test_wrapped_read_is_the_sequencers(q8_spec):
+    """``sim.layers.wrapped_read`` (the wrapped top's read inputs) puts on every lane of every
+    wrapped group of LeNet-5's C3 (8 and 16 lanes) and C1 (16 lanes) the bank and word that
+    ``Layout.locate`` gives for that lane's input pixel, through the window's documented selects."""
+    from hw.program import compile_spec
+
+    for lanes in (8, 16):
+        prog = compile_spec(q8_spec, lanes)
+        R, C = prog.R, prog.C
+        for lp in [lp for lp in prog.layers if lp.wrap]:
+            lin, K, W = lp.in_layout, lp.spec.kernel, lp.wrap
+            for g in range(lp.groups):
+                for c, ky, kx in [(0, 0, 0), (1, K - 1, K - 1), (2, 1, K - 1), (0, K - 1, 2)]:
+                    c %= lin.maps
+                    rd = L.wrapped_read(lin, W, g, L.conv_tap(lin, 0, c, ky, kx))
+                    for dy in range(R):
+                        for dx in range(C):
+                            s, x = divmod(g * C + dx, W)
+                            if s * R + dy >= lp.out_h:
+                                continue
+                            mx = rd["mx1"] if dy + rd["my"] >= R else rd["mx0"]
+                            r, col = (dy + rd["my"]) % R, (dx + mx) % C
+                            rc = rd["row_carry"] >> r & 1
+                            i = rc + 2 * (rd["col_carry"][rc] >> col & 1) + 4 * (rd["wrap"][rc] >> col & 1)
+                            assert (r * C + col, rd["base"][i]) == lin.locate(c, s * R + dy + ky, x + kx), (lp.name, g)
+
+
+@pytest.mark.parametrize("name,shape", [("window", (2, 8, 8)), ("window", (2, 11, 11)),
+                                        ("window_wrapped", (2, 14, 14)), ("window_wrapped", (1, 13, 13))])
+def test_window_golden_is_the_window_contract(name, shape):
     """Replaying TileWindow's contract over the window top's writes and reads yields its golden
     words (from the emulator's im2col) on every compared lane: the layout, the tap words and the
     tile offsets put each output position's pixel on its lane. At 11x11 (7x7 output) the tiles
     at the bottom and right edges are partial and their outer lanes are not compared."""
-    p, dut, s = _schedule("window", params={"shape": shape})
+    p, dut, s = _schedule(name, params={"shape": shape})
     g = s.arrays()
     lanes = _replay_window(g, dut.R, dut.C, dut.addr_width)
     rows = np.flatnonzero(g["vec.x"] >= 0)
-    assert len(rows) == L.get_layer("window").n
+    assert len(rows) == L.get_layer(name).n
     for c in rows:
         care = g["care.x"][c].astype(bool)
         got = np.array([v if k else 0 for v, k in zip(lanes[c], care)])
         assert None not in [v for v, k in zip(lanes[c], care) if k]
         assert np.array_equal(got[care], g["out.x"][c][care]), c
     assert s.notes["tile_reads"] > 0 and s.notes["dense_reads"] > 0
-    partial = shape[1] == 11
+    # tiles: the 7 x 7 output's edge tiles; wrapped: the last group runs past the last strip
+    partial = shape[1] == 11 or name == "window_wrapped"
     assert (s.notes["partial_tiles"] > 0) == partial and (g["care.x"][rows] == 0).any() == partial
     x = g["in.wdata"][g["in.we"][:, 0] == 1]
     assert x.min() == -128 and x.max() == 127

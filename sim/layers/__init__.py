@@ -21,6 +21,9 @@ The tops (``python -m sim.layers --help`` lists them; one vector is what one exp
   ``hw.layout.Layout`` places it; then every tap of every tile of a conv (the accelerator's read
   addresses: tile offset + :func:`conv_tap`, ``compile_spec``'s tap word) and broadcast (dense)
   reads; each lane's word vs the emulator's im2col (``ops._unfold_int``) / flattened input.
+- ``window_wrapped``: the same in wrapped groups (:mod:`hw.wrap`): the input laid out with a strip
+  pitch, eight bases, the ``wrap`` selects and ``mx1`` (:func:`wrapped_read`), each group running
+  on from one strip of the output into the next.
 - ``conv_tile``, ``subsample``, ``dense``: the window feeding the MAC lanes (:class:`WindowMAC`,
   wired as in the accelerator): a conv layer with a connection table, a 2x2 subsampling (stride-2
   layout, four taps carrying the map's coefficient) and a dense layer (broadcast reads, one
@@ -80,9 +83,11 @@ from .arith import MAC_LATENCY, REQUANTIZE_CASES, ActivationLUT, RequantizeTop, 
 from .core import LAYERS, LayerTop, Port, Schedule, extremes_and_random, get_layer, ports_of, register
 from . import datapath  # noqa: F401  (registers conv_tile, subsample, dense)
 from .run import OUT, PERIOD_NS, RESET_CYCLES, emit, main, run_layer
-from .window import WINDOW_LATENCY, WINDOW_MAC_LATENCY, WINDOW_PORTS, WINDOW_READ, WindowMAC, conv_tap, tile_read
+from .window import (WINDOW_LATENCY, WINDOW_MAC_LATENCY, WINDOW_PORTS, WINDOW_READ, WindowMAC, conv_tap, tile_read,
+                     wrapped_read)
 
 __all__ = ["LAYERS", "LayerTop", "Port", "Schedule", "extremes_and_random", "get_layer", "ports_of", "register",
            "MAC_LATENCY", "REQUANTIZE_CASES", "ActivationLUT", "RequantizeTop", "activation_params",
            "WINDOW_LATENCY", "WINDOW_MAC_LATENCY", "WINDOW_PORTS", "WINDOW_READ", "WindowMAC", "conv_tap", "tile_read",
+           "wrapped_read",
            "OUT", "PERIOD_NS", "RESET_CYCLES", "emit", "main", "run_layer"]

@@ -63,13 +63,38 @@ def tile_read(layout, ty: int, tx: int, tap: tuple) -> dict:
             "my": my, "mx0": mx0, "dense": 0}
 
 
+def wrapped_read(layout, W: int, group: int, tap: tuple) -> dict:
+    """The window's read inputs for ``tap`` over wrapped group ``group`` (:mod:`hw.wrap`) of a layer
+    whose output is W wide, reading ``layout`` (strip pitch W'), as the sequencer presents them. The
+    group starts at strip s0, column x0 = divmod(group * C, W), at word first = layout.base + group
+    + s0 * m, m = (W' - W) / C; ``base[rc + 2 cc + 4 w] = first + (off1 if rc else off0) + cc + w *
+    m``. Bank row r carries if r < my; in a row rotated by mx (mx1 if it carries, else mx0) bank
+    column c carries if c < mx, and wraps if its lane, column (c - mx) % C of the group, lies past
+    the strip's end (x0 + that >= W): it reads m words on, in the next strip."""
+    _, off0, my, mx0, off1, mx1 = tap
+    R, C = layout.R, layout.C
+    m = (layout.pitch - W) // C
+    s0, x0 = divmod(group * C, W)
+    first = layout.base + group + s0 * m
+    mask = (1 << max(1, (layout.base + layout.words - 1).bit_length())) - 1  # the window's address width
+    base = [(first + (off1 if rc else off0) + cc + w * m) & mask for w in range(2) for cc in range(2) for rc in range(2)]
+    mxs = (mx0, mx1)
+    return {"base": base, "row_carry": sum(1 << r for r in range(R) if r < my),
+            "col_carry": [sum(1 << c for c in range(C) if c < mx) for mx in mxs],
+            "wrap": [sum(1 << c for c in range(C) if (c - mx) % C >= W - x0) for mx in mxs],
+            "my": my, "mx0": mx0, "mx1": mx1, "dense": 0}
+
+
 def _layout(p):
+    """The input's layout: tiles, or with ``p["wrapped"]`` the strip pitch of a stride-1 K x K conv."""
     from hw.layout import Layout
     from hw.program import tile_shape
+    from hw.wrap import pitch
 
     R, C = tile_shape(p["lanes"])
     maps, h, w = p["shape"]
-    return Layout(maps, h, w, p.get("stride", 1), R, C, p.get("base", 0))
+    wp = pitch(w - p["kernel"] + 1, w, C) if p.get("wrapped") else 0
+    return Layout(maps, h, w, p.get("stride", 1), R, C, p.get("base", 0), 0, wp)
 
 
 def _window_words(p) -> int:
@@ -79,10 +104,13 @@ def _window_words(p) -> int:
 
 def _garbage_read(rng, win) -> dict:
     """Read inputs of a cycle whose output nobody compares (writes, idle cycles)."""
-    return {"base": rng.integers(0, win.words, 4),
+    read = {"base": rng.integers(0, win.words, 8 if getattr(win, "wrapped", False) else 4),
             "row_carry": rng.integers(0, 1 << win.R), "col_carry": rng.integers(0, 1 << win.C, 2),
             "my": rng.integers(0, win.R), "mx0": rng.integers(0, win.C), "dense": rng.integers(0, 2),
             "bank": rng.integers(0, win.P)}
+    if getattr(win, "wrapped", False):
+        read |= {"wrap": rng.integers(0, 1 << win.C, 2), "mx1": rng.integers(0, win.C)}
+    return read
 
 
 def _feature_maps(rng, fmt: QFormat, shape, saturate: float = 0.0) -> np.ndarray:
@@ -118,6 +146,22 @@ def _tiles(out_h: int, out_w: int, R: int, C: int):
             yield ty, tx, care
 
 
+def _groups(lay, out_h: int, out_w: int):
+    """(group, lane positions, care) of every group of a conv output: tiles (a group is (ty, tx)),
+    or wrapped groups if ``lay`` has a strip pitch (a group is its index; lane (dy, dx) computes
+    strip-linear column group * C + dx, row dy of that strip)."""
+    from hw.wrap import wrapped_groups
+
+    R, C = lay.R, lay.C
+    if not lay.pitch:
+        for ty, tx, care in _tiles(out_h, out_w, R, C):
+            yield (ty, tx), [(ty * R + dy, tx * C + dx) for dy in range(R) for dx in range(C)], care
+        return
+    for g in range(wrapped_groups(out_h, out_w, R, C)):
+        pos = [(s * R + dy, x) for dy in range(R) for s, x in [divmod(g * C + dx, out_w) for dx in range(C)]]
+        yield g, pos, [int(y < out_h) for y, _ in pos]
+
+
 def _window_vectors(dut, p, rng, n):
     """Rounds of: a fresh input tensor written through the write port (random order, garbage on
     the read port), then, shuffled together, the reads of every tap (c, ky, kx) of every tile of
@@ -133,7 +177,6 @@ def _window_vectors(dut, p, rng, n):
 
     s = Schedule(dut)
     lay, K, fmt = _layout(p), p["kernel"], QFormat(p["bits"], 0)
-    R, C = lay.R, lay.C
     oh, ow = lay.h - K + 1, lay.w - K + 1
     v = 0
     s.notes.update(tile_reads=0, dense_reads=0, partial_tiles=0)
@@ -142,7 +185,7 @@ def _window_vectors(dut, p, rng, n):
         cols = ops._unfold_int(torch.from_numpy(x)[None], K)[0].numpy()  # maps*K*K x oh*ow
         flat = x.reshape(-1)  # the dense layers' input order (quantize/emulator.py)
         _write_maps(s, lay, dut, x, rng)
-        reads = [("tile", ty, tx, tuple(care), c, ky, kx) for ty, tx, care in _tiles(oh, ow, R, C)
+        reads = [("tile", group, tuple(pos), tuple(care), c, ky, kx) for group, pos, care in _groups(lay, oh, ow)
                  for c in range(lay.maps) for ky in range(K) for kx in range(K)]
         reads += [("dense", int(i)) for i in rng.integers(0, x.size, p["dense_reads"])]
         for k in rng.permutation(len(reads)):
@@ -150,17 +193,20 @@ def _window_vectors(dut, p, rng, n):
                 break
             r = reads[k]
             if r[0] == "tile":
-                _, ty, tx, care, c, ky, kx = r
-                inputs = tile_read(lay, ty, tx, conv_tap(lay, 0, c, ky, kx)) | {"bank": rng.integers(0, dut.P)}
+                _, group, pos, care, c, ky, kx = r
+                word = conv_tap(lay, 0, c, ky, kx)
+                inputs = (wrapped_read(lay, ow, group, word) if lay.pitch else tile_read(lay, *group, word)) \
+                    | {"bank": rng.integers(0, dut.P)}
                 tap = (c * K + ky) * K + kx
-                gold = [cols[tap, (ty * R + dy) * ow + tx * C + dx] if care[dy * C + dx] else 0
-                        for dy in range(R) for dx in range(C)]
+                gold = [cols[tap, y * ow + x] if ok else 0 for (y, x), ok in zip(pos, care)]
                 s.notes["tile_reads"] += 1
                 s.notes["partial_tiles"] += not all(care)
             else:
                 bank, word = lay.locate(*(int(i) for i in np.unravel_index(r[1], x.shape)))
-                inputs = _garbage_read(rng, dut) | {"base": [word] * 4, "row_carry": 0, "col_carry": [0, 0],
+                inputs = _garbage_read(rng, dut) | {"base": [word] * dut.bases, "row_carry": 0, "col_carry": [0, 0],
                                                     "dense": 1, "bank": bank}
+                if dut.wrapped:
+                    inputs["wrap"] = [0, 0]
                 gold, care = [flat[r[1]]] * dut.P, None
                 s.notes["dense_reads"] += 1
             c0 = s.cycle(inputs)
@@ -173,7 +219,7 @@ def _build_window(p):
     from hw.program import tile_shape
     from hw.window import TileWindow
 
-    return TileWindow(*tile_shape(p["lanes"]), _window_words(p), p["bits"])
+    return TileWindow(*tile_shape(p["lanes"]), _window_words(p), p["bits"], wrapped=p.get("wrapped", False))
 
 
 register(LayerTop(
@@ -181,6 +227,12 @@ register(LayerTop(
     "over 2 maps of 8x8 and broadcast reads, latency 2",
     _build_window, _window_vectors, {"lanes": 8, "shape": (2, 8, 8), "kernel": 5, "stride": 1, "base": 3, "bits": 8,
                                      "dense_reads": 28}, n=256))
+
+register(LayerTop(
+    "window_wrapped", "hw.window.TileWindow in wrapped groups (hw/wrap.py), 2x4 lanes: a 5x5 conv over 2 maps of "
+    "14x14 (output 10 wide, strip pitch 14), each group running on into the next strip, and broadcast reads",
+    _build_window, _window_vectors, {"lanes": 8, "shape": (2, 14, 14), "kernel": 5, "stride": 1, "base": 3, "bits": 8,
+                                     "dense_reads": 28, "wrapped": True}, n=256))
 
 
 class WindowMAC(wiring.Component):
