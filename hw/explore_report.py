@@ -21,25 +21,27 @@ import matplotlib.pyplot as plt  # noqa: E402
 from model.util import UserError, atomic_path, atomic_write_text, load_json_object  # noqa: E402
 
 # -- the grid ----------------------------------------------------------------------------------------
-POINT_KEYS = ("spec", "target", "lanes", "batch", "freq")
+POINT_KEYS = ("spec", "target", "lanes", "batch", "freq", "fuse_pools", "overlap_load")
 GRID_KEYS = set(POINT_KEYS) | {"seed", "sim_images", "groups"}
-#: ``make explore``: 18 points, 10 of them build (36-44 min with 2 jobs on this loaded 2-core machine; docs/cluster.md)
+#: ``make explore``: 14 points around the shipped configurations (:data:`hw.targets.SHIPPED`), which are
+#: all in it; what they take is in the README (docs/cluster.md)
 Q8, ANNA = "build/quant/lenet5-q8", "build/quant/lenet5-anna"
+_FAST = {"fuse_pools": [True], "overlap_load": [True]}
 DEFAULT_GRID = {
     "seed": 1,
     "sim_images": 100,
     "groups": [
-        # iCE40 UP5K board top: 8 SB_MAC16, 30 block RAMs, the weights in the 4 SPRAMs; anna misses 27 MHz
-        {"spec": [Q8], "target": ["ice40-up5k"], "lanes": [4, 8, 16], "freq": [27]},
-        {"spec": [ANNA], "target": ["ice40-up5k"], "lanes": [4, 8, 16], "freq": [24]},
-        {"spec": [ANNA], "target": ["ice40-up5k"], "lanes": [8], "freq": [27]},
-        # ECP5-25F (28 multipliers, 56 block RAMs): more lanes, the same MACs as a batch, a faster clock
-        {"spec": [Q8, ANNA], "target": ["ecp5-25k"], "lanes": [8, 16, 32], "freq": [50]},
-        {"spec": [Q8], "target": ["ecp5-25k"], "lanes": [8], "batch": [2], "freq": [50]},
+        # iCE40 UP5K board top: 8 SB_MAC16 (two 8x8 products each), 30 block RAMs, the weights in the 4 SPRAMs
+        {"spec": [Q8], "target": ["ice40-up5k"], "lanes": [8], "batch": [1, 2], "freq": [29.25], **_FAST},
+        {"spec": [Q8], "target": ["ice40-up5k"], "lanes": [8], "freq": [29.25]},  # what fusing and overlapping buy
+        {"spec": [Q8], "target": ["ice40-up5k"], "lanes": [4, 16], "freq": [29.25], **_FAST},
+        {"spec": [ANNA], "target": ["ice40-up5k"], "lanes": [8], "batch": [2, 3], "freq": [29], **_FAST},
+        # ECP5-25F (28 multipliers, 56 block RAMs): more lanes against a batch, and the shipped 75 MHz build
         {"spec": [Q8], "target": ["ecp5-25k"], "lanes": [8], "freq": [75]},
-        # ECP5-85F: 16 and 32 lanes against a batch of 4 x 8 lanes
-        {"spec": [Q8], "target": ["ecp5-85k"], "lanes": [16, 32], "freq": [50]},
-        {"spec": [Q8], "target": ["ecp5-85k"], "lanes": [8], "batch": [4], "freq": [50]},
+        {"spec": [Q8, ANNA], "target": ["ecp5-25k"], "lanes": [16, 32], "freq": [50], **_FAST},
+        {"spec": [Q8], "target": ["ecp5-25k"], "lanes": [8], "batch": [2], "freq": [50], **_FAST},
+        # ECP5-85F: the shipped batch of 19 images x 8 lanes (152 of its 156 multipliers)
+        {"spec": [Q8], "target": ["ecp5-85k"], "lanes": [8], "batch": [19], "freq": [59], **_FAST},
     ],
 }
 
@@ -145,8 +147,15 @@ def load_grid(path: str | None) -> dict:
     return out
 
 
+def check_bools(values, flag) -> list[bool]:
+    if not values or not all(isinstance(v, bool) for v in values):
+        raise UserError(f"{flag}: {values!r} is not a list of true/false")
+    return list(values)
+
+
 def check_group(g: dict, where: str) -> dict:
-    g = {"batch": [1], "freq": [None], **{k: _list(v) for k, v in g.items()}}
+    g = {"batch": [1], "freq": [None], "fuse_pools": [False], "overlap_load": [False],
+         **{k: _list(v) for k, v in g.items()}}
     for key in ("spec", "target", "lanes"):
         if key not in g:
             raise UserError(f"{where}: no {key} (a list, at the top or in every group)")
@@ -154,7 +163,9 @@ def check_group(g: dict, where: str) -> dict:
         raise UserError(f"{where}: spec must be a list of spec directories")
     return {"spec": g["spec"], "target": check_targets(g["target"], f"{where}: target"),
             "lanes": check_lanes(g["lanes"], f"{where}: lanes"), "batch": check_batch(g["batch"], f"{where}: batch"),
-            "freq": check_freqs(g["freq"], f"{where}: freq")}
+            "freq": check_freqs(g["freq"], f"{where}: freq"),
+            "fuse_pools": check_bools(g["fuse_pools"], f"{where}: fuse_pools"),
+            "overlap_load": check_bools(g["overlap_load"], f"{where}: overlap_load")}
 
 
 def estimate(tasks: list[dict], workers: int = 16) -> dict:
@@ -173,7 +184,7 @@ def estimate(tasks: list[dict], workers: int = 16) -> dict:
 
 # -- the report --------------------------------------------------------------------------------------
 
-CSV_FIELDS = ["spec_name", "target", "lanes", "batch", "freq", "clock_mhz", "fmax_mhz", "timing_met", "luts", "ffs",
+CSV_FIELDS = ["spec_name", "target", "lanes", "batch", "fuse_pools", "overlap_load", "freq", "clock_mhz", "fmax_mhz", "timing_met", "luts", "ffs",
               "logic_cells", "dsps", "brams", "sprams", "macs", "cycles_per_image", "images_per_s",
               "images_per_s_at_fmax", "pareto_luts", "pareto_brams", "sim_images", "sim_bit_exact", "sim_mismatches",
               "synth_seconds", "pnr_seconds", "seconds", "sim_seconds", "failed", "failure", "key", "spec_sha",
@@ -221,7 +232,12 @@ def _savefig(fig, path: Path) -> None:
 
 
 def _short(r: dict) -> str:
-    return f"L{r['lanes']}" + (f" B{r['batch']}" if r["batch"] > 1 else "") + f" {r['clock_mhz']:g} MHz"
+    return f"L{r['lanes']}" + (f" B{r['batch']}" if r["batch"] > 1 else "") + f" {r['clock_mhz']:g} MHz" + design_tag(r)
+
+
+def design_tag(r: dict) -> str:
+    """`` fused``, `` overlapped``: how a point's layers run (nothing for each layer on its own)."""
+    return (" fused" if r.get("fuse_pools") else "") + (" overlapped" if r.get("overlap_load") else "")
 
 
 def plot(rows: list[dict], target: str, axis: str, front: list[dict], path: Path) -> None:
@@ -306,7 +322,7 @@ def markdown(rows: list[dict], tasks: list[dict], fronts: dict, meta: dict, plot
     est = meta["estimate_16_workers"]
     tools = ", ".join(f"{k} {v}" for k, v in meta["tools"].items() if v)
     L = ["# Hardware design-space exploration (`python -m hw.explore`)", "",
-         f"{meta['n_points']} points (spec x target x lanes x batch x clock), {sum(bool(r.get('failed')) for r in rows)} "
+         f"{meta['n_points']} points (spec x target x lanes x batch x clock x fused pools x overlapped load), {sum(bool(r.get('failed')) for r in rows)} "
          f"failed; {meta['computed']} task(s) computed this run on {meta['executor']} in {meta['wall_seconds']:,.0f} s "
          f"wall. Tools: {tools}; code digest {meta['code']}; nextpnr seed {meta['seed']}.", "",
          "images/s = batch x clock / cycles per image, at the clock the build asked for and met (no "
@@ -315,13 +331,16 @@ def markdown(rows: list[dict], tasks: list[dict], fronts: dict, meta: dict, plot
          "Pareto: not dominated in (images/s up, LUT4 down) [L] or (images/s up, BRAM down) [B], per target."]
     if meta["sim_images"]:
         L += ["", f"sim: Verilator against the emulator on the first {meta['sim_images']:,} MNIST test images, bit-exact "
-                  "count (the one-image accelerator at those lanes; a batch build is B of its engines in lockstep)."]
-    cols = [("spec_name", "spec"), ("lanes", "lanes"), ("batch", "batch"), ("clock_mhz", "clock MHz"),
+                  "count, of the design that was built (lanes, batch, fused pools, overlapped load; an iCE40 batch "
+                  "on Yosys' SB_MAC16 model)."]
+    cols = [("spec_name", "spec"), ("lanes", "lanes"), ("batch", "batch"), ("fuse_pools", "pools fused"),
+            ("overlap_load", "load overlapped"), ("clock_mhz", "clock MHz"),
             ("fmax_mhz", "Fmax MHz"), ("luts", "LUT4"), ("ffs", "FF"), ("dsps", "DSP"), ("brams", "BRAM"),
             ("sprams", "SPRAM"), ("cycles_per_image", "cycles/image"), ("images_per_s", "images/s")]
     for t in dict.fromkeys(r["target"] for r in rows):
         ok = sorted([r for r in built(rows) if r["target"] == t],
-                    key=lambda r: (r["spec_name"], r["lanes"], r["batch"], r["clock_mhz"]))
+                    key=lambda r: (r["spec_name"], r["lanes"], r["batch"], r["clock_mhz"], bool(r.get("fuse_pools")),
+                                   bool(r.get("overlap_load"))))
         L += ["", f"## {t} ({TARGETS[t].board})", ""]
         if not ok:
             L += ["No point of this target built (see the failures)."]

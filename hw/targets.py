@@ -50,6 +50,13 @@ def shipped(target_key: str, preset: str | None) -> dict:
     return dict(SHIPPED.get((target_key, preset)) or SHIPPED[(target_key, None)])
 
 
+def sim_dsp(target_key: str, batch: int) -> str:
+    """The DSP model a simulation of ``target_key``'s build of ``batch`` images uses (``Accelerator``'s
+    ``dsp``): the iCE40's SB_MAC16 pairs (Yosys' cell model) where a batch shares them, else the
+    products as RTL."""
+    return "sb_mac16" if TARGETS[target_key].family == "ice40" and batch > 1 else "auto"
+
+
 # yosys cell type -> the nextpnr resource it lands on, to refuse a design that cannot fit before place
 # and route (and to say which resource and by how much)
 _CELL_RESOURCE = {

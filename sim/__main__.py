@@ -26,15 +26,16 @@ def _apply_config(args) -> None:
     ship = {"lanes": 8, "batch": 1, "fuse_pools": False, "overlap_load": False}
     dsp = "auto"
     if args.config is not None:
-        from hw.targets import TARGETS, shipped
+        from hw.targets import TARGETS, shipped, sim_dsp
         from quantize import spec as qspec
 
         if args.config not in TARGETS:
             raise UserError(f"--config {args.config!r}: choose one of {', '.join(TARGETS)}")
         ship = shipped(args.config, qspec.load(args.spec).provenance.get("preset"))
-        dsp = "sb_mac16" if TARGETS[args.config].family == "ice40" and ship["batch"] > 1 else "auto"
     args.lanes = args.lanes if args.lanes is not None else ship["lanes"]
     args.batch = args.batch if args.batch is not None else ship["batch"]
+    if args.config is not None:
+        dsp = sim_dsp(args.config, args.batch)
     args.fuse_pools = args.fuse_pools or ship["fuse_pools"]
     args.overlap_load = args.overlap_load or ship["overlap_load"]
     args.dsp = args.dsp or dsp

@@ -181,8 +181,11 @@ def test_estimate_on_16_workers():
     (("--freq", "fast"), "--freq fast: 'fast' is not a clock in MHz"),
     (("--spec", "{missing}"), "no such directory"),
     (("--spec", "{invalid}"), "not a valid spec"),
-    (("--grid", "{grid_bad_key}"), "unknown key 'clock' (known: batch, freq, groups, lanes, seed, sim_images, spec, target)"),
-    (("--grid", "{grid_bad_group}"), "unknown key 'lane' (a group takes: batch, freq, lanes, spec, target)"),
+    (("--grid", "{grid_bad_key}"), "unknown key 'clock' (known: batch, freq, fuse_pools, groups, lanes, overlap_load, "
+                                   "seed, sim_images, spec, target)"),
+    (("--grid", "{grid_bad_group}"), "unknown key 'lane' (a group takes: batch, freq, fuse_pools, lanes, overlap_load, "
+                                     "spec, target)"),
+    (("--grid", "{grid_bad_fuse}"), "fuse_pools: ['yes'] is not a list of true/false"),
     (("--grid", "{grid_bad_lanes}"), "lanes: 6 lanes; lanes must be a power of two"),
     (("--grid", "{grid_bad_key}", "--lanes", "8"), "--lanes: give the points either with --grid or with --spec"),
     (("--executor", "slurm"), "--executor 'slurm': unknown (one of local, dask)"),
@@ -193,7 +196,8 @@ def test_bad_input_is_one_line(args, words, tiny_spec, tmp_path, capsys):
     (tmp_path / "invalid" / "weights.npz").write_bytes(b"nope")
     grids = {"grid_bad_key": {"spec": [str(tiny_spec)], "target": ["ice40-up5k"], "lanes": [1], "clock": [12]},
              "grid_bad_group": {"groups": [{"spec": [str(tiny_spec)], "target": ["ice40-up5k"], "lane": [1]}]},
-             "grid_bad_lanes": {"spec": [str(tiny_spec)], "target": "ice40-up5k", "lanes": [1, 6]}}
+             "grid_bad_lanes": {"spec": [str(tiny_spec)], "target": "ice40-up5k", "lanes": [1, 6]},
+             "grid_bad_fuse": {"spec": [str(tiny_spec)], "target": "ice40-up5k", "lanes": [1], "fuse_pools": "yes"}}
     for name, g in grids.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(g))
     subs = {"missing": tmp_path / "nope", "invalid": tmp_path / "invalid",
@@ -208,11 +212,25 @@ def test_bad_input_is_one_line(args, words, tiny_spec, tmp_path, capsys):
 
 
 def test_default_grid_and_dry_run(capsys, tiny_spec, tmp_path):
+    """The default grid holds every shipped configuration (hw.targets.SHIPPED: lanes, batch, clock,
+    fused pools, overlapped load); the command line's points are listed with their design."""
+    from hw.targets import SHIPPED
+
     grid = explore.load_grid(None)
     n = sum(len(g["spec"]) * len(g["target"]) * len(g["lanes"]) * len(g["batch"]) * len(g["freq"])
-            for g in grid["groups"])
-    assert n >= 12 and {t for g in grid["groups"] for t in g["target"]} >= {"ice40-up5k", "ecp5-25k"}
+            * len(g["fuse_pools"]) * len(g["overlap_load"]) for g in grid["groups"])
+    assert n >= 12 and {t for g in grid["groups"] for t in g["target"]} >= {"ice40-up5k", "ecp5-25k", "ecp5-85k"}
+    points = {(t, s.rsplit("-", 1)[1], lanes, batch, freq, fuse, overlap) for g in grid["groups"]
+              for s in g["spec"] for t in g["target"] for lanes in g["lanes"] for batch in g["batch"]
+              for freq in g["freq"] for fuse in g["fuse_pools"] for overlap in g["overlap_load"]}
+    for (target, preset), c in SHIPPED.items():  # (None: any spec; the grid builds q8 there)
+        want = (target, preset or "q8", c["lanes"], c["batch"], c["freq"], c["fuse_pools"], c["overlap_load"])
+        assert want in points, want
     assert main(["--spec", str(tiny_spec), "--lanes", "1,2", "--freq", "12,board", "--out", str(tmp_path),
                  "--dry-run"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 4 and out[0].endswith("tiny ice40-up5k L1 B1 12 MHz") and out[1].endswith("L1 B1 board clock")
+    assert main(["--spec", str(tiny_spec), "--lanes", "8", "--batch", "2", "--fuse-pools", "--overlap-load",
+                 "--out", str(tmp_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and out[0].endswith("tiny ice40-up5k L8 B2 board clock fused overlapped")
