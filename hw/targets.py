@@ -38,7 +38,7 @@ TARGETS = {
 SHIPPED = {
     ("ice40-up5k", None): {"lanes": 8, "batch": 2, "freq": 29.25, "fuse_pools": True, "overlap_load": True, "seed": 1},
     ("ice40-up5k", "anna"): {"lanes": 8, "batch": 3, "freq": 29.0, "fuse_pools": True, "overlap_load": True, "seed": 1},
-    ("ecp5-25k", None): {"lanes": 8, "batch": 1, "freq": 75.0, "fuse_pools": False, "overlap_load": False, "seed": 1},
+    ("ecp5-25k", None): {"lanes": 8, "batch": 2, "freq": 70.0, "fuse_pools": True, "overlap_load": True, "seed": 1},
     ("ecp5-85k", None): {"lanes": 8, "batch": 19, "freq": 59.0, "fuse_pools": True, "overlap_load": True, "seed": 1},
 }
 
