@@ -1,12 +1,11 @@
 """``python -m hw.explore``: hardware design-space exploration, spec x target x lanes x batch x clock.
 
-Each point (one spec, target, lanes, batch, clock, fused pools or not, overlapped load or not) is one synthesis task (:func:`hw.synth.synthesize`:
-Yosys, nextpnr, the bitstream) on the executor layer (:mod:`tasks.executor`: local processes or a
-Dask cluster); with ``--sim-images N`` every design that built (spec, lanes, batch, fused pools,
-overlapped load) is then run in Verilator on the first N MNIST test images (:func:`sim.runner.run`),
-bit for bit against the emulator. The
-tasks carry the spec's files (a cluster worker needs no spec directory, nor MNIST). A point that
-does not fit its device or misses its clock is a result (``failed``: the reason in one line), not a
+Each point (one spec, target, lanes, batch, clock, fused pools or not, overlapped load or not) is
+one synthesis task (:func:`hw.synth.synthesize`: Yosys, nextpnr, the bitstream) on the executor layer
+(:mod:`tasks.executor`: local processes or a Dask cluster); with ``--sim-images N`` every design
+that built (spec, lanes, batch, fused pools, overlapped load) is then run in Verilator on the first
+N MNIST test images (:func:`sim.runner.run`), bit for bit against the emulator. The tasks carry
+the spec's files (a cluster worker needs no spec directory, nor MNIST). A point that does not fit its device or misses its clock is a result (``failed``: the reason in one line), not a
 crash. Every result is cached as one JSON file under ``OUT/points/`` (and ``OUT/sims/``), keyed by a
 hash of the spec's bytes, the point, the nextpnr seed, the YoWASP tool versions and the project's
 code digest: a second run computes nothing and an interrupted run keeps what finished. The report
@@ -88,7 +87,7 @@ def failure(e: BaseException) -> dict:
     return {"failed": msg, "failure": kind}
 
 
-def _timing_details(work: Path, target: str, spec, p: dict) -> dict:
+def _timing_details(work: Path, spec, p: dict) -> dict:
     """What a build that missed its clock still tells: nextpnr's report (resources, Fmax) and the cycles."""
     from .perf import cycles_per_image
     from .targets import TARGETS, cell_counts, parse_report
@@ -96,7 +95,7 @@ def _timing_details(work: Path, target: str, spec, p: dict) -> dict:
     reports = sorted(work.rglob("report.json"))
     if not reports:
         return {}
-    t = TARGETS[target]
+    t = TARGETS[p["target"]]
     res = parse_report(json.loads(reports[0].read_text()), t)
     out = {k: res.get(k) for k in ("dsps", "brams", "sprams", "logic_cells", "fmax_mhz")}
     if t.family == "ecp5":
@@ -141,7 +140,7 @@ def synth_point(ctx: dict, p: dict) -> dict:
         if row["failure"] == "timing":
             from quantize import spec as qspec
 
-            row.update(_timing_details(work, p["target"], qspec.load(spec_dir), p),
+            row.update(_timing_details(work, qspec.load(spec_dir), p),
                        timing_met=False, clock_mhz=p["freq"])
     finally:
         if not kept:

@@ -62,9 +62,9 @@ def synth_tools(target: str, versions: dict) -> dict:
 
 def point_key(p: dict, versions: dict) -> str:
     return content_hash({"task": "synth", "spec": p["spec_sha"], "target": p["target"], "lanes": p["lanes"],
-                  "batch": p["batch"], "freq": p["freq"], "fuse_pools": p["fuse_pools"],
-                  "overlap_load": p["overlap_load"], "seed": p["seed"], "tools": synth_tools(p["target"], versions),
-                  "code": executors.code_digest()})
+                         "batch": p["batch"], "freq": p["freq"], "fuse_pools": p["fuse_pools"],
+                         "overlap_load": p["overlap_load"], "seed": p["seed"],
+                         "tools": synth_tools(p["target"], versions), "code": executors.code_digest()})
 
 
 def sim_design(row: dict) -> dict:
@@ -79,7 +79,7 @@ def sim_design(row: dict) -> dict:
 
 def sim_key(design: dict, images: int, versions: dict) -> str:
     return content_hash({"task": "sim", **design, "images": images, "verilator": versions["verilator"],
-                  "code": executors.code_digest()})
+                         "code": executors.code_digest()})
 
 
 def label(p: dict) -> str:
