@@ -6,7 +6,8 @@ one synthesis task (:func:`hw.synth.synthesize`: Yosys, nextpnr, the bitstream) 
 that built (spec, lanes, batch, fused pools, overlapped load) is then run in Verilator on the first
 N MNIST test images (:func:`sim.runner.run`), bit for bit against the emulator. The tasks carry
 the spec's files (a cluster worker needs no spec directory, nor MNIST). A point that does not fit
-its device or misses its clock is a result (``failed``: the reason in one line), not a crash. Every result is cached as one JSON file under ``OUT/points/`` (and ``OUT/sims/``), keyed by a
+its device or misses its clock is a result (``failed``: the reason in one line), not a crash. Every
+result is cached as one JSON file under ``OUT/points/`` (and ``OUT/sims/``), keyed by a
 hash of the spec's bytes, the point, the nextpnr seed, the YoWASP tool versions and the project's
 code digest: a second run computes nothing and an interrupted run keeps what finished. The report
 (``report.md``, ``results.json``, ``results.csv``, PNG plots, the Pareto fronts, the task times) is
